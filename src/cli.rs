@@ -1,0 +1,131 @@
+//! The raw command line, as clap parses it. No I/O and no validation here:
+//! [`crate::config::Config`] turns [`RunArgs`] into checked settings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// sparklet: a micro-batch stream processor. Every trigger it reads new Kafka
+/// campaigns, joins them in SQL with the cached Postgres subscribers table,
+/// and writes one row per subscriber to a Kafka topic and to Postgres.
+#[derive(Debug, Parser)]
+#[command(name = "sparklet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the streaming job against a Kafka cluster and Postgres.
+    Run(Box<RunArgs>),
+    /// Run the whole job once on this machine: an in-process Kafka (librdkafka's
+    /// mock cluster), sample campaigns and subscribers, the local Postgres.
+    Demo(DemoArgs),
+}
+
+/// Options of `sparklet run`. Every option can also come from the environment
+/// variable shown in `--help`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "SPARKLET_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+
+    /// Topic the campaigns are read from.
+    #[arg(long, env = "SPARKLET_INPUT_TOPIC")]
+    pub input_topic: String,
+
+    /// Topic one JSON message per (campaign, subscriber) is written to.
+    #[arg(long, env = "SPARKLET_OUTPUT_TOPIC")]
+    pub output_topic: String,
+
+    /// Postgres connection, e.g. postgres://user@host:5432/db. The password is
+    /// never logged; prefer the env var or PGPASSWORD-style URLs kept out of
+    /// shell history.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Checkpoint directory of this query (offsets/, commits/, metadata). Reuse
+    /// it to resume; a new directory starts a new query.
+    #[arg(long, env = "SPARKLET_CHECKPOINT_DIR")]
+    pub checkpoint_dir: PathBuf,
+
+    /// Directory of the SQL files: NN_*.sql transform steps (DataFusion),
+    /// subscribers.sql (Postgres query that loads the cache), schema.sql (DDL).
+    #[arg(long, env = "SPARKLET_SQL_DIR", default_value = "sql")]
+    pub sql_dir: PathBuf,
+
+    /// How often a micro-batch starts: a duration (500ms, 5s, 1m; 0s = as fast
+    /// as possible), `once` (one batch, then exit) or `available-now`
+    /// (everything available at start, in batches of at most
+    /// --max-offsets-per-trigger, then exit).
+    #[arg(long, env = "SPARKLET_TRIGGER", default_value = "0s")]
+    pub trigger: String,
+
+    /// Where a new query starts reading: earliest or latest. Ignored when the
+    /// checkpoint already has batches (as in Spark).
+    #[arg(long, env = "SPARKLET_STARTING_OFFSETS", default_value = "latest")]
+    pub starting_offsets: String,
+
+    /// Upper bound of offsets per micro-batch, split across partitions in
+    /// proportion to their backlog. Unlimited when not set.
+    #[arg(long, env = "SPARKLET_MAX_OFFSETS_PER_TRIGGER")]
+    pub max_offsets_per_trigger: Option<u64>,
+
+    /// librdkafka setting for consumer and producer, KEY=VALUE, repeatable
+    /// (e.g. security.protocol=SASL_SSL). A VALUE of the form env:NAME is read
+    /// from environment variable NAME, so secrets stay out of the command
+    /// line. Values of keys containing "password" or "secret" are never logged.
+    #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';')]
+    pub kafka_options: Vec<String>,
+
+    /// How often the subscribers cache is reloaded from Postgres (e.g. 60s).
+    #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH", default_value = "60s")]
+    pub subscribers_refresh: String,
+
+    /// Timeout of one Kafka request (metadata, offsets, a transaction step) and
+    /// of reading a batch's ranges.
+    #[arg(long, env = "SPARKLET_KAFKA_TIMEOUT", default_value = "30s")]
+    pub kafka_timeout: String,
+
+    /// How many times a batch that failed on a retryable error (broker or
+    /// database unreachable) is run again before sparklet exits.
+    #[arg(long, env = "SPARKLET_MAX_RETRIES", default_value_t = 5)]
+    pub max_retries: u32,
+
+    /// Append one JSON progress record per batch to this file (`-` for stdout).
+    #[arg(long, env = "SPARKLET_PROGRESS_JSON")]
+    pub progress_json: Option<PathBuf>,
+
+    /// Number of old batches kept in the checkpoint (Spark's minBatchesToRetain).
+    #[arg(long, env = "SPARKLET_MIN_BATCHES_TO_RETAIN", default_value_t = 100)]
+    pub min_batches_to_retain: u64,
+}
+
+/// Options of `sparklet demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Postgres the demo writes to (it uses its own schema, sparklet_demo).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+
+    /// Directory of the SQL files.
+    #[arg(long, default_value = "sql")]
+    pub sql_dir: PathBuf,
+
+    /// Checkpoint directory of the demo query; emptied at start, since the
+    /// demo's Kafka is new every run.
+    #[arg(long, default_value = "checkpoints/demo")]
+    pub checkpoint_dir: PathBuf,
+
+    /// Number of sample campaigns to produce besides the seed's own message.
+    #[arg(long, default_value_t = 20)]
+    pub campaigns: usize,
+}

@@ -1,0 +1,1 @@
+pub async fn run(_args: crate::cli::DemoArgs) -> crate::Result<()> { Ok(()) }

@@ -1,0 +1,152 @@
+//! Observable events. Each struct is one thing that happens; `emit()` both
+//! logs it (structured `tracing` fields) and bumps its counter, so logs and
+//! counts cannot drift apart. [`counters`] reads the totals of this process.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Process-wide totals, one per event kind.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub batches_committed: AtomicU64,
+    pub batches_failed: AtomicU64,
+    pub input_rows: AtomicU64,
+    pub malformed_messages: AtomicU64,
+    pub output_rows: AtomicU64,
+    pub sink_writes_skipped: AtomicU64,
+    pub subscribers_loads: AtomicU64,
+    pub data_loss: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    batches_committed: AtomicU64::new(0),
+    batches_failed: AtomicU64::new(0),
+    input_rows: AtomicU64::new(0),
+    malformed_messages: AtomicU64::new(0),
+    output_rows: AtomicU64::new(0),
+    sink_writes_skipped: AtomicU64::new(0),
+    subscribers_loads: AtomicU64::new(0),
+    data_loss: AtomicU64::new(0),
+};
+
+/// The totals of this process.
+pub fn counters() -> &'static Counters {
+    &COUNTERS
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A message that could not be decoded into a campaign.
+pub struct MalformedMessage<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: &'a str,
+}
+
+impl MalformedMessage<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            error = self.error,
+            "malformed message skipped"
+        );
+        bump(&COUNTERS.malformed_messages, 1);
+    }
+}
+
+/// Offsets that were deleted from the input topic before sparklet read them.
+pub struct DataLossDetected<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub expected: i64,
+    pub earliest_available: i64,
+}
+
+impl DataLossDetected<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            topic = self.topic,
+            partition = self.partition,
+            expected_offset = self.expected,
+            earliest_available = self.earliest_available,
+            lost = self.earliest_available - self.expected,
+            "input offsets were deleted before they were read (retention?); continuing from the earliest available"
+        );
+        bump(&COUNTERS.data_loss, 1);
+    }
+}
+
+/// The subscribers cache was (re)loaded.
+pub struct SubscribersLoaded<'a> {
+    pub snapshot: &'a str,
+    pub rows: usize,
+    pub elapsed_ms: u128,
+}
+
+impl SubscribersLoaded<'_> {
+    pub fn emit(&self) {
+        tracing::info!(snapshot = self.snapshot, rows = self.rows, elapsed_ms = self.elapsed_ms as u64, "subscribers cache loaded");
+        bump(&COUNTERS.subscribers_loads, 1);
+    }
+}
+
+/// A sink already held a replayed batch, so it was not written again.
+pub struct SinkWriteSkipped<'a> {
+    pub sink: &'a str,
+    pub batch_id: u64,
+}
+
+impl SinkWriteSkipped<'_> {
+    pub fn emit(&self) {
+        tracing::info!(sink = self.sink, batch_id = self.batch_id, "batch already committed in sink; not written again");
+        bump(&COUNTERS.sink_writes_skipped, 1);
+    }
+}
+
+/// A batch failed; it will be retried if the error is retryable.
+pub struct BatchFailed<'a> {
+    pub batch_id: u64,
+    pub attempt: u32,
+    pub retryable: bool,
+    pub error: &'a crate::error::Error,
+}
+
+impl BatchFailed<'_> {
+    pub fn emit(&self) {
+        tracing::error!(
+            batch_id = self.batch_id,
+            attempt = self.attempt,
+            retryable = self.retryable,
+            error = %self.error,
+            "batch failed"
+        );
+        bump(&COUNTERS.batches_failed, 1);
+    }
+}
+
+/// A batch is in both sinks and its commit is recorded.
+pub struct BatchCommitted<'a> {
+    pub progress: &'a crate::progress::BatchProgress,
+}
+
+impl BatchCommitted<'_> {
+    pub fn emit(&self) {
+        let p = self.progress;
+        tracing::info!(
+            batch_id = p.batch_id,
+            input_rows = p.num_input_rows,
+            malformed = p.num_malformed_rows,
+            output_rows = p.num_output_rows,
+            duration_ms = p.duration_ms.trigger_execution,
+            "{}",
+            p.summary()
+        );
+        bump(&COUNTERS.batches_committed, 1);
+        bump(&COUNTERS.input_rows, p.num_input_rows);
+        bump(&COUNTERS.output_rows, p.num_output_rows);
+    }
+}

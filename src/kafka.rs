@@ -1,0 +1,130 @@
+//! librdkafka client settings shared by the source, the sink and the tools.
+//!
+//! User options (`--kafka-option`) are applied first and sparklet's own
+//! settings last, so SASL_SSL, SCRAM and CA files pass straight through while
+//! the settings that offsets and exactly-once depend on stay sparklet's.
+
+use rdkafka::ClientConfig;
+
+use crate::config::{redact, KafkaConfig};
+
+/// The consumer group sparklet commits its input offsets to (inside the
+/// output transaction), named after the query so lag tools can see it.
+pub fn group_id(query_id: &str) -> String {
+    format!("sparklet-{query_id}")
+}
+
+/// The producer's `transactional.id`: stable per query, so a new run fences
+/// a zombie of an earlier one.
+pub fn transactional_id(query_id: &str) -> String {
+    format!("sparklet-{query_id}")
+}
+
+/// Base settings: bootstrap servers plus the user's options.
+pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.options {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Settings of the consumer that reads planned ranges with `assign()`.
+pub fn consumer_config(kafka: &KafkaConfig, query_id: &str) -> ClientConfig {
+    let mut config = base_config(kafka);
+    config
+        .set("group.id", group_id(query_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", "read_committed");
+    config
+}
+
+/// Settings of the transactional producer that writes the output topic.
+pub fn producer_config(kafka: &KafkaConfig, query_id: &str) -> ClientConfig {
+    let mut config = base_config(kafka);
+    config
+        .set("transactional.id", transactional_id(query_id))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("transaction.timeout.ms", transaction_timeout_ms(kafka))
+        .set_default("linger.ms", "5")
+        .set_default("batch.num.messages", "10000")
+        .set_default("queue.buffering.max.messages", "1000000");
+    config
+}
+
+/// Transactions must outlive a batch's writes; give them a generous budget
+/// above the request timeout.
+fn transaction_timeout_ms(kafka: &KafkaConfig) -> String {
+    let ms = (kafka.timeout.as_millis() * 4).clamp(60_000, 900_000);
+    ms.to_string()
+}
+
+/// The settings as `key=value` lines with secrets masked, for logs.
+pub fn describe(config: &ClientConfig) -> Vec<String> {
+    let mut lines: Vec<String> = config
+        .config_map()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", redact(k, v)))
+        .collect();
+    lines.sort();
+    lines
+}
+
+trait SetDefault {
+    fn set_default(&mut self, key: &str, value: &str) -> &mut Self;
+}
+
+impl SetDefault for ClientConfig {
+    fn set_default(&mut self, key: &str, value: &str) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn kafka(options: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: "b:9091".into(),
+            input_topic: "in".into(),
+            output_topic: "out".into(),
+            options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn passes_sasl_ssl_options_to_both_clients() {
+        let k = kafka(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "de-user"),
+            ("sasl.password", "secret-pw"),
+            ("ssl.ca.location", "/usr/local/share/ca-certificates/Yandex/YandexCA.crt"),
+        ]);
+        for config in [consumer_config(&k, "q"), producer_config(&k, "q")] {
+            assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+            let shown = describe(&config).join(" ");
+            assert!(shown.contains("sasl.password=***") && !shown.contains("secret-pw"));
+        }
+    }
+
+    #[test]
+    fn user_can_tune_but_not_override_exactly_once_settings() {
+        let config = producer_config(&kafka(&[("linger.ms", "50")]), "q");
+        assert_eq!(config.get("linger.ms"), Some("50"));
+        assert_eq!(config.get("transactional.id"), Some("sparklet-q"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+    }
+}

@@ -1,0 +1,50 @@
+//! sparklet: a micro-batch stream processor modelled on Spark Structured
+//! Streaming, for one job done right: Kafka campaigns joined in SQL with a
+//! cached Postgres table, written exactly once to a Kafka topic and to Postgres.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the raw command line (clap), no I/O.
+//! - [`config`]: validated settings built from the command line.
+//! - [`error`]: the error type; every variant names its component and says
+//!   whether a retry can help.
+//! - [`driver`]: the trigger loop (plan, log offsets, run, commit) and recovery.
+//! - [`runner`]: one batch through its steps (read, transform, write, commit).
+//! - [`batch`]: a batch's id, timestamp and offset ranges ([`batch::BatchPlan`]).
+//! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically.
+//! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning
+//!   arithmetic ([`source::plan`]) and JSON-to-Arrow decoding ([`source::decode`]).
+//! - [`subscribers`]: the cached subscribers table and its snapshots.
+//! - [`transform`]: the user's SQL files, run by DataFusion.
+//! - [`schema`]: the input and output message formats of the seed.
+//! - [`sink`]: the Kafka and Postgres sinks, transactional with markers;
+//!   [`sink::copy`] encodes binary COPY from Arrow.
+//! - [`kafka`], [`postgres`]: client settings and connections.
+//! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
+//! - [`crash`]: named crash points for the exactly-once tests.
+//! - [`demo`]: the whole job on one machine with an in-process Kafka.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod batch;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod crash;
+pub mod demo;
+pub mod driver;
+pub mod error;
+pub mod events;
+pub mod kafka;
+pub mod postgres;
+pub mod progress;
+pub mod runner;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod subscribers;
+pub mod transform;
+
+pub use config::Config;
+pub use driver::{run, RunSummary};
+pub use error::{Error, Result};

@@ -1,0 +1,174 @@
+//! One progress record per batch, with Spark's `StreamingQueryProgress` field
+//! names where they fit, as JSON and as a readable line.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::batch::BatchPlan;
+use crate::error::{Error, Result};
+
+/// Time spent in each phase of a batch, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DurationMs {
+    /// Asking the broker for end offsets and planning ranges.
+    pub latest_offset: u64,
+    /// Writing `offsets/N`.
+    pub wal_commit: u64,
+    /// Reading the ranges from Kafka.
+    pub get_batch: u64,
+    /// Decoding JSON to Arrow.
+    pub decode: u64,
+    /// Running the SQL files and collecting the result.
+    pub query_planning_and_execution: u64,
+    /// Both sinks, run concurrently.
+    pub add_batch: u64,
+    pub kafka_sink: u64,
+    pub postgres_sink: u64,
+    /// Writing `commits/N`.
+    pub commit_offsets: u64,
+    /// The whole batch.
+    pub trigger_execution: u64,
+}
+
+/// Offsets and row count of the input topic in this batch.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceProgress {
+    pub description: String,
+    /// `{"topic": {"partition": offset}}`, as Spark prints it.
+    pub start_offset: BTreeMap<String, BTreeMap<String, i64>>,
+    pub end_offset: BTreeMap<String, BTreeMap<String, i64>>,
+    /// High watermarks when the batch was planned (absent for a replay).
+    pub latest_offset: Option<BTreeMap<String, BTreeMap<String, i64>>>,
+    pub num_input_rows: u64,
+}
+
+/// What a sink did with the batch.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkProgress {
+    pub description: String,
+    pub num_output_rows: u64,
+    /// The batch was already committed in this sink (replay) and not rewritten.
+    pub skipped: bool,
+}
+
+/// The subscribers snapshot the batch joined with.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscribersProgress {
+    pub snapshot: String,
+    pub num_rows: u64,
+    pub age_ms: u64,
+}
+
+/// Progress of one batch.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchProgress {
+    /// The query id (checkpoint `metadata`).
+    pub id: String,
+    pub batch_id: u64,
+    /// The batch timestamp (`now`), RFC 3339.
+    pub timestamp: String,
+    /// Whether this batch was planned by an earlier run and replayed.
+    pub replayed: bool,
+    pub num_input_rows: u64,
+    pub num_malformed_rows: u64,
+    pub num_output_rows: u64,
+    pub input_rows_per_second: f64,
+    pub processed_rows_per_second: f64,
+    pub duration_ms: DurationMs,
+    pub sources: Vec<SourceProgress>,
+    pub sinks: Vec<SinkProgress>,
+    pub subscribers: SubscribersProgress,
+}
+
+impl BatchProgress {
+    /// A one-line human summary.
+    pub fn summary(&self) -> String {
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|s| {
+                let skipped = if s.skipped { " (already committed)" } else { "" };
+                format!("{} {}{skipped}", s.description, s.num_output_rows)
+            })
+            .collect();
+        format!(
+            "batch {}{}: {} in ({} malformed) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); {:.0} rows/s; subscribers {} rows, age {} s",
+            self.batch_id,
+            if self.replayed { " (replay)" } else { "" },
+            self.num_input_rows,
+            self.num_malformed_rows,
+            self.num_output_rows,
+            sinks.join(", "),
+            self.duration_ms.trigger_execution,
+            self.duration_ms.get_batch,
+            self.duration_ms.query_planning_and_execution,
+            self.duration_ms.add_batch,
+            self.processed_rows_per_second,
+            self.subscribers.num_rows,
+            self.subscribers.age_ms / 1000,
+        )
+    }
+
+    /// Appends the record as one JSON line to `path` (`-` for stdout).
+    pub fn append_json(&self, path: &Path) -> Result<()> {
+        let line = serde_json::to_string(self)
+            .map_err(|e| Error::Runtime(format!("serialising progress: {e}")))?;
+        if path == Path::new("-") {
+            println!("{line}");
+            return Ok(());
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(crate::checkpoint::io_err("opening progress file", path))?;
+        writeln!(file, "{line}").map_err(crate::checkpoint::io_err("writing progress file", path))
+    }
+}
+
+/// `{"topic": {"partition": offset}}` from `(partition, offset)` pairs.
+pub fn offsets_json(topic: &str, offsets: impl Iterator<Item = (i32, i64)>) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let partitions = offsets.map(|(p, o)| (p.to_string(), o)).collect();
+    BTreeMap::from([(topic.to_string(), partitions)])
+}
+
+/// The source part of a batch's progress.
+pub fn source_progress(plan: &BatchPlan, latest: Option<&[(i32, i64)]>, rows: u64) -> SourceProgress {
+    SourceProgress {
+        description: format!("KafkaV2[Assign[{}]]", plan.topic),
+        start_offset: offsets_json(&plan.topic, plan.ranges.iter().map(|r| (r.partition, r.start))),
+        end_offset: offsets_json(&plan.topic, plan.ranges.iter().map(|r| (r.partition, r.end))),
+        latest_offset: latest.map(|l| offsets_json(&plan.topic, l.iter().copied())),
+        num_input_rows: rows,
+    }
+}
+
+/// RFC 3339 rendering of epoch milliseconds.
+pub fn rfc3339_ms(epoch_ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(epoch_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Milliseconds in a duration, saturating.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Rows per second, zero for an empty interval.
+pub fn rate(rows: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        rows as f64 / d.as_secs_f64()
+    }
+}

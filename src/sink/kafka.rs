@@ -1,0 +1,207 @@
+//! The Kafka sink: one JSON message per output row, keyed by `client_id`,
+//! written in one Kafka transaction per batch.
+//!
+//! The transaction also carries the batch's input end offsets, committed for
+//! the query's consumer group (`sendOffsetsToTransaction`). That commit is the
+//! sink's marker: recovery reads the group's offsets to learn whether the batch
+//! landed, and standard lag tools see sparklet's progress. The producer's
+//! `transactional.id` is stable per query, so `init_transactions` at start
+//! fences a zombie and aborts (or completes) a transaction a crash left open.
+//! Consumers of the output topic must use `isolation.level=read_committed`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::json::LineDelimitedWriter;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::batch::BatchPlan;
+use crate::config::KafkaConfig;
+use crate::error::{Error, Result};
+use crate::sink::Sink;
+use crate::source::{blocking, KafkaSource};
+
+/// Index of `client_id` in [`crate::schema::OUTPUT_FIELDS`]: the message key.
+const KEY_COLUMN: usize = 7;
+
+/// Counts delivery reports, so a batch can check that every message landed.
+#[derive(Default)]
+pub struct DeliveryCounter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((err, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_error.lock() {
+                    first.get_or_insert_with(|| err.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl DeliveryCounter {
+    fn reset(&self) {
+        self.delivered.store(0, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+        if let Ok(mut first) = self.first_error.lock() {
+            *first = None;
+        }
+    }
+}
+
+/// Writes batches to the output topic, exactly once per batch. Cloning shares
+/// the producer.
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: ThreadedProducer<DeliveryCounter>,
+    source: KafkaSource,
+    topic: String,
+    timeout: Duration,
+}
+
+impl KafkaSink {
+    /// Creates the transactional producer and initialises transactions.
+    pub async fn try_new(kafka: &KafkaConfig, query_id: &str, source: KafkaSource) -> Result<Self> {
+        let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::producer_config(kafka, query_id)
+            .create_with_context(DeliveryCounter::default())
+            .map_err(|e| Error::kafka("creating the output producer", e))?;
+        let timeout = kafka.timeout;
+        let init = producer.clone();
+        blocking(move || {
+            init.init_transactions(timeout)
+                .map_err(|e| Error::kafka("initialising transactions of the output producer", e))
+        })
+        .await?;
+        Ok(KafkaSink { producer, source, topic: kafka.output_topic.clone(), timeout })
+    }
+
+    /// Sends, awaits and commits; blocking, run off the async runtime.
+    fn write_blocking(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+        let counter = self.producer.context();
+        counter.reset();
+        self.producer
+            .begin_transaction()
+            .map_err(|e| Error::kafka("beginning the output transaction", e))?;
+        let result = self.send_and_commit(plan, rows);
+        if result.is_err() {
+            if let Err(e) = self.producer.abort_transaction(self.timeout) {
+                tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed");
+            }
+        }
+        result
+    }
+
+    fn send_and_commit(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+        let mut sent = 0u64;
+        for batch in rows {
+            sent += self.send_batch(batch)?;
+            if sent > 0 {
+                crate::crash::point("kafka-mid-transaction");
+            }
+        }
+        self.producer
+            .flush(self.timeout)
+            .map_err(|e| Error::kafka("awaiting delivery of the output messages", e))?;
+        self.check_deliveries(sent)?;
+        let offsets = self.input_offsets(plan)?;
+        let group = self.source.group_metadata()?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &group, self.timeout)
+            .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
+        self.producer
+            .commit_transaction(self.timeout)
+            .map_err(|e| Error::kafka("committing the output transaction", e))?;
+        crate::crash::point("after-kafka-commit");
+        Ok(sent)
+    }
+
+    /// Encodes a batch as JSON lines and sends one message per line.
+    fn send_batch(&self, batch: &RecordBatch) -> Result<u64> {
+        let mut json = Vec::with_capacity(batch.num_rows() * 420);
+        let mut writer = LineDelimitedWriter::new(&mut json);
+        writer.write(batch).map_err(|e| Error::arrow("encoding output messages as JSON", e))?;
+        writer.finish().map_err(|e| Error::arrow("encoding output messages as JSON", e))?;
+        drop(writer);
+        let keys = batch.column(KEY_COLUMN).as_string::<i32>();
+        let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let mut sent = 0u64;
+        for (row, payload) in lines.enumerate() {
+            let mut record = BaseRecord::to(&self.topic).key(keys.value(row)).payload(payload);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(Error::kafka(format!("sending to '{}'", self.topic), e)),
+                }
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    fn check_deliveries(&self, sent: u64) -> Result<()> {
+        let counter = self.producer.context();
+        let failed = counter.failed.load(Ordering::Relaxed);
+        let delivered = counter.delivered.load(Ordering::Relaxed);
+        if failed > 0 || delivered != sent {
+            let first = counter.first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
+            return Err(Error::KafkaState(format!(
+                "{failed} of {sent} output messages to '{}' failed ({delivered} delivered): {first}",
+                self.topic
+            )));
+        }
+        Ok(())
+    }
+
+    fn input_offsets(&self, plan: &BatchPlan) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for range in &plan.ranges {
+            tpl.add_partition_offset(&plan.topic, range.partition, Offset::Offset(range.end))
+                .map_err(|e| Error::kafka("building the input offsets", e))?;
+        }
+        Ok(tpl)
+    }
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
+        let partitions = plan.ranges.iter().map(|r| r.partition).collect();
+        let committed = self.source.committed(partitions).await?;
+        Ok(plan
+            .ranges
+            .iter()
+            .all(|r| committed.get(&r.partition).copied().unwrap_or(0) >= r.end))
+    }
+
+    async fn write(&mut self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+        let this = self.clone();
+        let plan = plan.clone();
+        let rows: Arc<[RecordBatch]> = rows.into();
+        blocking(move || this.write_blocking(&plan, &rows)).await
+    }
+}

@@ -1,0 +1,154 @@
+//! Offset arithmetic of planning: where each partition starts and how far a
+//! batch reads, capped by `--max-offsets-per-trigger`. Pure functions, so the
+//! rules are unit-tested without a broker.
+
+use std::collections::HashMap;
+
+use crate::batch::OffsetRange;
+use crate::config::StartingOffsets;
+
+/// What the broker says about one partition right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    pub partition: i32,
+    /// Oldest offset still stored.
+    pub low: i64,
+    /// Offset the next message will get.
+    pub high: i64,
+}
+
+/// A partition whose next offset to read was deleted before it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataLoss {
+    pub partition: i32,
+    pub expected: i64,
+    pub earliest_available: i64,
+}
+
+/// Start offset per partition: the previous batch's end where there is one;
+/// otherwise `--starting-offsets` for a new query, earliest for a partition
+/// added later (Spark's rule). Offsets already deleted are skipped and
+/// reported as [`DataLoss`].
+pub fn start_offsets(
+    previous_ends: Option<&HashMap<i32, i64>>,
+    starting: StartingOffsets,
+    watermarks: &[Watermarks],
+) -> (Vec<(i32, i64)>, Vec<DataLoss>) {
+    let mut starts = Vec::with_capacity(watermarks.len());
+    let mut losses = Vec::new();
+    for w in watermarks {
+        let start = match previous_ends {
+            Some(ends) => ends.get(&w.partition).copied().unwrap_or(w.low),
+            None => match starting {
+                StartingOffsets::Earliest => w.low,
+                StartingOffsets::Latest => w.high,
+            },
+        };
+        if start < w.low {
+            losses.push(DataLoss {
+                partition: w.partition,
+                expected: start,
+                earliest_available: w.low,
+            });
+        }
+        starts.push((w.partition, start.max(w.low)));
+    }
+    (starts, losses)
+}
+
+/// Ranges from each start to the partition's high watermark, with at most
+/// `cap` offsets in total, shared in proportion to each partition's backlog
+/// (as Spark's `maxOffsetsPerTrigger`). Every partition gets a range, empty
+/// ones included.
+pub fn ranges(starts: &[(i32, i64)], watermarks: &[Watermarks], cap: Option<u64>) -> Vec<OffsetRange> {
+    let highs: HashMap<i32, i64> = watermarks.iter().map(|w| (w.partition, w.high)).collect();
+    let mut ranges: Vec<OffsetRange> = starts
+        .iter()
+        .map(|&(partition, start)| {
+            let high = highs.get(&partition).copied().unwrap_or(start);
+            OffsetRange { partition, start, end: high.max(start) }
+        })
+        .collect();
+    ranges.sort_by_key(|r| r.partition);
+    let backlog: i64 = ranges.iter().map(OffsetRange::len).sum();
+    let Some(cap) = cap.map(|c| i64::try_from(c).unwrap_or(i64::MAX)) else {
+        return ranges;
+    };
+    if backlog <= cap {
+        return ranges;
+    }
+    let mut granted: Vec<i64> = ranges
+        .iter()
+        .map(|r| ((r.len() as i128 * cap as i128) / backlog as i128) as i64)
+        .collect();
+    // Hand out what integer division left over, one offset at a time.
+    let mut left = cap - granted.iter().sum::<i64>();
+    while left > 0 {
+        for (g, r) in granted.iter_mut().zip(&ranges) {
+            if left > 0 && *g < r.len() {
+                *g += 1;
+                left -= 1;
+            }
+        }
+    }
+    for (r, g) in ranges.iter_mut().zip(granted) {
+        r.end = r.start + g;
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(partition: i32, low: i64, high: i64) -> Watermarks {
+        Watermarks { partition, low, high }
+    }
+
+    #[test]
+    fn new_query_starts_at_earliest_or_latest() {
+        let marks = [w(0, 2, 10), w(1, 0, 4)];
+        let (starts, _) = start_offsets(None, StartingOffsets::Earliest, &marks);
+        assert_eq!(starts, vec![(0, 2), (1, 0)]);
+        let (starts, _) = start_offsets(None, StartingOffsets::Latest, &marks);
+        assert_eq!(starts, vec![(0, 10), (1, 4)]);
+    }
+
+    #[test]
+    fn resumed_query_continues_and_new_partitions_start_at_earliest() {
+        let ends = HashMap::from([(0, 7)]);
+        let (starts, losses) =
+            start_offsets(Some(&ends), StartingOffsets::Latest, &[w(0, 0, 10), w(1, 3, 5)]);
+        assert_eq!(starts, vec![(0, 7), (1, 3)]);
+        assert!(losses.is_empty());
+    }
+
+    #[test]
+    fn deleted_offsets_are_reported_as_data_loss() {
+        let ends = HashMap::from([(0, 2)]);
+        let (starts, losses) = start_offsets(Some(&ends), StartingOffsets::Latest, &[w(0, 5, 9)]);
+        assert_eq!(starts, vec![(0, 5)]);
+        assert_eq!(losses, vec![DataLoss { partition: 0, expected: 2, earliest_available: 5 }]);
+    }
+
+    #[test]
+    fn uncapped_ranges_read_to_the_high_watermark() {
+        let r = ranges(&[(1, 3), (0, 0)], &[w(0, 0, 5), w(1, 0, 3)], None);
+        assert_eq!(
+            r,
+            vec![
+                OffsetRange { partition: 0, start: 0, end: 5 },
+                OffsetRange { partition: 1, start: 3, end: 3 },
+            ]
+        );
+    }
+
+    #[test]
+    fn cap_is_shared_in_proportion_to_backlog() {
+        let r = ranges(&[(0, 0), (1, 0), (2, 0)], &[w(0, 0, 90), w(1, 0, 10), w(2, 0, 0)], Some(10));
+        let lens: Vec<i64> = r.iter().map(OffsetRange::len).collect();
+        assert_eq!(lens, vec![9, 1, 0]);
+        let r = ranges(&[(0, 0), (1, 0)], &[w(0, 0, 1), w(1, 0, 1)], Some(1));
+        assert_eq!(r.iter().map(OffsetRange::len).sum::<i64>(), 1);
+    }
+}

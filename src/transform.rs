@@ -1,0 +1,181 @@
+//! The transform: the user's SQL files, run by DataFusion on each batch.
+//!
+//! Files named `NN_name.sql` in the SQL directory run in `NN` order. Each is one
+//! `SELECT`; its result is registered as a view called `name`, so later files
+//! can read earlier ones, and the last file's result is the output. Tables
+//! available to every file: `campaigns` (this batch) and `subscribers` (the
+//! cached snapshot). Parameters: `$now` (the batch timestamp in epoch seconds,
+//! pinned in the checkpoint) and `$batch_id`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::error::{Error, Result};
+use crate::schema::{self, CAMPAIGNS_TABLE, OUTPUT_FIELDS, SUBSCRIBERS_TABLE};
+
+/// One SQL file of the transform.
+#[derive(Debug, Clone)]
+pub struct SqlStep {
+    /// View name: the file stem without its `NN_` prefix.
+    pub name: String,
+    pub path: PathBuf,
+    pub sql: String,
+}
+
+/// The ordered SQL files of a query.
+#[derive(Debug, Clone)]
+pub struct SqlPipeline {
+    steps: Vec<SqlStep>,
+}
+
+impl SqlPipeline {
+    /// Reads the `NN_name.sql` files of `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let entries = fs::read_dir(dir).map_err(|e| Error::Sql {
+            path: dir.to_path_buf(),
+            message: format!("cannot read the SQL directory: {e}"),
+        })?;
+        let mut steps = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = step_name(&path) else { continue };
+            steps.push(SqlStep { name, sql: read_sql_file(&path)?, path });
+        }
+        steps.sort_by(|a, b| a.path.cmp(&b.path));
+        if steps.is_empty() {
+            return Err(Error::Sql {
+                path: dir.to_path_buf(),
+                message: "no transform files: expected at least one NN_name.sql (e.g. 10_feedback.sql)"
+                    .into(),
+            });
+        }
+        Ok(SqlPipeline { steps })
+    }
+
+    /// The files, in the order they run.
+    pub fn steps(&self) -> &[SqlStep] {
+        &self.steps
+    }
+
+    /// Plans and runs the files on empty tables, so a broken file or an
+    /// output without the sink's columns fails at start, naming the file.
+    pub async fn validate(&self) -> Result<()> {
+        let campaigns = RecordBatch::new_empty(schema::campaigns());
+        let subscribers = RecordBatch::new_empty(schema::subscribers());
+        self.run(campaigns, subscribers, 0, 0).await.map(|_| ())
+    }
+
+    /// Runs the files on one batch and returns the output, projected and cast
+    /// to the sink columns ([`schema::output`]), collected once ("persist").
+    pub async fn run(
+        &self,
+        campaigns: RecordBatch,
+        subscribers: RecordBatch,
+        now: i64,
+        batch_id: u64,
+    ) -> Result<Vec<RecordBatch>> {
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        ctx.register_batch(CAMPAIGNS_TABLE, campaigns)
+            .map_err(|e| Error::transform("registering campaigns", e))?;
+        ctx.register_batch(SUBSCRIBERS_TABLE, subscribers)
+            .map_err(|e| Error::transform("registering subscribers", e))?;
+        let params = vec![
+            ("now", ScalarValue::Int64(Some(now))),
+            ("batch_id", ScalarValue::Int64(Some(batch_id as i64))),
+        ];
+        let (last, init) = self.steps.split_last().ok_or_else(|| Error::Runtime("no SQL steps".into()))?;
+        for step in init {
+            let df = plan(&ctx, step, params.clone()).await?;
+            ctx.register_table(step.name.as_str(), df.into_view())
+                .map_err(|e| sql_err(step, "registering its view", e))?;
+        }
+        let df = plan(&ctx, last, params).await?;
+        let batches = df.collect().await.map_err(|e| sql_err(last, "running", e))?;
+        batches.iter().map(|b| to_output(b, &last.path)).collect()
+    }
+}
+
+async fn plan(
+    ctx: &SessionContext,
+    step: &SqlStep,
+    params: Vec<(&str, ScalarValue)>,
+) -> Result<datafusion::dataframe::DataFrame> {
+    ctx.sql(&step.sql)
+        .await
+        .and_then(|df| df.with_param_values(params))
+        .map_err(|e| sql_err(step, "planning", e))
+}
+
+/// Reads a SQL file, naming it when it is missing or empty.
+pub fn read_sql_file(path: &Path) -> Result<String> {
+    let sql = fs::read_to_string(path).map_err(|e| Error::Sql {
+        path: path.to_path_buf(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    if sql.trim().is_empty() {
+        return Err(Error::Sql { path: path.to_path_buf(), message: "the file is empty".into() });
+    }
+    Ok(sql)
+}
+
+/// `10_active_campaigns.sql` -> `active_campaigns`; other files -> None.
+fn step_name(path: &Path) -> Option<String> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".sql")?;
+    let (digits, name) = stem.split_once('_')?;
+    let valid = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty();
+    valid.then(|| name.to_string())
+}
+
+fn sql_err(step: &SqlStep, action: &str, e: DataFusionError) -> Error {
+    Error::Sql { path: step.path.clone(), message: format!("{action} failed: {e}") }
+}
+
+/// Picks the sink columns by name, in the seed's order, casting where needed.
+fn to_output(batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
+    let fail = |message: String| Error::OutputSchema { path: path.to_path_buf(), message };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(OUTPUT_FIELDS.len());
+    for (name, ty) in OUTPUT_FIELDS {
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| fail(format!("has no column {name} (the sinks need {})", output_names())))?;
+        let column = cast(column, ty).map_err(|e| fail(format!("column {name} is not {ty}: {e}")))?;
+        if column.null_count() > 0 {
+            return Err(fail(format!("has NULL in column {name}, which the sinks require")));
+        }
+        columns.push(column);
+    }
+    RecordBatch::try_new(schema::output(), columns).map_err(|e| Error::arrow("building the output batch", e))
+}
+
+fn output_names() -> String {
+    OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names_come_from_numbered_files_only() {
+        assert_eq!(step_name(Path::new("sql/10_active_campaigns.sql")).as_deref(), Some("active_campaigns"));
+        assert_eq!(step_name(Path::new("sql/schema.sql")), None);
+        assert_eq!(step_name(Path::new("sql/subscribers.sql")), None);
+        assert_eq!(step_name(Path::new("sql/10_.sql")), None);
+        assert_eq!(step_name(Path::new("sql/notes.txt")), None);
+    }
+
+    #[test]
+    fn missing_directory_and_empty_directory_are_named() {
+        let err = SqlPipeline::load(Path::new("/nonexistent/sql")).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/sql"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = SqlPipeline::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("NN_name.sql"), "{err}");
+    }
+}
