@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
@@ -96,6 +97,10 @@ impl SqlPipeline {
                 .map_err(|e| sql_err(step, "registering its view", e))?;
         }
         let df = plan(&ctx, last, params).await?;
+        // Check the sink columns on the plan's schema, so even a batch (or a
+        // start-up validation) with no rows catches a wrong output.
+        let planned = RecordBatch::new_empty(Arc::new(df.schema().as_arrow().clone()));
+        to_output(&planned, &last.path)?;
         let batches = df.collect().await.map_err(|e| sql_err(last, "running", e))?;
         batches.iter().map(|b| to_output(b, &last.path)).collect()
     }

@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(out.batch.column(0).null_count(), 0);
         let offsets: Vec<i64> = out.malformed.iter().map(|m| m.offset).collect();
         assert_eq!(offsets, vec![101, 102, 103, 104, 105, 106]);
-        assert!(out.malformed[2].error.contains("adv_campaign_id"), "{:?}", out.malformed[2]);
+        assert!(out.malformed[1].error.contains("adv_campaign_id"), "{:?}", out.malformed);
     }
 
     #[test]

@@ -1,1 +1,9 @@
+//! sparklet's integration tests, in one binary (one link of DataFusion and
+//! librdkafka). Real Postgres (a private schema per test) and the Kafka wire
+//! protocol through librdkafka's in-process mock cluster.
 
+mod pipeline;
+mod replay;
+mod sql_files;
+mod startup_errors;
+mod support;

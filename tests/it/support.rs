@@ -1,0 +1,274 @@
+//! Shared test fixtures: an in-process Kafka (librdkafka's mock cluster, real
+//! wire protocol on a TCP port), a private Postgres schema per test, and the
+//! seed's messages.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use tokio_postgres::{Client, NoTls};
+
+pub const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
+pub const CAMPAIGN: &str = "123e4567-e89b-12d3-a456-426614174003";
+
+/// The seed's example campaign (valid from 2022 to 2054).
+pub fn seed_message() -> Value {
+    serde_json::json!({
+        "restaurant_id": RESTAURANT,
+        "adv_campaign_id": CAMPAIGN,
+        "adv_campaign_content": "first campaign",
+        "adv_campaign_owner": "Ivanov Ivan Ivanovich",
+        "adv_campaign_owner_contact": "iiivanov@restaurant.ru",
+        "adv_campaign_datetime_start": 1659203516i64,
+        "adv_campaign_datetime_end": 2659207116i64,
+        "datetime_created": 1659131516i64
+    })
+}
+
+/// A campaign of `restaurant` valid from `start` to `end` (epoch seconds).
+pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
+    let mut m = seed_message();
+    m["restaurant_id"] = restaurant.into();
+    m["adv_campaign_id"] = id.into();
+    m["adv_campaign_datetime_start"] = start.into();
+    m["adv_campaign_datetime_end"] = end.into();
+    m
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An in-process Kafka cluster.
+pub struct Kafka {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl Kafka {
+    pub fn start() -> Result<Self> {
+        let cluster = MockCluster::new(1).context("starting the mock cluster")?;
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create()
+            .context("creating the test producer")?;
+        Ok(Kafka { cluster, producer })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        self.cluster.create_topic(name, partitions, 1).context("creating topic")?;
+        Ok(())
+    }
+
+    /// Produces raw payloads to one partition and waits for delivery.
+    pub fn produce_raw(&self, topic: &str, partition: i32, payloads: &[&[u8]]) -> Result<()> {
+        for (i, payload) in payloads.iter().enumerate() {
+            let key = format!("message_{i}");
+            self.producer
+                .send(BaseRecord::to(topic).partition(partition).key(&key).payload(*payload))
+                .map_err(|(e, _)| e)
+                .context("producing")?;
+        }
+        self.producer.flush(Duration::from_secs(10)).context("flushing")?;
+        Ok(())
+    }
+
+    /// Produces JSON campaigns to one partition.
+    pub fn produce(&self, topic: &str, partition: i32, messages: &[Value]) -> Result<()> {
+        let payloads: Vec<Vec<u8>> = messages.iter().map(|m| m.to_string().into_bytes()).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.produce_raw(topic, partition, &refs)
+    }
+
+    /// Everything a `read_committed` consumer sees in `topic`: (key, value).
+    pub fn read_committed(&self, topic: &str) -> Result<Vec<(String, Value)>> {
+        read_committed(&self.bootstrap(), topic)
+    }
+}
+
+/// Reads every committed message of `topic`, all partitions, from the start.
+pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<(String, Value)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        ends.push(consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?.1);
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if Instant::now() > deadline {
+            bail!("timed out reading {topic}");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let key = m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
+                let value: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+                out.push((key, value));
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+            None => {
+                let positions = consumer.position()?;
+                let done = partitions.iter().zip(&ends).all(|(p, end)| {
+                    *end == 0
+                        || matches!(positions.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
+                });
+                if done {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+/// A private schema in the `test` database, with the seed's tables.
+pub struct Db {
+    pub url: String,
+    pub client: Client,
+}
+
+pub fn base_url() -> String {
+    std::env::var("SPARKLET_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+impl Db {
+    pub async fn new() -> Result<Self> {
+        let schema = unique("it");
+        let admin = connect(&base_url()).await?;
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+        let url = format!("{}?options=-c%20search_path%3D{schema}", base_url());
+        let client = connect(&url).await?;
+        let ddl = std::fs::read_to_string(repo_path("sql/schema.sql"))?;
+        client.batch_execute(&ddl).await.context("applying sql/schema.sql")?;
+        Ok(Db { url, client })
+    }
+
+    pub async fn add_subscribers(&self, restaurant: &str, clients: &[&str]) -> Result<()> {
+        for c in clients {
+            self.client
+                .execute(
+                    "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ($1, $2)",
+                    &[c, &restaurant],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// All feedback rows as JSON objects (without `id`), ordered.
+    pub async fn feedback(&self) -> Result<Vec<Value>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT row_to_json(f)::text FROM (SELECT restaurant_id, adv_campaign_id, adv_campaign_content,
+                   adv_campaign_owner, adv_campaign_owner_contact, adv_campaign_datetime_start,
+                   adv_campaign_datetime_end, client_id, datetime_created, trigger_datetime_created, feedback
+                 FROM subscribers_feedback ORDER BY adv_campaign_id, client_id, id) f",
+                &[],
+            )
+            .await?;
+        rows.iter().map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?)).collect()
+    }
+}
+
+pub async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.with_context(|| format!("connecting {url}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// One test's topics, database and checkpoint directory.
+pub struct Job {
+    pub kafka: Kafka,
+    pub db: Db,
+    pub input: String,
+    pub output: String,
+    pub checkpoint: tempfile::TempDir,
+}
+
+impl Job {
+    pub async fn new(partitions: i32) -> Result<Self> {
+        let kafka = Kafka::start()?;
+        let input = unique("in");
+        let output = unique("out");
+        kafka.create_topic(&input, partitions)?;
+        kafka.create_topic(&output, 1)?;
+        Ok(Job { kafka, db: Db::new().await?, input, output, checkpoint: tempfile::tempdir()? })
+    }
+
+    /// `sparklet run` arguments for this job, plus `extra`.
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "run",
+            "--bootstrap-servers", &self.kafka.bootstrap(),
+            "--input-topic", &self.input,
+            "--output-topic", &self.output,
+            "--database-url", &self.db.url,
+            "--checkpoint-dir", &self.checkpoint.path().display().to_string(),
+            "--sql-dir", &repo_path("sql").display().to_string(),
+            "--starting-offsets", "earliest",
+            "--kafka-timeout", "10s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Later values replace earlier ones, so a test can override a default.
+        for pair in extra.chunks(2) {
+            match (args.iter().position(|a| a == pair[0]), pair.get(1)) {
+                (Some(at), Some(value)) if pair[0].starts_with("--") => args[at + 1] = value.to_string(),
+                _ => args.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        args
+    }
+
+    pub fn config(&self, extra: &[&str]) -> Result<sparklet::Config> {
+        config_from(self.args(extra))
+    }
+
+    /// Runs the job in process with `--trigger available-now` until the data
+    /// available now is done.
+    pub async fn run_available_now(&self, extra: &[&str]) -> Result<sparklet::RunSummary> {
+        let mut all = vec!["--trigger", "available-now"];
+        all.extend_from_slice(extra);
+        Ok(sparklet::run(self.config(&all)?, std::future::pending()).await?)
+    }
+
+    pub fn output_messages(&self) -> Result<Vec<(String, Value)>> {
+        self.kafka.read_committed(&self.output)
+    }
+}
+
+pub fn config_from(args: Vec<String>) -> Result<sparklet::Config> {
+    let cli = sparklet::cli::Cli::try_parse_from(std::iter::once("sparklet".to_string()).chain(args))?;
+    match cli.command {
+        sparklet::cli::Command::Run(run) => Ok(sparklet::Config::try_from(*run)?),
+        _ => bail!("not a run command"),
+    }
+}
