@@ -1,1 +1,166 @@
-pub async fn run(_args: crate::cli::DemoArgs) -> crate::Result<()> { Ok(()) }
+//! `sparklet demo`: the whole job on one machine. An in-process Kafka
+//! (librdkafka's mock cluster, real wire protocol on a local port), sample
+//! subscribers in the local Postgres (schema `sparklet_demo`), the seed's
+//! campaign plus generated ones, a few micro-batches, then a sample of both
+//! sinks.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+use crate::cli::DemoArgs;
+use crate::error::{Error, Result};
+use crate::tools;
+
+const SCHEMA: &str = "sparklet_demo";
+const INPUT: &str = "promotions_in";
+const OUTPUT: &str = "promotions_out";
+const SEED_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
+
+/// The seed's example input line, in kcat's `key:value` form.
+pub const SEED_LINE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let cluster = MockCluster::new(1).map_err(|e| Error::kafka("starting the in-process Kafka", e))?;
+    let bootstrap = cluster.bootstrap_servers();
+    cluster.create_topic(INPUT, 3, 1).map_err(|e| Error::kafka("creating the input topic", e))?;
+    cluster.create_topic(OUTPUT, 1, 1).map_err(|e| Error::kafka("creating the output topic", e))?;
+    println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}");
+
+    let url = prepare_postgres(&args).await?;
+    reset_checkpoint(&args)?;
+
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &bootstrap);
+    let messages = sample_campaigns(args.campaigns);
+    tools::produce(&client, INPUT, &messages)?;
+    println!("== produced {} campaigns (the seed's message first, one malformed)", messages.len());
+
+    let config = demo_config(&bootstrap, &url, &args)?;
+    let summary = crate::run(config, std::future::pending()).await?;
+    println!(
+        "== {} batches: {} messages in, {} malformed, {} rows out to each sink",
+        summary.batches, summary.input_rows, summary.malformed_rows, summary.output_rows
+    );
+    print_samples(&client, &url).await
+}
+
+/// Demo schema with the seed's tables, emptied, plus sample subscribers.
+async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
+    let admin = crate::config::PostgresConfig::parse(&args.database_url)?;
+    let db = crate::postgres::connect(&admin, "the demo").await?;
+    db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        .await
+        .map_err(|e| Error::postgres(format!("creating schema {SCHEMA}"), e))?;
+    let sep = if args.database_url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20search_path%3D{SCHEMA}", args.database_url);
+    let db = crate::postgres::connect(&crate::config::PostgresConfig::parse(&url)?, "the demo").await?;
+    let ddl = crate::transform::read_sql_file(&args.sql_dir.join("schema.sql"))?;
+    let mut setup = format!("{ddl};\n{};\n", crate::sink::postgres::MARKER_DDL);
+    setup.push_str("TRUNCATE subscribers_restaurants, subscribers_feedback, sparklet_commits;\n");
+    for (client, restaurant) in sample_subscribers() {
+        setup.push_str(&format!(
+            "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ('{client}', '{restaurant}');\n"
+        ));
+    }
+    db.batch_execute(&setup).await.map_err(|e| Error::postgres(format!("preparing schema {SCHEMA}"), e))?;
+    println!("== Postgres {}: schema {SCHEMA} with {} subscriptions", admin.target(), sample_subscribers().len());
+    Ok(url)
+}
+
+fn reset_checkpoint(args: &DemoArgs) -> Result<()> {
+    let dir = &args.checkpoint_dir;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(crate::checkpoint::io_err("emptying", dir))?;
+    }
+    Ok(())
+}
+
+fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Config> {
+    let run = crate::cli::RunArgs {
+        bootstrap_servers: bootstrap.to_string(),
+        input_topic: INPUT.into(),
+        output_topic: OUTPUT.into(),
+        database_url: url.to_string(),
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        sql_dir: args.sql_dir.clone(),
+        trigger: "available-now".into(),
+        starting_offsets: "earliest".into(),
+        max_offsets_per_trigger: Some(8),
+        kafka_options: Vec::new(),
+        subscribers_refresh: "60s".into(),
+        kafka_timeout: "10s".into(),
+        max_retries: 2,
+        progress_json: None,
+        min_batches_to_retain: 100,
+    };
+    crate::Config::try_from(run)
+}
+
+fn sample_subscribers() -> Vec<(String, String)> {
+    let mut subs: Vec<(String, String)> =
+        (0..3).map(|i| (format!("023e4567-e89b-12d3-a456-42661417400{i}"), SEED_RESTAURANT.to_string())).collect();
+    for r in 1..=4 {
+        for c in 0..r {
+            subs.push((format!("client-{r}-{c}"), format!("restaurant-{r}")));
+        }
+    }
+    subs
+}
+
+/// The seed's line, `n` generated campaigns (a third expired or not yet
+/// started), and one malformed message.
+fn sample_campaigns(n: usize) -> Vec<(Option<String>, String)> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let (key, value) = tools::parse_key_value(SEED_LINE);
+    let mut out = vec![(key.map(str::to_string), value.to_string())];
+    for i in 0..n {
+        let (start, end) = match i % 3 {
+            0 => (now - 3600, now - 60),
+            1 => (now + 3600, now + 7200),
+            _ => (now - 60, now + 3600),
+        };
+        let campaign = json!({
+            "restaurant_id": format!("restaurant-{}", 1 + i % 4),
+            "adv_campaign_id": format!("campaign-{i}"),
+            "adv_campaign_content": format!("{}% off the dish of the day", 10 + i),
+            "adv_campaign_owner": "Demo Owner",
+            "adv_campaign_owner_contact": "owner@restaurant.example",
+            "adv_campaign_datetime_start": start,
+            "adv_campaign_datetime_end": end,
+            "datetime_created": now - 7200,
+        });
+        out.push((Some(format!("message_{i}")), campaign.to_string()));
+    }
+    out.push((Some("broken".into()), r#"{"restaurant_id": "oops""#.into()));
+    out
+}
+
+async fn print_samples(client: &ClientConfig, url: &str) -> Result<()> {
+    let mut messages = tools::read_committed(client, OUTPUT, Duration::from_secs(20))?;
+    // The seed campaign's rows first.
+    messages.sort_by_key(|(_, value)| !value.contains(SEED_RESTAURANT));
+    println!("== {OUTPUT}: {} messages (read_committed); first 3:", messages.len());
+    for (key, value) in messages.iter().take(3) {
+        println!("  key={} value={value}", key.as_deref().unwrap_or("-"));
+    }
+    let db = crate::postgres::connect(&crate::config::PostgresConfig::parse(url)?, "the demo").await?;
+    let rows = db
+        .query(
+            "SELECT count(*) OVER (), adv_campaign_id, client_id, trigger_datetime_created, feedback IS NULL
+             FROM subscribers_feedback ORDER BY restaurant_id <> $1, id LIMIT 3",
+            &[&SEED_RESTAURANT],
+        )
+        .await
+        .map_err(|e| Error::postgres("reading the demo's feedback rows", e))?;
+    let total: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
+    println!("== {SCHEMA}.subscribers_feedback: {total} rows; first 3:");
+    for r in &rows {
+        let (campaign, client, trigger, null): (String, String, i32, bool) = (r.get(1), r.get(2), r.get(3), r.get(4));
+        println!("  adv_campaign_id={campaign} client_id={client} trigger_datetime_created={trigger} feedback_is_null={null}");
+    }
+    Ok(())
+}

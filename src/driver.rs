@@ -104,6 +104,7 @@ impl Driver {
             }
             let trigger_started = Instant::now();
             self.runner.refresh_subscribers_if_stale(self.config.subscribers_refresh).await;
+            let planning = Instant::now();
             let Some((plan, latest)) = self.plan(limit.as_ref()).await? else {
                 if !matches!(self.config.trigger, Trigger::ProcessingTime(_)) {
                     break;
@@ -111,7 +112,10 @@ impl Driver {
                 next_trigger = tokio::time::Instant::now() + self.interval().max(IDLE_POLL);
                 continue;
             };
-            let progress = self.run_with_retries(&plan, false, Some(&latest)).await?;
+            let planned = planning.elapsed();
+            let mut progress = self.run_with_retries(&plan, false, Some(&latest)).await?;
+            progress.duration_ms.latest_offset = crate::progress::ms(planned);
+            progress.duration_ms.trigger_execution += progress.duration_ms.latest_offset;
             self.record(&progress);
             self.advance_past(&plan);
             if self.config.trigger == Trigger::Once {
@@ -212,6 +216,7 @@ impl Driver {
     }
 
     fn record(&mut self, progress: &BatchProgress) {
+        events::BatchCommitted { progress }.emit();
         self.summary.batches += 1;
         self.summary.input_rows += progress.num_input_rows;
         self.summary.output_rows += progress.num_output_rows;

@@ -40,6 +40,9 @@ pub fn consumer_config(kafka: &KafkaConfig, query_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("isolation.level", "read_committed");
+    // A batch reads up to a known end offset; a long broker-side fetch wait
+    // would only delay the metadata and offset requests queued behind it.
+    config.set_default("fetch.wait.max.ms", "20");
     config
 }
 

@@ -23,6 +23,7 @@
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
 //! - [`crash`]: named crash points for the exactly-once tests.
 //! - [`demo`]: the whole job on one machine with an in-process Kafka.
+//! - [`tools`]: produce campaigns and read the output topic (demo, examples).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -43,6 +44,7 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod subscribers;
+pub mod tools;
 pub mod transform;
 
 pub use config::Config;

@@ -178,7 +178,6 @@ impl BatchRunner {
                 age_ms: progress::ms(subscribers.age()),
             },
         };
-        events::BatchCommitted { progress: &progress }.emit();
         Ok(progress)
     }
 

@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::json::LineDelimitedWriter;
@@ -117,10 +117,7 @@ impl KafkaSink {
                 crate::crash::point("kafka-mid-transaction");
             }
         }
-        self.producer
-            .flush(self.timeout)
-            .map_err(|e| Error::kafka("awaiting delivery of the output messages", e))?;
-        self.check_deliveries(sent)?;
+        self.await_deliveries(sent)?;
         let offsets = self.input_offsets(plan)?;
         let group = self.source.group_metadata()?;
         self.producer
@@ -158,6 +155,26 @@ impl KafkaSink {
             sent += 1;
         }
         Ok(sent)
+    }
+
+    /// Waits until every sent message has its delivery report. (The
+    /// producer's own `flush` polls in 100 ms steps, a floor on batch latency.)
+    fn await_deliveries(&self, sent: u64) -> Result<()> {
+        let counter = self.producer.context();
+        let deadline = Instant::now() + self.timeout;
+        let reported = || counter.delivered.load(Ordering::Relaxed) + counter.failed.load(Ordering::Relaxed);
+        while reported() < sent {
+            if Instant::now() > deadline {
+                return Err(Error::KafkaState(format!(
+                    "timed out after {:?} awaiting delivery of {} output messages to '{}'",
+                    self.timeout,
+                    sent - reported(),
+                    self.topic
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        self.check_deliveries(sent)
     }
 
     fn check_deliveries(&self, sent: u64) -> Result<()> {

@@ -96,10 +96,12 @@ impl KafkaSource {
     }
 
     fn watermarks_blocking(&self) -> Result<Vec<Watermarks>> {
+        let t = Instant::now();
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), self.timeout)
             .map_err(|e| Error::kafka(format!("fetching metadata of input topic '{}'", self.topic), e))?;
+        tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "fetched metadata");
         let topic = metadata
             .topics()
             .iter()
@@ -108,18 +110,46 @@ impl KafkaSource {
             .ok_or_else(|| {
                 Error::KafkaState(format!("input topic '{}' does not exist (or has no partitions)", self.topic))
             })?;
-        let mut marks = Vec::with_capacity(topic.partitions().len());
-        for partition in topic.partitions().iter().map(|p| p.id()) {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, partition, self.timeout)
-                .map_err(|e| {
-                    Error::kafka(format!("fetching end offsets of {}[{partition}]", self.topic), e)
-                })?;
-            marks.push(Watermarks { partition, low, high });
-        }
+        let partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+        // One ListOffsets request per bound for all partitions (the consumer's
+        // read_committed isolation makes "latest" the last stable offset).
+        let t = Instant::now();
+        let lows = self.list_offsets(&partitions, Offset::Beginning)?;
+        let highs = self.list_offsets(&partitions, Offset::End)?;
+        tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "listed offsets");
+        let mut marks: Vec<Watermarks> = partitions
+            .iter()
+            .map(|&partition| {
+                let low = lows.get(&partition).copied().unwrap_or(0);
+                let high = highs.get(&partition).copied().unwrap_or(low);
+                Watermarks { partition, low, high }
+            })
+            .collect();
         marks.sort_by_key(|w| w.partition);
         Ok(marks)
+    }
+
+    /// Offsets of `partitions` at `at` (`Beginning` or `End`).
+    fn list_offsets(&self, partitions: &[i32], at: Offset) -> Result<HashMap<i32, i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(&self.topic, *p, at)
+                .map_err(|e| Error::kafka("building the offsets request", e))?;
+        }
+        let listed = self
+            .consumer
+            .offsets_for_times(tpl, self.timeout)
+            .map_err(|e| Error::kafka(format!("listing offsets of input topic '{}'", self.topic), e))?;
+        let mut out = HashMap::new();
+        for elem in listed.elements() {
+            if let Some(err) = elem.error().err() {
+                return Err(Error::kafka(format!("listing offsets of {}[{}]", self.topic, elem.partition()), err));
+            }
+            if let Offset::Offset(o) = elem.offset() {
+                out.insert(elem.partition(), o);
+            }
+        }
+        Ok(out)
     }
 
     fn read_blocking(&self, ranges: &[OffsetRange]) -> Result<RawBatch> {
