@@ -1,1 +1,97 @@
-fn main(){}
+//! Criterion bench of the per-batch path on generated data, without I/O:
+//! decode (Kafka payloads -> Arrow), transform (the repo's SQL files: window
+//! filter + join with 1,000 restaurants x 10 subscribers), and encode (JSON
+//! messages for Kafka, binary COPY for Postgres).
+//!
+//! `cargo bench --bench batch_path`
+
+use std::hint::black_box;
+
+use arrow::array::RecordBatch;
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use sparklet::source::decode::{decode, RawBatch};
+use sparklet::subscribers::Subscribers;
+use sparklet::transform::SqlPipeline;
+
+const NOW: i64 = 1_700_000_000;
+const RESTAURANTS: usize = 1_000;
+const SUBSCRIBERS_PER_RESTAURANT: usize = 10;
+
+/// `n` seed-shaped campaigns; every tenth has expired.
+fn payloads(n: usize) -> RawBatch {
+    let mut raw = RawBatch::default();
+    for i in 0..n {
+        let end = if i % 10 == 9 { NOW - 1 } else { NOW + 3600 };
+        let json = format!(
+            r#"{{"restaurant_id": "restaurant-{:04}","adv_campaign_id": "123e4567-e89b-12d3-a456-{:012}","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": {},"adv_campaign_datetime_end": {end},"datetime_created": 1659131516}}"#,
+            i % RESTAURANTS,
+            i,
+            NOW - 60
+        );
+        raw.push(0, i as i64, Some(json.as_bytes()));
+    }
+    raw
+}
+
+fn subscribers() -> Subscribers {
+    let (mut clients, mut restaurants) = (Vec::new(), Vec::new());
+    for r in 0..RESTAURANTS {
+        for c in 0..SUBSCRIBERS_PER_RESTAURANT {
+            clients.push(format!("023e4567-e89b-12d3-a456-{:08}{c:04}", r));
+            restaurants.push(format!("restaurant-{r:04}"));
+        }
+    }
+    Subscribers::from_rows(clients, restaurants).expect("subscribers")
+}
+
+fn transform(rt: &tokio::runtime::Runtime, pipeline: &SqlPipeline, campaigns: RecordBatch, subs: &Subscribers) -> Vec<RecordBatch> {
+    rt.block_on(pipeline.run(campaigns, subs.batch.clone(), NOW, 0)).expect("transform")
+}
+
+fn encode_both(output: &[RecordBatch]) -> usize {
+    let mut copy = BytesMut::new();
+    let mut json_bytes = 0;
+    for batch in output {
+        json_bytes += sparklet::sink::kafka::encode_json_lines(batch).expect("json").len();
+        sparklet::sink::copy::write_rows(batch, 0, batch.num_rows(), &mut copy).expect("copy");
+    }
+    json_bytes + copy.len()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let pipeline = SqlPipeline::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))).expect("sql");
+    let subs = subscribers();
+    let schema = sparklet::schema::campaigns();
+    let mut group = c.benchmark_group("batch_path");
+    group.sample_size(10);
+    for n in [1_000usize, 10_000, 100_000] {
+        let raw = payloads(n);
+        let campaigns = decode(&raw, &schema).expect("decode").batch;
+        let output = transform(&rt, &pipeline, campaigns.clone(), &subs);
+        let out_rows: usize = output.iter().map(|b| b.num_rows()).sum();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("decode", n), &raw, |b, raw| {
+            b.iter(|| black_box(decode(raw, &schema).expect("decode")))
+        });
+        group.bench_with_input(BenchmarkId::new("transform", n), &campaigns, |b, campaigns| {
+            b.iter(|| black_box(transform(&rt, &pipeline, campaigns.clone(), &subs)))
+        });
+        group.throughput(Throughput::Elements(out_rows as u64));
+        group.bench_with_input(BenchmarkId::new("encode_json_and_copy", out_rows), &output, |b, output| {
+            b.iter(|| black_box(encode_both(output)))
+        });
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("decode_sql_encode", n), &raw, |b, raw| {
+            b.iter(|| {
+                let campaigns = decode(raw, &schema).expect("decode").batch;
+                black_box(encode_both(&transform(&rt, &pipeline, campaigns, &subs)))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

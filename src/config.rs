@@ -219,7 +219,9 @@ fn non_empty(option: &str, value: String) -> Result<String> {
     Ok(value.trim().to_string())
 }
 
-fn parse_kafka_options(raw: &[String]) -> Result<Vec<(String, String)>> {
+/// Parses `--kafka-option KEY=VALUE` items: `env:NAME` values are read from
+/// the environment; keys sparklet owns are refused.
+pub fn parse_kafka_options(raw: &[String]) -> Result<Vec<(String, String)>> {
     let mut options = Vec::new();
     for item in raw.iter().filter(|s| !s.trim().is_empty()) {
         let Some((key, value)) = item.split_once('=') else {

@@ -33,8 +33,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let url = prepare_postgres(&args).await?;
     reset_checkpoint(&args)?;
 
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &bootstrap);
+    let client = tools::client_config(&bootstrap, &[]);
     let messages = sample_campaigns(args.campaigns);
     tools::produce(&client, INPUT, &messages)?;
     println!("== produced {} campaigns (the seed's message first, one malformed)", messages.len());

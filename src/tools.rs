@@ -11,6 +11,17 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
 
+/// Client settings for `bootstrap` plus `--kafka-option` pairs (see
+/// [`crate::config::parse_kafka_options`]).
+pub fn client_config(bootstrap: &str, options: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in options {
+        config.set(key, value);
+    }
+    config
+}
+
 /// Splits a line in kcat's `-K:` form, `key:{json}`, into key and value; a
 /// line that starts with `{` has no key.
 pub fn parse_key_value(line: &str) -> (Option<&str>, &str) {

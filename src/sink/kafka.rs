@@ -132,11 +132,7 @@ impl KafkaSink {
 
     /// Encodes a batch as JSON lines and sends one message per line.
     fn send_batch(&self, batch: &RecordBatch) -> Result<u64> {
-        let mut json = Vec::with_capacity(batch.num_rows() * 420);
-        let mut writer = LineDelimitedWriter::new(&mut json);
-        writer.write(batch).map_err(|e| Error::arrow("encoding output messages as JSON", e))?;
-        writer.finish().map_err(|e| Error::arrow("encoding output messages as JSON", e))?;
-        drop(writer);
+        let json = encode_json_lines(batch)?;
         let keys = batch.column(KEY_COLUMN).as_string::<i32>();
         let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let mut sent = 0u64;
@@ -199,6 +195,17 @@ impl KafkaSink {
         }
         Ok(tpl)
     }
+}
+
+/// One JSON object per row, `\n`-separated, fields in the schema's order
+/// (JSON strings escape newlines, so `\n` only ever separates rows).
+pub fn encode_json_lines(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut json = Vec::with_capacity(batch.num_rows() * 420);
+    let mut writer = LineDelimitedWriter::new(&mut json);
+    writer.write(batch).map_err(|e| Error::arrow("encoding output messages as JSON", e))?;
+    writer.finish().map_err(|e| Error::arrow("encoding output messages as JSON", e))?;
+    drop(writer);
+    Ok(json)
 }
 
 impl Sink for KafkaSink {
