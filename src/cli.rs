@@ -95,6 +95,13 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_MAX_RETRIES", default_value_t = 5)]
     pub max_retries: u32,
 
+    /// Delivery guarantee: exactly-once (both sinks transactional with a batch
+    /// marker; output readers must use isolation.level=read_committed) or
+    /// at-least-once (no transactions or markers; a replayed batch is written
+    /// again, as with Spark's foreachBatch).
+    #[arg(long, env = "SPARKLET_GUARANTEE", default_value = "exactly-once")]
+    pub guarantee: String,
+
     /// Append one JSON progress record per batch to this file (`-` for stdout).
     #[arg(long, env = "SPARKLET_PROGRESS_JSON")]
     pub progress_json: Option<PathBuf>,

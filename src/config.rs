@@ -22,6 +22,37 @@ pub enum Trigger {
     AvailableNow,
 }
 
+/// What the sinks promise when a batch is replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Transactions with markers: a batch lands once in each sink.
+    ExactlyOnce,
+    /// Plain writes: a replayed batch may land twice.
+    AtLeastOnce,
+}
+
+impl Guarantee {
+    /// Whether sinks write and check batch markers.
+    pub fn exactly_once(self) -> bool {
+        self == Guarantee::ExactlyOnce
+    }
+}
+
+impl FromStr for Guarantee {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim() {
+            "exactly-once" => Ok(Guarantee::ExactlyOnce),
+            "at-least-once" => Ok(Guarantee::AtLeastOnce),
+            other => Err(Error::config(
+                "--guarantee",
+                format!("'{other}' is neither 'exactly-once' nor 'at-least-once'"),
+            )),
+        }
+    }
+}
+
 /// Where a query with an empty checkpoint starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartingOffsets {
@@ -62,6 +93,7 @@ pub struct Config {
     pub max_offsets_per_trigger: Option<u64>,
     pub subscribers_refresh: Duration,
     pub max_retries: u32,
+    pub guarantee: Guarantee,
     pub progress_json: Option<PathBuf>,
     pub min_batches_to_retain: u64,
 }
@@ -105,6 +137,7 @@ impl TryFrom<RunArgs> for Config {
             max_offsets_per_trigger: args.max_offsets_per_trigger,
             subscribers_refresh: parse_duration("--subscribers-refresh", &args.subscribers_refresh)?,
             max_retries: args.max_retries,
+            guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
             min_batches_to_retain: args.min_batches_to_retain.max(1),
         })
@@ -275,6 +308,7 @@ mod tests {
         assert_eq!(config.max_offsets_per_trigger, None);
         assert_eq!(config.subscribers_refresh, Duration::from_secs(60));
         assert_eq!(config.sql_dir, PathBuf::from("sql"));
+        assert_eq!(config.guarantee, Guarantee::ExactlyOnce);
     }
 
     #[test]
@@ -294,6 +328,8 @@ mod tests {
         assert!(err.contains("--starting-offsets") && err.contains("'middle'"), "{err}");
         let err = args(&["--max-offsets-per-trigger", "0"]).unwrap_err().to_string();
         assert!(err.contains("--max-offsets-per-trigger"), "{err}");
+        let err = args(&["--guarantee", "maybe-once"]).unwrap_err().to_string();
+        assert!(err.contains("--guarantee") && err.contains("'maybe-once'"), "{err}");
         let err = args(&["--subscribers-refresh", "often"]).unwrap_err().to_string();
         assert!(err.contains("--subscribers-refresh") && err.contains("'often'"), "{err}");
     }

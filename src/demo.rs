@@ -93,6 +93,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Con
         subscribers_refresh: "60s".into(),
         kafka_timeout: "10s".into(),
         max_retries: 2,
+        guarantee: "exactly-once".into(),
         progress_json: None,
         min_batches_to_retain: 100,
     };

@@ -46,14 +46,18 @@ pub fn consumer_config(kafka: &KafkaConfig, query_id: &str) -> ClientConfig {
     config
 }
 
-/// Settings of the transactional producer that writes the output topic.
-pub fn producer_config(kafka: &KafkaConfig, query_id: &str) -> ClientConfig {
+/// Settings of the producer that writes the output topic; transactional for
+/// exactly-once.
+pub fn producer_config(kafka: &KafkaConfig, query_id: &str, transactional: bool) -> ClientConfig {
     let mut config = base_config(kafka);
+    if transactional {
+        config
+            .set("transactional.id", transactional_id(query_id))
+            .set("transaction.timeout.ms", transaction_timeout_ms(kafka));
+    }
     config
-        .set("transactional.id", transactional_id(query_id))
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("transaction.timeout.ms", transaction_timeout_ms(kafka))
         .set_default("linger.ms", "5")
         .set_default("batch.num.messages", "10000")
         .set_default("queue.buffering.max.messages", "1000000");
@@ -115,7 +119,7 @@ mod tests {
             ("sasl.password", "secret-pw"),
             ("ssl.ca.location", "/usr/local/share/ca-certificates/Yandex/YandexCA.crt"),
         ]);
-        for config in [consumer_config(&k, "q"), producer_config(&k, "q")] {
+        for config in [consumer_config(&k, "q"), producer_config(&k, "q", true)] {
             assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
             assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
             let shown = describe(&config).join(" ");
@@ -125,9 +129,11 @@ mod tests {
 
     #[test]
     fn user_can_tune_but_not_override_exactly_once_settings() {
-        let config = producer_config(&kafka(&[("linger.ms", "50")]), "q");
+        let config = producer_config(&kafka(&[("linger.ms", "50")]), "q", true);
         assert_eq!(config.get("linger.ms"), Some("50"));
         assert_eq!(config.get("transactional.id"), Some("sparklet-q"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
+        let plain = producer_config(&kafka(&[]), "q", false);
+        assert_eq!(plain.get("transactional.id"), None);
     }
 }

@@ -26,16 +26,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on the first Ctrl-C or SIGTERM, so the current batch finishes and
-/// commits; a second signal aborts at once (the next start recovers).
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    tracing::info!("shutdown requested: finishing the current batch (signal again to abort)");
-    tokio::spawn(async {
+/// A future that resolves on the first Ctrl-C or SIGTERM, so the current
+/// batch finishes and commits. The signals are watched by their own task from
+/// the start, so a second signal aborts at once, even mid-batch (the next start
+/// recovers the batch).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let (first, first_received) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: finishing the current batch (signal again to abort)");
+        let _ = first.send(());
         wait_for_signal().await;
         eprintln!("sparklet: second signal, aborting; the next start recovers the batch");
         std::process::exit(130);
     });
+    async move {
+        let _ = first_received.await;
+    }
 }
 
 async fn wait_for_signal() {

@@ -41,9 +41,10 @@ impl BatchRunner {
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
         let subscribers = load_subscribers(config, &checkpoint).await?;
-        let postgres = PostgresSink::connect(&config.postgres, &query_id).await?;
+        let exactly_once = config.guarantee.exactly_once();
+        let postgres = PostgresSink::connect(&config.postgres, &query_id, exactly_once).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
-        let kafka = KafkaSink::try_new(&config.kafka, &query_id, source.clone()).await?;
+        let kafka = KafkaSink::try_new(&config.kafka, &query_id, source.clone(), exactly_once).await?;
         tracing::info!(
             query_id = %query_id,
             checkpoint = %config.checkpoint_dir.display(),
@@ -95,8 +96,9 @@ impl BatchRunner {
     /// closed connection).
     pub async fn reconnect(&mut self, config: &Config) -> Result<()> {
         let query_id = self.checkpoint.query_id().to_string();
-        self.postgres = PostgresSink::connect(&config.postgres, &query_id).await?;
-        self.kafka = KafkaSink::try_new(&config.kafka, &query_id, self.source.clone()).await?;
+        let exactly_once = config.guarantee.exactly_once();
+        self.postgres = PostgresSink::connect(&config.postgres, &query_id, exactly_once).await?;
+        self.kafka = KafkaSink::try_new(&config.kafka, &query_id, self.source.clone(), exactly_once).await?;
         Ok(())
     }
 

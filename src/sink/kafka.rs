@@ -1,10 +1,11 @@
 //! The Kafka sink: one JSON message per output row, keyed by `client_id`,
 //! written in one Kafka transaction per batch.
 //!
-//! The transaction also carries the batch's input end offsets, committed for
-//! the query's consumer group (`sendOffsetsToTransaction`). That commit is the
-//! sink's marker: recovery reads the group's offsets to learn whether the batch
-//! landed, and standard lag tools see sparklet's progress. The producer's
+//! Every message carries the query and batch ids as headers: that is the
+//! sink's marker, which recovery reads back ([`super::kafka_marker`]). The
+//! transaction also commits the batch's input end offsets for the query's
+//! consumer group (`sendOffsetsToTransaction`), so lag tools see sparklet's
+//! progress. The producer's
 //! `transactional.id` is stable per query, so `init_transactions` at start
 //! fences a zombie and aborts (or completes) a transaction a crash left open.
 //! Consumers of the output topic must use `isolation.level=read_committed`.
@@ -23,7 +24,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::sink::Sink;
+use crate::sink::{kafka_marker, Sink};
 use crate::source::{blocking, KafkaSource};
 
 /// Index of `client_id` in [`crate::schema::OUTPUT_FIELDS`]: the message key.
@@ -75,28 +76,56 @@ pub struct KafkaSink {
     source: KafkaSource,
     topic: String,
     timeout: Duration,
+    /// Exactly-once: one transaction per batch, with the input offsets.
+    transactional: bool,
+    query_id: String,
+    /// Settings of the reader that looks for batch markers on recovery.
+    marker_reader: rdkafka::ClientConfig,
 }
 
 impl KafkaSink {
     /// Creates the transactional producer and initialises transactions.
-    pub async fn try_new(kafka: &KafkaConfig, query_id: &str, source: KafkaSource) -> Result<Self> {
-        let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::producer_config(kafka, query_id)
-            .create_with_context(DeliveryCounter::default())
-            .map_err(|e| Error::kafka("creating the output producer", e))?;
+    pub async fn try_new(
+        kafka: &KafkaConfig,
+        query_id: &str,
+        source: KafkaSource,
+        transactional: bool,
+    ) -> Result<Self> {
+        let producer: ThreadedProducer<DeliveryCounter> =
+            crate::kafka::producer_config(kafka, query_id, transactional)
+                .create_with_context(DeliveryCounter::default())
+                .map_err(|e| Error::kafka("creating the output producer", e))?;
         let timeout = kafka.timeout;
-        let init = producer.clone();
+        let sink = KafkaSink {
+            producer,
+            source,
+            topic: kafka.output_topic.clone(),
+            timeout,
+            transactional,
+            query_id: query_id.to_string(),
+            marker_reader: crate::kafka::consumer_config(kafka, query_id),
+        };
+        if !transactional {
+            return Ok(sink);
+        }
+        let init = sink.producer.clone();
         blocking(move || {
             init.init_transactions(timeout)
                 .map_err(|e| Error::kafka("initialising transactions of the output producer", e))
         })
         .await?;
-        Ok(KafkaSink { producer, source, topic: kafka.output_topic.clone(), timeout })
+        Ok(sink)
     }
 
     /// Sends, awaits and commits; blocking, run off the async runtime.
     fn write_blocking(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
         let counter = self.producer.context();
         counter.reset();
+        if !self.transactional {
+            let sent = self.send_all(plan, rows)?;
+            self.await_deliveries(sent)?;
+            return Ok(sent);
+        }
         self.producer
             .begin_transaction()
             .map_err(|e| Error::kafka("beginning the output transaction", e))?;
@@ -110,12 +139,9 @@ impl KafkaSink {
     }
 
     fn send_and_commit(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
-        let mut sent = 0u64;
-        for batch in rows {
-            sent += self.send_batch(batch)?;
-            if sent > 0 {
-                crate::crash::point("kafka-mid-transaction");
-            }
+        let sent = self.send_all(plan, rows)?;
+        if sent > 0 {
+            crate::crash::point("kafka-mid-transaction");
         }
         self.await_deliveries(sent)?;
         let offsets = self.input_offsets(plan)?;
@@ -130,14 +156,21 @@ impl KafkaSink {
         Ok(sent)
     }
 
+    fn send_all(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+        rows.iter().try_fold(0, |sent, batch| Ok(sent + self.send_batch(plan, batch)?))
+    }
+
     /// Encodes a batch as JSON lines and sends one message per line.
-    fn send_batch(&self, batch: &RecordBatch) -> Result<u64> {
+    fn send_batch(&self, plan: &BatchPlan, batch: &RecordBatch) -> Result<u64> {
         let json = encode_json_lines(batch)?;
         let keys = batch.column(KEY_COLUMN).as_string::<i32>();
         let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let mut sent = 0u64;
         for (row, payload) in lines.enumerate() {
-            let mut record = BaseRecord::to(&self.topic).key(keys.value(row)).payload(payload);
+            let mut record = BaseRecord::to(&self.topic)
+                .key(keys.value(row))
+                .payload(payload)
+                .headers(kafka_marker::headers(&self.query_id, plan.batch_id));
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
@@ -214,12 +247,15 @@ impl Sink for KafkaSink {
     }
 
     async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
-        let partitions = plan.ranges.iter().map(|r| r.partition).collect();
-        let committed = self.source.committed(partitions).await?;
-        Ok(plan
-            .ranges
-            .iter()
-            .all(|r| committed.get(&r.partition).copied().unwrap_or(0) >= r.end))
+        if !self.transactional {
+            return Ok(false);
+        }
+        let (config, topic, query_id, timeout) =
+            (self.marker_reader.clone(), self.topic.clone(), self.query_id.clone(), self.timeout);
+        let latest =
+            blocking(move || kafka_marker::latest_committed_batch(&config, &topic, &query_id, timeout)).await?;
+        tracing::info!(batch_id = plan.batch_id, latest_committed = ?latest, "kafka batch marker check");
+        Ok(latest.is_some_and(|latest| latest >= plan.batch_id))
     }
 
     async fn write(&mut self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {

@@ -8,6 +8,7 @@
 
 pub mod copy;
 pub mod kafka;
+pub mod kafka_marker;
 pub mod postgres;
 
 use arrow::array::RecordBatch;

@@ -36,12 +36,14 @@ pub struct PostgresSink {
     client: Client,
     query_id: String,
     target: String,
+    /// Exactly-once: record and check the batch marker.
+    markers: bool,
 }
 
 impl PostgresSink {
     /// Connects, creates the marker table and checks that the feedback table
     /// exists with the columns sparklet writes.
-    pub async fn connect(config: &PostgresConfig, query_id: &str) -> Result<Self> {
+    pub async fn connect(config: &PostgresConfig, query_id: &str, markers: bool) -> Result<Self> {
         let client = crate::postgres::connect(config, "the feedback sink").await?;
         let target = config.target();
         client
@@ -55,7 +57,7 @@ impl PostgresSink {
                 e,
             )
         })?;
-        Ok(PostgresSink { client, query_id: query_id.to_string(), target })
+        Ok(PostgresSink { client, query_id: query_id.to_string(), target, markers })
     }
 
 }
@@ -91,6 +93,9 @@ impl Sink for PostgresSink {
     }
 
     async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
+        if !self.markers {
+            return Ok(false);
+        }
         let row = self
             .client
             .query_one(
@@ -110,18 +115,32 @@ impl Sink for PostgresSink {
             .await
             .map_err(|e| Error::postgres(format!("beginning a transaction on {target}"), e))?;
         let written = copy_rows(&txn, rows, &target).await?;
-        txn.execute(
-            "INSERT INTO sparklet_commits (query_id, batch_id, num_rows) VALUES ($1, $2, $3)",
-            &[&self.query_id, &(plan.batch_id as i64), &(written as i64)],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("recording batch {} in sparklet_commits on {target}", plan.batch_id), e))?;
+        if self.markers {
+            record_marker(&txn, &self.query_id, plan, written, &target).await?;
+        }
         txn.commit()
             .await
             .map_err(|e| Error::postgres(format!("committing batch {} on {target}", plan.batch_id), e))?;
         crate::crash::point("after-pg-commit");
         Ok(written)
     }
+}
+
+/// Inserts the (query, batch) marker inside the batch's transaction.
+async fn record_marker(
+    txn: &tokio_postgres::Transaction<'_>,
+    query_id: &str,
+    plan: &BatchPlan,
+    written: u64,
+    target: &str,
+) -> Result<()> {
+    txn.execute(
+            "INSERT INTO sparklet_commits (query_id, batch_id, num_rows) VALUES ($1, $2, $3)",
+            &[&query_id, &(plan.batch_id as i64), &(written as i64)],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("recording batch {} in sparklet_commits on {target}", plan.batch_id), e))?;
+    Ok(())
 }
 
 /// The columns sparklet writes, in the output schema's order.

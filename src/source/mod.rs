@@ -64,30 +64,6 @@ impl KafkaSource {
         blocking(move || this.read_blocking(&ranges)).await
     }
 
-    /// Offsets committed to the query's consumer group, per partition.
-    pub async fn committed(&self, partitions: Vec<i32>) -> Result<HashMap<i32, i64>> {
-        let this = self.clone();
-        blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition(&this.topic, *p);
-            }
-            let committed = this
-                .consumer
-                .committed_offsets(tpl, this.timeout)
-                .map_err(|e| Error::kafka("reading the query's committed input offsets", e))?;
-            Ok(committed
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some((e.partition(), o)),
-                    _ => None,
-                })
-                .collect())
-        })
-        .await
-    }
-
     /// The consumer-group metadata the sink's transaction commits offsets for.
     pub fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
         self.consumer
