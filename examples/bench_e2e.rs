@@ -1,0 +1,164 @@
+//! End-to-end benchmark: the real pipeline (in-process Kafka over TCP, the
+//! local Postgres, the repo's SQL) on generated data, the same shape as the
+//! Spark peer in shared/notes: 1,000 restaurants x 10 subscribers, 10% of the
+//! campaigns expired. Prints batch time, rows/s and peak memory per scenario.
+//!
+//! ```text
+//! cargo run --release --example bench_e2e -- --messages 100000
+//! ```
+//!
+//! Scenarios: one large batch with exactly-once, the same with at-least-once
+//! (the cost of exactly-once), and a run of tiny batches (latency floor).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use rdkafka::mocking::MockCluster;
+use serde_json::Value;
+
+/// End-to-end throughput and latency of sparklet on this machine.
+#[derive(Parser)]
+struct Args {
+    /// Campaign messages in the large batch.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Restaurants (each campaign belongs to one).
+    #[arg(long, default_value_t = 1_000)]
+    restaurants: usize,
+    /// Subscribers per restaurant (the fan-out).
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Tiny batches to time (10 messages each).
+    #[arg(long, default_value_t = 30)]
+    tiny_batches: usize,
+    /// Postgres to write to (schema sparklet_bench is recreated).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    database_url: String,
+}
+
+const NOW_WINDOW: i64 = 3600;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let url = prepare_postgres(&args).await?;
+    println!("scenario | batches | input msgs | output rows | batch ms (median) | output rows/s | peak RSS MiB");
+    for guarantee in ["exactly-once", "at-least-once"] {
+        let (cluster, topic) = new_cluster(args.messages)?;
+        let t = Instant::now();
+        produce(&cluster, &topic, args.messages, args.restaurants)?;
+        eprintln!("produced {} messages in {:?}", args.messages, t.elapsed());
+        let batches = run_job(&cluster, &topic, &url, guarantee, None).await?;
+        report(&format!("1 x {} msgs, {guarantee}", args.messages), &batches);
+    }
+    let (cluster, topic) = new_cluster(args.tiny_batches * 10)?;
+    let mut tiny = Vec::new();
+    for _ in 0..args.tiny_batches {
+        produce(&cluster, &topic, 10, args.restaurants)?;
+        tiny.extend(run_job(&cluster, &topic, &url, "exactly-once", Some(10)).await?);
+    }
+    report("tiny: 10 msgs per batch, exactly-once", &tiny);
+    Ok(())
+}
+
+async fn prepare_postgres(args: &Args) -> Result<String> {
+    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    db.batch_execute("DROP SCHEMA IF EXISTS sparklet_bench CASCADE; CREATE SCHEMA sparklet_bench").await?;
+    let url = format!("{}?options=-c%20search_path%3Dsparklet_bench", args.database_url);
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    db.batch_execute(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/schema.sql"))?).await?;
+    db.execute(
+        "INSERT INTO subscribers_restaurants (client_id, restaurant_id)
+         SELECT format('client-%s-%s', r, c), format('restaurant-%s', r)
+         FROM generate_series(0, $1::int - 1) r, generate_series(0, $2::int - 1) c",
+        &[&(args.restaurants as i32), &(args.subscribers as i32)],
+    )
+    .await?;
+    Ok(url)
+}
+
+fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String)> {
+    let cluster = MockCluster::new(1)?;
+    let topic = format!("bench_in_{messages}");
+    cluster.create_topic(&topic, 3, 1)?;
+    cluster.create_topic("bench_out", 3, 1)?;
+    Ok((cluster, topic))
+}
+
+fn produce(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, topic: &str, n: usize, restaurants: usize) -> Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let messages: Vec<(Option<String>, String)> = (0..n)
+        .map(|i| {
+            let end = if i % 10 == 9 { now - 1 } else { now + NOW_WINDOW };
+            let json = format!(
+                r#"{{"restaurant_id": "restaurant-{}","adv_campaign_id": "campaign-{i}-{}","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": {},"adv_campaign_datetime_end": {end},"datetime_created": 1659131516}}"#,
+                i % restaurants,
+                uuid::Uuid::new_v4().simple(),
+                now - 60
+            );
+            (Some(format!("message_{i}")), json)
+        })
+        .collect();
+    let config = sparklet::tools::client_config(&cluster.bootstrap_servers(), &[("linger.ms".into(), "5".into())]);
+    sparklet::tools::produce(&config, topic, &messages)?;
+    Ok(())
+}
+
+/// Runs sparklet with available-now over what is in `topic`; returns the
+/// progress records of the batches.
+async fn run_job(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    url: &str,
+    guarantee: &str,
+    cap: Option<usize>,
+) -> Result<Vec<Value>> {
+    let checkpoint = tempfile::tempdir()?;
+    let progress = checkpoint.path().join("progress.jsonl");
+    let mut argv = vec![
+        "sparklet".to_string(), "run".into(), "--bootstrap-servers".into(), cluster.bootstrap_servers(),
+        "--input-topic".into(), topic.into(), "--output-topic".into(), "bench_out".into(),
+        "--database-url".into(), url.into(), "--checkpoint-dir".into(), checkpoint.path().display().to_string(),
+        "--sql-dir".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(), "--trigger".into(), "available-now".into(),
+        "--starting-offsets".into(), "earliest".into(), "--guarantee".into(), guarantee.into(),
+        "--progress-json".into(), progress.display().to_string(), "--kafka-timeout".into(), "120s".into(),
+    ];
+    if let Some(cap) = cap {
+        argv.extend(["--max-offsets-per-trigger".to_string(), cap.to_string()]);
+    }
+    let cli = <sparklet::cli::Cli as Parser>::try_parse_from(argv)?;
+    let sparklet::cli::Command::Run(run) = cli.command else { unreachable!() };
+    sparklet::run(sparklet::Config::try_from(*run)?, std::future::pending()).await?;
+    let text = std::fs::read_to_string(&progress).context("progress file")?;
+    text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+fn report(name: &str, batches: &[Value]) {
+    let num = |b: &Value, k: &str| b[k].as_u64().unwrap_or(0);
+    let mut times: Vec<u64> = batches.iter().map(|b| b["durationMs"]["triggerExecution"].as_u64().unwrap_or(0)).collect();
+    times.sort_unstable();
+    let median = times.get(times.len() / 2).copied().unwrap_or(0);
+    let input: u64 = batches.iter().map(|b| num(b, "numInputRows")).sum();
+    let output: u64 = batches.iter().map(|b| num(b, "numOutputRows")).sum();
+    let total_ms: u64 = times.iter().sum();
+    let rate = output as f64 / Duration::from_millis(total_ms.max(1)).as_secs_f64();
+    println!(
+        "{name} | {} | {input} | {output} | {median} | {rate:.0} | {}",
+        batches.len(),
+        peak_rss_mib()
+    );
+    if let Some(last) = batches.last() {
+        eprintln!("{name}: last batch durationMs {}", last["durationMs"]);
+    }
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb / 1024)
+}
