@@ -185,7 +185,7 @@ impl Driver {
                 return Err(error);
             }
             tokio::time::sleep(backoff(attempt)).await;
-            if let Err(e) = self.runner.reconnect(&self.config).await {
+            if let Err(e) = self.runner.reconnect().await {
                 tracing::warn!(cause = %e, "reconnecting the sinks failed; retrying the batch anyway");
             }
         }

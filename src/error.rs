@@ -89,7 +89,6 @@ impl Error {
             Error::Kafka { source, .. } => kafka_retryable(source),
             Error::Postgres { source, .. } => postgres_retryable(source),
             Error::KafkaState(_) => true,
-            Error::CheckpointIo { .. } => false,
             _ => false,
         }
     }

@@ -41,10 +41,8 @@ impl BatchRunner {
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
         let subscribers = load_subscribers(config, &checkpoint).await?;
-        let exactly_once = config.guarantee.exactly_once();
-        let postgres = PostgresSink::connect(&config.postgres, &query_id, exactly_once).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
-        let kafka = KafkaSink::try_new(&config.kafka, &query_id, source.clone(), exactly_once).await?;
+        let (postgres, kafka) = connect_sinks(config, &query_id, &source).await?;
         tracing::info!(
             query_id = %query_id,
             checkpoint = %config.checkpoint_dir.display(),
@@ -94,11 +92,10 @@ impl BatchRunner {
 
     /// Re-creates both sinks after a failure (a fenced or broken producer, a
     /// closed connection).
-    pub async fn reconnect(&mut self, config: &Config) -> Result<()> {
-        let query_id = self.checkpoint.query_id().to_string();
-        let exactly_once = config.guarantee.exactly_once();
-        self.postgres = PostgresSink::connect(&config.postgres, &query_id, exactly_once).await?;
-        self.kafka = KafkaSink::try_new(&config.kafka, &query_id, self.source.clone(), exactly_once).await?;
+    pub async fn reconnect(&mut self) -> Result<()> {
+        let (postgres, kafka) = connect_sinks(&self.config, self.checkpoint.query_id(), &self.source).await?;
+        self.postgres = postgres;
+        self.kafka = kafka;
         Ok(())
     }
 
@@ -229,6 +226,14 @@ impl BatchRunner {
                 .emit();
         }
     }
+}
+
+/// Connects both sinks with the configured guarantee.
+async fn connect_sinks(config: &Config, query_id: &str, source: &KafkaSource) -> Result<(PostgresSink, KafkaSink)> {
+    let exactly_once = config.guarantee.exactly_once();
+    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once).await?;
+    let kafka = KafkaSink::try_new(&config.kafka, query_id, source.clone(), exactly_once).await?;
+    Ok((postgres, kafka))
 }
 
 /// Loads the subscribers from Postgres and saves their snapshot.

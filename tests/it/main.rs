@@ -4,6 +4,7 @@
 
 mod exactly_once;
 mod pipeline;
+mod security;
 mod replay;
 mod sql_files;
 mod startup_errors;

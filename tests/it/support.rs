@@ -3,15 +3,13 @@
 //! seed's messages.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
@@ -100,46 +98,11 @@ impl Kafka {
 
 /// Reads every committed message of `topic`, all partitions, from the start.
 pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<(String, Value)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("reader"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    let mut tpl = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-        ends.push(consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?.1);
-    }
-    consumer.assign(&tpl)?;
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if Instant::now() > deadline {
-            bail!("timed out reading {topic}");
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let key = m.key().map(|k| String::from_utf8_lossy(k).to_string()).unwrap_or_default();
-                let value: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-                out.push((key, value));
-            }
-            Some(Err(e)) => bail!("reading {topic}: {e}"),
-            None => {
-                let positions = consumer.position()?;
-                let done = partitions.iter().zip(&ends).all(|(p, end)| {
-                    *end == 0
-                        || matches!(positions.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
-                });
-                if done {
-                    return Ok(out);
-                }
-            }
-        }
-    }
+    let config = sparklet::tools::client_config(bootstrap, &[]);
+    sparklet::tools::read_committed(&config, topic, Duration::from_secs(20))?
+        .into_iter()
+        .map(|(key, value)| Ok((key.unwrap_or_default(), serde_json::from_str(&value)?)))
+        .collect()
 }
 
 /// A private schema in the `test` database, with the seed's tables.
