@@ -311,3 +311,17 @@ async fn soak_100_kills() -> Result<()> {
     eprintln!("soak figures: {figures:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_mode_writes_a_replayed_batch_again() -> Result<()> {
+    let clients = clients(2);
+    let (job, ids) = job_with_campaigns(4, &clients).await?;
+    let args = ["--trigger", "available-now", "--guarantee", "at-least-once"];
+    let status = wait(&mut spawn(&job, &args, Some("before-commit-log"))?, Duration::from_secs(60))?;
+    ensure!(!status.success(), "{}", child_log(&job));
+    run_to_completion(&job, &["--guarantee", "at-least-once"])?;
+    let expected = expected_pairs(&ids, &clients).len();
+    assert_eq!(job.db.feedback().await?.len(), 2 * expected, "Spark-like: both sinks get the batch twice");
+    assert_eq!(job.output_messages()?.len(), 2 * expected);
+    Ok(())
+}
