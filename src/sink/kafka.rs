@@ -164,13 +164,14 @@ impl KafkaSink {
     fn send_batch(&self, plan: &BatchPlan, batch: &RecordBatch) -> Result<u64> {
         let json = encode_json_lines(batch)?;
         let keys = batch.column(KEY_COLUMN).as_string::<i32>();
+        let batch_id = plan.batch_id.to_string();
         let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let mut sent = 0u64;
         for (row, payload) in lines.enumerate() {
             let mut record = BaseRecord::to(&self.topic)
                 .key(keys.value(row))
                 .payload(payload)
-                .headers(kafka_marker::headers(&self.query_id, plan.batch_id));
+                .headers(kafka_marker::headers(&self.query_id, &batch_id));
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,

@@ -27,11 +27,11 @@ pub const BATCH_HEADER: &str = "sparklet.batch";
 /// First window of offsets read back from the end of a partition.
 const FIRST_WINDOW: i64 = 256;
 
-/// The headers of every message of batch `batch_id`.
-pub fn headers(query_id: &str, batch_id: u64) -> OwnedHeaders {
+/// The headers of every message of a batch (`batch_id` in decimal).
+pub fn headers(query_id: &str, batch_id: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(2)
         .insert(Header { key: QUERY_HEADER, value: Some(query_id) })
-        .insert(Header { key: BATCH_HEADER, value: Some(&batch_id.to_string()) })
+        .insert(Header { key: BATCH_HEADER, value: Some(batch_id) })
 }
 
 /// The newest batch id of `query_id` committed in `topic`, if any.
