@@ -172,6 +172,32 @@ async fn processing_time_trigger_runs_batches_until_shutdown() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_database_connection_is_retried_and_nothing_is_duplicated() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &CLIENTS[..2]).await?;
+    let config = job.config(&["--trigger", "100ms"])?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(sparklet::run(config, async move {
+        let _ = stopped.await;
+    }));
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "before", 0, i64::MAX / 2)])?;
+    wait_for_rows(&job, 2).await?;
+    assert!(job.db.terminate_other_connections().await? >= 1, "the sink's connection was cut");
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "after", 0, i64::MAX / 2)])?;
+    wait_for_rows(&job, 4).await?;
+    stop.send(()).ok();
+    run.await??;
+    let mut ids: Vec<String> =
+        job.db.feedback().await?.iter().map(|r| r["adv_campaign_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, ["after", "after", "before", "before"]);
+    assert_eq!(job.output_messages()?.len(), 4);
+    let failed = sparklet::events::counters().batches_failed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(failed >= 1, "the cut connection failed a batch, which was retried");
+    Ok(())
+}
+
 async fn wait_for_rows(job: &Job, n: usize) -> Result<()> {
     for _ in 0..200 {
         if job.db.feedback().await?.len() >= n {

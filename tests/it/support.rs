@@ -108,6 +108,8 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<(String, Value
 /// A private schema in the `test` database, with the seed's tables.
 pub struct Db {
     pub url: String,
+    /// Also the `application_name` of every connection made with `url`.
+    pub schema: String,
     pub client: Client,
 }
 
@@ -121,11 +123,11 @@ impl Db {
         let schema = unique("it");
         let admin = connect(&base_url()).await?;
         admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
-        let url = format!("{}?options=-c%20search_path%3D{schema}", base_url());
+        let url = format!("{}?options=-c%20search_path%3D{schema}&application_name={schema}", base_url());
         let client = connect(&url).await?;
         let ddl = std::fs::read_to_string(repo_path("sql/schema.sql"))?;
         client.batch_execute(&ddl).await.context("applying sql/schema.sql")?;
-        Ok(Db { url, client })
+        Ok(Db { url, schema, client })
     }
 
     pub async fn add_subscribers(&self, restaurant: &str, clients: &[&str]) -> Result<()> {
@@ -138,6 +140,20 @@ impl Db {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Kills every other server connection made with this database's URL
+    /// (as a database restart or a network cut would).
+    pub async fn terminate_other_connections(&self) -> Result<u64> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&self.schema],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     /// All feedback rows as JSON objects (without `id`), ordered.
