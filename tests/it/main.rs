@@ -2,6 +2,7 @@
 //! librdkafka). Real Postgres (a private schema per test) and the Kafka wire
 //! protocol through librdkafka's in-process mock cluster.
 
+mod deploy;
 mod exactly_once;
 mod pipeline;
 mod security;

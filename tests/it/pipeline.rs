@@ -198,6 +198,34 @@ async fn lost_database_connection_is_retried_and_nothing_is_duplicated() -> Resu
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_cache_is_reloaded_every_refresh_interval() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &CLIENTS[..1]).await?;
+    let progress = job.checkpoint.path().join("progress.jsonl");
+    let config = job.config(&[
+        "--trigger", "100ms", "--subscribers-refresh", "300ms", "--progress-json", progress.to_str().unwrap(),
+    ])?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(sparklet::run(config, async move {
+        let _ = stopped.await;
+    }));
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "first", 0, i64::MAX / 2)])?;
+    wait_for_rows(&job, 1).await?;
+    job.db.add_subscribers(RESTAURANT, &CLIENTS[1..2]).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "second", 0, i64::MAX / 2)])?;
+    wait_for_rows(&job, 3).await?;
+    stop.send(()).ok();
+    run.await??;
+    let records: Vec<Value> =
+        std::fs::read_to_string(&progress)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let rows: Vec<&Value> = records.iter().map(|r| &r["subscribers"]["numRows"]).collect();
+    assert_eq!(rows, [&json!(1), &json!(2)], "each batch reports the cache it joined with");
+    assert!(records.iter().all(|r| r["subscribers"]["ageMs"].as_u64().unwrap() < 5_000));
+    Ok(())
+}
+
 async fn wait_for_rows(job: &Job, n: usize) -> Result<()> {
     for _ in 0..200 {
         if job.db.feedback().await?.len() >= n {
