@@ -155,17 +155,12 @@ async fn restart_resumes_without_reprocessing_committed_batches() -> Result<()> 
 async fn processing_time_trigger_runs_batches_until_shutdown() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &CLIENTS[..1]).await?;
-    let config = job.config(&["--trigger", "200ms"])?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(sparklet::run(config, async move {
-        let _ = stopped.await;
-    }));
+    let running = job.start(&["--trigger", "200ms"])?;
     for i in 0..3 {
         job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, &format!("c{i}"), 0, i64::MAX / 2)])?;
         wait_for_rows(&job, i + 1).await?;
     }
-    stop.send(()).ok();
-    let summary = run.await??;
+    let summary = running.stop().await?;
     assert_eq!(summary.output_rows, 3);
     assert!(summary.batches >= 1);
     assert_eq!(job.output_messages()?.len(), 3);
@@ -176,18 +171,13 @@ async fn processing_time_trigger_runs_batches_until_shutdown() -> Result<()> {
 async fn lost_database_connection_is_retried_and_nothing_is_duplicated() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &CLIENTS[..2]).await?;
-    let config = job.config(&["--trigger", "100ms"])?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(sparklet::run(config, async move {
-        let _ = stopped.await;
-    }));
+    let running = job.start(&["--trigger", "100ms"])?;
     job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "before", 0, i64::MAX / 2)])?;
     wait_for_rows(&job, 2).await?;
     assert!(job.db.terminate_other_connections().await? >= 1, "the sink's connection was cut");
     job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "after", 0, i64::MAX / 2)])?;
     wait_for_rows(&job, 4).await?;
-    stop.send(()).ok();
-    run.await??;
+    running.stop().await?;
     let mut ids: Vec<String> =
         job.db.feedback().await?.iter().map(|r| r["adv_campaign_id"].as_str().unwrap().to_string()).collect();
     ids.sort();
@@ -203,21 +193,16 @@ async fn subscribers_cache_is_reloaded_every_refresh_interval() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &CLIENTS[..1]).await?;
     let progress = job.checkpoint.path().join("progress.jsonl");
-    let config = job.config(&[
+    let running = job.start(&[
         "--trigger", "100ms", "--subscribers-refresh", "300ms", "--progress-json", progress.to_str().unwrap(),
     ])?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let run = tokio::spawn(sparklet::run(config, async move {
-        let _ = stopped.await;
-    }));
     job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "first", 0, i64::MAX / 2)])?;
     wait_for_rows(&job, 1).await?;
     job.db.add_subscribers(RESTAURANT, &CLIENTS[1..2]).await?;
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "second", 0, i64::MAX / 2)])?;
     wait_for_rows(&job, 3).await?;
-    stop.send(()).ok();
-    run.await??;
+    running.stop().await?;
     let records: Vec<Value> =
         std::fs::read_to_string(&progress)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
     let rows: Vec<&Value> = records.iter().map(|r| &r["subscribers"]["numRows"]).collect();

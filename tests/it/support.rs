@@ -239,8 +239,33 @@ impl Job {
         Ok(sparklet::run(self.config(&all)?, std::future::pending()).await?)
     }
 
+    /// Starts the job in process (for `--trigger` intervals); stop it with
+    /// [`Running::stop`], which acts like SIGTERM.
+    pub fn start(&self, extra: &[&str]) -> Result<Running> {
+        let config = self.config(extra)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(sparklet::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Running { stop, handle })
+    }
+
     pub fn output_messages(&self) -> Result<Vec<(String, Value)>> {
         self.kafka.read_committed(&self.output)
+    }
+}
+
+/// A job running in process.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<sparklet::Result<sparklet::RunSummary>>,
+}
+
+impl Running {
+    /// Graceful stop: the current batch finishes, then the run returns.
+    pub async fn stop(self) -> Result<sparklet::RunSummary> {
+        let _ = self.stop.send(());
+        Ok(self.handle.await??)
     }
 }
 
