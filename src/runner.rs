@@ -47,6 +47,9 @@ impl BatchRunner {
             query_id = %query_id,
             checkpoint = %config.checkpoint_dir.display(),
             sql_files = pipeline.steps().len(),
+            postgres = %config.postgres.target(),
+            kafka = ?crate::kafka::describe(&crate::kafka::consumer_config(&config.kafka, &query_id)),
+            guarantee = ?config.guarantee,
             "query started"
         );
         Ok(BatchRunner {
