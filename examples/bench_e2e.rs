@@ -49,17 +49,31 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         produce(&cluster, &topic, args.messages, args.restaurants)?;
         eprintln!("produced {} messages in {:?}", args.messages, t.elapsed());
-        let batches = run_job(&cluster, &topic, &url, guarantee, None).await?;
+        let batches = run_job(&cluster, &topic, &url, guarantee).await?;
         report(&format!("1 x {} msgs, {guarantee}", args.messages), &batches);
     }
+    let tiny = tiny_batches(&args, &url).await?;
+    report("tiny: 10 msgs per batch, exactly-once, trigger 0s", &tiny);
+    Ok(())
+}
+
+/// A running query (trigger 0s) fed 10 messages every 200 ms.
+async fn tiny_batches(args: &Args, url: &str) -> Result<Vec<Value>> {
     let (cluster, topic) = new_cluster(args.tiny_batches * 10)?;
-    let mut tiny = Vec::new();
+    let checkpoint = tempfile::tempdir()?;
+    let progress = checkpoint.path().join("progress.jsonl");
+    let config = config(&cluster, &topic, url, "exactly-once", "0s", checkpoint.path(), &progress)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(sparklet::run(config, async move {
+        let _ = stopped.await;
+    }));
     for _ in 0..args.tiny_batches {
         produce(&cluster, &topic, 10, args.restaurants)?;
-        tiny.extend(run_job(&cluster, &topic, &url, "exactly-once", Some(10)).await?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    report("tiny: 10 msgs per batch, exactly-once", &tiny);
-    Ok(())
+    let _ = stop.send(());
+    running.await??;
+    read_progress(&progress)
 }
 
 async fn prepare_postgres(args: &Args) -> Result<String> {
@@ -114,26 +128,39 @@ async fn run_job(
     topic: &str,
     url: &str,
     guarantee: &str,
-    cap: Option<usize>,
 ) -> Result<Vec<Value>> {
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let mut argv = vec![
+    let config = config(cluster, topic, url, guarantee, "available-now", checkpoint.path(), &progress)?;
+    sparklet::run(config, std::future::pending()).await?;
+    read_progress(&progress)
+}
+
+fn read_progress(path: &std::path::Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).context("progress file")?;
+    text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+fn config(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    url: &str,
+    guarantee: &str,
+    trigger: &str,
+    checkpoint: &std::path::Path,
+    progress: &std::path::Path,
+) -> Result<sparklet::Config> {
+    let argv = vec![
         "sparklet".to_string(), "run".into(), "--bootstrap-servers".into(), cluster.bootstrap_servers(),
         "--input-topic".into(), topic.into(), "--output-topic".into(), "bench_out".into(),
-        "--database-url".into(), url.into(), "--checkpoint-dir".into(), checkpoint.path().display().to_string(),
-        "--sql-dir".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(), "--trigger".into(), "available-now".into(),
+        "--database-url".into(), url.into(), "--checkpoint-dir".into(), checkpoint.display().to_string(),
+        "--sql-dir".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(), "--trigger".into(), trigger.into(),
         "--starting-offsets".into(), "earliest".into(), "--guarantee".into(), guarantee.into(),
         "--progress-json".into(), progress.display().to_string(), "--kafka-timeout".into(), "120s".into(),
     ];
-    if let Some(cap) = cap {
-        argv.extend(["--max-offsets-per-trigger".to_string(), cap.to_string()]);
-    }
     let cli = <sparklet::cli::Cli as Parser>::try_parse_from(argv)?;
-    let sparklet::cli::Command::Run(run) = cli.command else { unreachable!() };
-    sparklet::run(sparklet::Config::try_from(*run)?, std::future::pending()).await?;
-    let text = std::fs::read_to_string(&progress).context("progress file")?;
-    text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+    let sparklet::cli::Command::Run(run) = cli.command else { anyhow::bail!("not a run command") };
+    Ok(sparklet::Config::try_from(*run)?)
 }
 
 fn report(name: &str, batches: &[Value]) {
