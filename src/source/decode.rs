@@ -91,20 +91,30 @@ pub fn decode(raw: &RawBatch, schema: &SchemaRef) -> Result<Decoded> {
     decode_one_by_one(raw, schema)
 }
 
+/// Rows decoded per flush: keeps the decoder's tape cache-sized.
+const CHUNK_ROWS: usize = 8192;
+
 /// Fast path: `Ok(None)` if any message is bad.
 fn decode_all(raw: &RawBatch, schema: &SchemaRef) -> Result<Option<RecordBatch>> {
-    let mut decoder = new_decoder(schema, raw.len())?;
+    let mut decoder = new_decoder(schema, CHUNK_ROWS)?;
+    let mut chunks = Vec::with_capacity(raw.len() / CHUNK_ROWS + 1);
     for payload in raw.payloads() {
         let Some(payload) = payload else { return Ok(None) };
         let before = decoder.len();
         if feed(&mut decoder, payload).is_err() || decoder.len() != before + 1 {
             return Ok(None);
         }
+        if decoder.len() == CHUNK_ROWS {
+            let Ok(Some(chunk)) = decoder.flush() else { return Ok(None) };
+            chunks.push(chunk);
+        }
     }
     match decoder.flush() {
-        Ok(batch) => Ok(Some(batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))),
-        Err(_) => Ok(None),
+        Ok(Some(chunk)) => chunks.push(chunk),
+        Ok(None) => {}
+        Err(_) => return Ok(None),
     }
+    concat_batches(schema, &chunks).map(Some).map_err(|e| Error::arrow("joining decoded chunks", e))
 }
 
 /// Slow path: one decoder flush per message, keeping the good ones.
@@ -222,6 +232,17 @@ mod tests {
         let out = decode_campaigns(&[Some(&extra)]);
         assert!(out.malformed.is_empty(), "{:?}", out.malformed);
         assert_eq!(out.batch.num_rows(), 1);
+    }
+
+    #[test]
+    fn large_batches_decode_in_chunks_in_order() {
+        let n = 2 * CHUNK_ROWS + 5;
+        let payloads: Vec<String> = (0..n).map(|i| SEED.replace("first campaign", &format!("c{i}"))).collect();
+        let refs: Vec<Option<&str>> = payloads.iter().map(|p| Some(p.as_str())).collect();
+        let out = decode_campaigns(&refs);
+        assert_eq!(out.batch.num_rows(), n);
+        let content = out.batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(content.value(n - 1), format!("c{}", n - 1));
     }
 
     #[test]
