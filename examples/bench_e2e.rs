@@ -97,8 +97,10 @@ async fn prepare_postgres(args: &Args) -> Result<String> {
 fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String)> {
     let cluster = MockCluster::new(1)?;
     let topic = format!("bench_in_{messages}");
-    cluster.create_topic(&topic, 3, 1)?;
-    cluster.create_topic("bench_out", 3, 1)?;
+    // The mock cluster keeps about 5 MB per partition; 16 partitions hold
+    // 100k campaigns without dropping the oldest.
+    cluster.create_topic(&topic, 16, 1)?;
+    cluster.create_topic("bench_out", 16, 1)?;
     Ok((cluster, topic))
 }
 
