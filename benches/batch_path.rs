@@ -45,7 +45,12 @@ fn subscribers() -> Subscribers {
     Subscribers::from_rows(clients, restaurants).expect("subscribers")
 }
 
-fn transform(rt: &tokio::runtime::Runtime, pipeline: &SqlPipeline, campaigns: RecordBatch, subs: &Subscribers) -> Vec<RecordBatch> {
+fn transform(
+    rt: &tokio::runtime::Runtime,
+    pipeline: &SqlPipeline,
+    campaigns: RecordBatch,
+    subs: &Subscribers,
+) -> Vec<RecordBatch> {
     rt.block_on(pipeline.run(campaigns, subs.batch.clone(), NOW, 0)).expect("transform")
 }
 

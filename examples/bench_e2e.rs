@@ -104,7 +104,12 @@ fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::produce
     Ok((cluster, topic))
 }
 
-fn produce(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, topic: &str, n: usize, restaurants: usize) -> Result<()> {
+fn produce(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    n: usize,
+    restaurants: usize,
+) -> Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let messages: Vec<(Option<String>, String)> = (0..n)
         .map(|i| {
@@ -153,12 +158,30 @@ fn config(
     progress: &std::path::Path,
 ) -> Result<sparklet::Config> {
     let argv = vec![
-        "sparklet".to_string(), "run".into(), "--bootstrap-servers".into(), cluster.bootstrap_servers(),
-        "--input-topic".into(), topic.into(), "--output-topic".into(), "bench_out".into(),
-        "--database-url".into(), url.into(), "--checkpoint-dir".into(), checkpoint.display().to_string(),
-        "--sql-dir".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(), "--trigger".into(), trigger.into(),
-        "--starting-offsets".into(), "earliest".into(), "--guarantee".into(), guarantee.into(),
-        "--progress-json".into(), progress.display().to_string(), "--kafka-timeout".into(), "120s".into(),
+        "sparklet".to_string(),
+        "run".into(),
+        "--bootstrap-servers".into(),
+        cluster.bootstrap_servers(),
+        "--input-topic".into(),
+        topic.into(),
+        "--output-topic".into(),
+        "bench_out".into(),
+        "--database-url".into(),
+        url.into(),
+        "--checkpoint-dir".into(),
+        checkpoint.display().to_string(),
+        "--sql-dir".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(),
+        "--trigger".into(),
+        trigger.into(),
+        "--starting-offsets".into(),
+        "earliest".into(),
+        "--guarantee".into(),
+        guarantee.into(),
+        "--progress-json".into(),
+        progress.display().to_string(),
+        "--kafka-timeout".into(),
+        "120s".into(),
     ];
     let cli = <sparklet::cli::Cli as Parser>::try_parse_from(argv)?;
     let sparklet::cli::Command::Run(run) = cli.command else { anyhow::bail!("not a run command") };
@@ -167,18 +190,15 @@ fn config(
 
 fn report(name: &str, batches: &[Value]) {
     let num = |b: &Value, k: &str| b[k].as_u64().unwrap_or(0);
-    let mut times: Vec<u64> = batches.iter().map(|b| b["durationMs"]["triggerExecution"].as_u64().unwrap_or(0)).collect();
+    let mut times: Vec<u64> =
+        batches.iter().map(|b| b["durationMs"]["triggerExecution"].as_u64().unwrap_or(0)).collect();
     times.sort_unstable();
     let median = times.get(times.len() / 2).copied().unwrap_or(0);
     let input: u64 = batches.iter().map(|b| num(b, "numInputRows")).sum();
     let output: u64 = batches.iter().map(|b| num(b, "numOutputRows")).sum();
     let total_ms: u64 = times.iter().sum();
     let rate = output as f64 / Duration::from_millis(total_ms.max(1)).as_secs_f64();
-    println!(
-        "{name} | {} | {input} | {output} | {median} | {rate:.0} | {}",
-        batches.len(),
-        peak_rss_mib()
-    );
+    println!("{name} | {} | {input} | {output} | {median} | {rate:.0} | {}", batches.len(), peak_rss_mib());
     if let Some(last) = batches.last() {
         eprintln!("{name}: last batch durationMs {}", last["durationMs"]);
     }

@@ -96,10 +96,7 @@ impl CheckpointStore {
             write_atomic(&meta_path, &MetadataFile::V1 { id: id.clone() })?;
             id
         };
-        Ok(CheckpointStore {
-            dir: dir.to_path_buf(),
-            query_id,
-        })
+        Ok(CheckpointStore { dir: dir.to_path_buf(), query_id })
     }
 
     /// The query id from `metadata`: stable across restarts.
@@ -118,19 +115,13 @@ impl CheckpointStore {
             return Ok(Resume::default());
         };
         if self.commit_path(latest).exists() {
-            return Ok(Resume {
-                last_committed: Some(self.read_offsets(latest)?),
-                pending: None,
-            });
+            return Ok(Resume { last_committed: Some(self.read_offsets(latest)?), pending: None });
         }
         let last_committed = match latest.checked_sub(1) {
             Some(prev) if self.offsets_path(prev).exists() => Some(self.read_offsets(prev)?),
             _ => None,
         };
-        Ok(Resume {
-            last_committed,
-            pending: Some(self.read_offsets(latest)?),
-        })
+        Ok(Resume { last_committed, pending: Some(self.read_offsets(latest)?) })
     }
 
     /// Write-ahead: records the plan of a batch before it runs.
@@ -223,10 +214,8 @@ impl CheckpointStore {
 /// Writes `value` as JSON to `path` atomically: tmp file, fsync, rename,
 /// fsync of the parent directory.
 pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::CheckpointFormat {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::CheckpointFormat { path: path.to_path_buf(), message: e.to_string() })?;
     write_bytes_atomic(path, &bytes)
 }
 
@@ -248,19 +237,13 @@ pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(io_err("reading", path))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::CheckpointFormat {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::CheckpointFormat { path: path.to_path_buf(), message: e.to_string() })
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
-    move |source| Error::CheckpointIo {
-        action,
-        path,
-        source,
-    }
+    move |source| Error::CheckpointIo { action, path, source }
 }
 
 #[cfg(test)]

@@ -45,10 +45,9 @@ impl FromStr for Guarantee {
         match value.trim() {
             "exactly-once" => Ok(Guarantee::ExactlyOnce),
             "at-least-once" => Ok(Guarantee::AtLeastOnce),
-            other => Err(Error::config(
-                "--guarantee",
-                format!("'{other}' is neither 'exactly-once' nor 'at-least-once'"),
-            )),
+            other => {
+                Err(Error::config("--guarantee", format!("'{other}' is neither 'exactly-once' nor 'at-least-once'")))
+            }
         }
     }
 }
@@ -119,10 +118,7 @@ impl TryFrom<RunArgs> for Config {
             timeout: parse_duration("--kafka-timeout", &args.kafka_timeout)?,
         };
         if kafka.input_topic == kafka.output_topic {
-            return Err(Error::config(
-                "--output-topic",
-                format!("'{}' is also the input topic", kafka.output_topic),
-            ));
+            return Err(Error::config("--output-topic", format!("'{}' is also the input topic", kafka.output_topic)));
         }
         if args.max_offsets_per_trigger == Some(0) {
             return Err(Error::config("--max-offsets-per-trigger", "must be at least 1, got 0"));
@@ -151,14 +147,12 @@ impl FromStr for Trigger {
         match value.trim() {
             "once" => Ok(Trigger::Once),
             "available-now" | "availableNow" => Ok(Trigger::AvailableNow),
-            other => parse_duration("--trigger", other)
-                .map(Trigger::ProcessingTime)
-                .map_err(|_| {
-                    Error::config(
-                        "--trigger",
-                        format!("'{other}' is not a duration (500ms, 5s, 1m), 'once' or 'available-now'"),
-                    )
-                }),
+            other => parse_duration("--trigger", other).map(Trigger::ProcessingTime).map_err(|_| {
+                Error::config(
+                    "--trigger",
+                    format!("'{other}' is not a duration (500ms, 5s, 1m), 'once' or 'available-now'"),
+                )
+            }),
         }
     }
 }
@@ -170,10 +164,7 @@ impl FromStr for StartingOffsets {
         match value.trim() {
             "earliest" => Ok(StartingOffsets::Earliest),
             "latest" => Ok(StartingOffsets::Latest),
-            other => Err(Error::config(
-                "--starting-offsets",
-                format!("'{other}' is neither 'earliest' nor 'latest'"),
-            )),
+            other => Err(Error::config("--starting-offsets", format!("'{other}' is neither 'earliest' nor 'latest'"))),
         }
     }
 }
@@ -181,13 +172,9 @@ impl FromStr for StartingOffsets {
 impl PostgresConfig {
     /// Parses a connection string (URL or key=value form).
     pub fn parse(url: &str) -> Result<Self> {
-        let parsed = tokio_postgres::Config::from_str(url).map_err(|e| {
-            Error::config("--database-url", format!("not a valid Postgres connection string: {e}"))
-        })?;
-        Ok(PostgresConfig {
-            url: url.to_string(),
-            parsed,
-        })
+        let parsed = tokio_postgres::Config::from_str(url)
+            .map_err(|e| Error::config("--database-url", format!("not a valid Postgres connection string: {e}")))?;
+        Ok(PostgresConfig { url: url.to_string(), parsed })
     }
 
     /// `host:port/dbname` of the target, without user or password.
@@ -212,8 +199,7 @@ impl fmt::Debug for PostgresConfig {
 
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let options: Vec<String> =
-            self.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
+        let options: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("input_topic", &self.input_topic)
@@ -240,9 +226,8 @@ pub fn parse_duration(option: &str, value: &str) -> Result<Duration> {
     if value == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(value).map_err(|e| {
-        Error::config(option, format!("'{value}' is not a duration such as 500ms, 5s or 1m: {e}"))
-    })
+    humantime::parse_duration(value)
+        .map_err(|e| Error::config(option, format!("'{value}' is not a duration such as 500ms, 5s or 1m: {e}")))
 }
 
 fn non_empty(option: &str, value: String) -> Result<String> {
@@ -258,10 +243,7 @@ pub fn parse_kafka_options(raw: &[String]) -> Result<Vec<(String, String)>> {
     let mut options = Vec::new();
     for item in raw.iter().filter(|s| !s.trim().is_empty()) {
         let Some((key, value)) = item.split_once('=') else {
-            return Err(Error::config(
-                "--kafka-option",
-                format!("'{}' is not KEY=VALUE", redact(item, item)),
-            ));
+            return Err(Error::config("--kafka-option", format!("'{}' is not KEY=VALUE", redact(item, item))));
         };
         let key = key.trim().to_string();
         if let Some((_, why)) = RESERVED_KAFKA_KEYS.iter().find(|(k, _)| *k == key) {
@@ -269,10 +251,7 @@ pub fn parse_kafka_options(raw: &[String]) -> Result<Vec<(String, String)>> {
         }
         let value = match value.trim().strip_prefix("env:") {
             Some(var) => std::env::var(var).map_err(|_| {
-                Error::config(
-                    "--kafka-option",
-                    format!("{key} refers to environment variable {var}, which is not set"),
-                )
+                Error::config("--kafka-option", format!("{key} refers to environment variable {var}, which is not set"))
             })?,
             None => value.trim().to_string(),
         };
@@ -288,9 +267,18 @@ mod tests {
 
     fn args(extra: &[&str]) -> Result<Config> {
         let mut argv = vec![
-            "sparklet", "run", "--bootstrap-servers", "b:9092", "--input-topic", "in",
-            "--output-topic", "out", "--database-url", "postgres://u:pw@db:5433/app",
-            "--checkpoint-dir", "cp",
+            "sparklet",
+            "run",
+            "--bootstrap-servers",
+            "b:9092",
+            "--input-topic",
+            "in",
+            "--output-topic",
+            "out",
+            "--database-url",
+            "postgres://u:pw@db:5433/app",
+            "--checkpoint-dir",
+            "cp",
         ];
         argv.extend_from_slice(extra);
         let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
@@ -336,11 +324,9 @@ mod tests {
 
     #[test]
     fn kafka_options_pass_through_and_refuse_reserved_keys() {
-        let config = args(&[
-            "--kafka-option", "security.protocol=SASL_SSL",
-            "--kafka-option", "sasl.mechanisms=SCRAM-SHA-512",
-        ])
-        .unwrap();
+        let config =
+            args(&["--kafka-option", "security.protocol=SASL_SSL", "--kafka-option", "sasl.mechanisms=SCRAM-SHA-512"])
+                .unwrap();
         assert_eq!(config.kafka.options[0], ("security.protocol".into(), "SASL_SSL".into()));
         let err = args(&["--kafka-option", "group.id=x"]).unwrap_err().to_string();
         assert!(err.contains("group.id"), "{err}");
@@ -363,8 +349,18 @@ mod tests {
     #[test]
     fn same_input_and_output_topic_is_refused() {
         let cli = crate::cli::Cli::try_parse_from([
-            "sparklet", "run", "--bootstrap-servers", "b", "--input-topic", "t", "--output-topic",
-            "t", "--database-url", "postgres://localhost/db", "--checkpoint-dir", "cp",
+            "sparklet",
+            "run",
+            "--bootstrap-servers",
+            "b",
+            "--input-topic",
+            "t",
+            "--output-topic",
+            "t",
+            "--database-url",
+            "postgres://localhost/db",
+            "--checkpoint-dir",
+            "cp",
         ])
         .unwrap();
         let crate::cli::Command::Run(run) = cli.command else { unreachable!() };

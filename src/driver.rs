@@ -135,8 +135,7 @@ impl Driver {
                 w.high = w.high.min(limit.get(&w.partition).copied().unwrap_or(w.low));
             }
         }
-        let (starts, losses) =
-            plan::start_offsets(Some(&self.next_starts), self.config.starting_offsets, &marks);
+        let (starts, losses) = plan::start_offsets(Some(&self.next_starts), self.config.starting_offsets, &marks);
         for loss in losses {
             events::DataLossDetected {
                 topic: self.runner.source().topic(),

@@ -94,41 +94,23 @@ impl Error {
     }
 
     pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        Error::Kafka {
-            context: context.into(),
-            source,
-        }
+        Error::Kafka { context: context.into(), source }
     }
 
     pub(crate) fn postgres(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
-        Error::Postgres {
-            context: context.into(),
-            source,
-        }
+        Error::Postgres { context: context.into(), source }
     }
 
-    pub(crate) fn transform(
-        context: impl Into<String>,
-        source: datafusion::error::DataFusionError,
-    ) -> Self {
-        Error::Transform {
-            context: context.into(),
-            source,
-        }
+    pub(crate) fn transform(context: impl Into<String>, source: datafusion::error::DataFusionError) -> Self {
+        Error::Transform { context: context.into(), source }
     }
 
     pub(crate) fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Self {
-        Error::Arrow {
-            context: context.into(),
-            source,
-        }
+        Error::Arrow { context: context.into(), source }
     }
 
     pub(crate) fn config(option: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config {
-            option: option.into(),
-            message: message.into(),
-        }
+        Error::Config { option: option.into(), message: message.into() }
     }
 }
 

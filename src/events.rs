@@ -89,7 +89,12 @@ pub struct SubscribersLoaded<'a> {
 
 impl SubscribersLoaded<'_> {
     pub fn emit(&self) {
-        tracing::info!(snapshot = self.snapshot, rows = self.rows, elapsed_ms = self.elapsed_ms as u64, "subscribers cache loaded");
+        tracing::info!(
+            snapshot = self.snapshot,
+            rows = self.rows,
+            elapsed_ms = self.elapsed_ms as u64,
+            "subscribers cache loaded"
+        );
         bump(&COUNTERS.subscribers_loads, 1);
     }
 }
@@ -102,7 +107,11 @@ pub struct SinkWriteSkipped<'a> {
 
 impl SinkWriteSkipped<'_> {
     pub fn emit(&self) {
-        tracing::info!(sink = self.sink, batch_id = self.batch_id, "batch already committed in sink; not written again");
+        tracing::info!(
+            sink = self.sink,
+            batch_id = self.batch_id,
+            "batch already committed in sink; not written again"
+        );
         bump(&COUNTERS.sink_writes_skipped, 1);
     }
 }

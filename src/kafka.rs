@@ -73,11 +73,7 @@ fn transaction_timeout_ms(kafka: &KafkaConfig) -> String {
 
 /// The settings as `key=value` lines with secrets masked, for logs.
 pub fn describe(config: &ClientConfig) -> Vec<String> {
-    let mut lines: Vec<String> = config
-        .config_map()
-        .iter()
-        .map(|(k, v)| format!("{k}={}", redact(k, v)))
-        .collect();
+    let mut lines: Vec<String> = config.config_map().iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
     lines.sort();
     lines
 }

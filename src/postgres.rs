@@ -11,9 +11,11 @@ use crate::error::{Error, Result};
 /// TLS is not negotiated: use a local or tunnelled connection, or
 /// `sslmode=disable`/`prefer` (see the README).
 pub async fn connect(config: &PostgresConfig, purpose: &str) -> Result<Client> {
-    let (client, connection) = config.parsed.connect(NoTls).await.map_err(|e| {
-        Error::postgres(format!("connecting to {} for {purpose}", config.target()), e)
-    })?;
+    let (client, connection) = config
+        .parsed
+        .connect(NoTls)
+        .await
+        .map_err(|e| Error::postgres(format!("connecting to {} for {purpose}", config.target()), e))?;
     let target = config.target();
     let purpose = purpose.to_string();
     tokio::spawn(async move {

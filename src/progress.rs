@@ -121,8 +121,7 @@ impl BatchProgress {
 
     /// Appends the record as one JSON line to `path` (`-` for stdout).
     pub fn append_json(&self, path: &Path) -> Result<()> {
-        let line = serde_json::to_string(self)
-            .map_err(|e| Error::Runtime(format!("serialising progress: {e}")))?;
+        let line = serde_json::to_string(self).map_err(|e| Error::Runtime(format!("serialising progress: {e}")))?;
         if path == Path::new("-") {
             println!("{line}");
             return Ok(());

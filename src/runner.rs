@@ -144,10 +144,8 @@ impl BatchRunner {
         d.decode = progress::ms(t.elapsed());
 
         let t = Instant::now();
-        let output = self
-            .pipeline
-            .run(decoded.batch, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id)
-            .await?;
+        let output =
+            self.pipeline.run(decoded.batch, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id).await?;
         d.query_planning_and_execution = progress::ms(t.elapsed());
 
         let t = Instant::now();

@@ -39,8 +39,7 @@ pub const OUTPUT_FIELDS: &[(&str, DataType)] = &[
 ];
 
 /// Columns of the subscribers cache.
-pub const SUBSCRIBER_FIELDS: &[(&str, DataType)] =
-    &[("client_id", DataType::Utf8), ("restaurant_id", DataType::Utf8)];
+pub const SUBSCRIBER_FIELDS: &[(&str, DataType)] = &[("client_id", DataType::Utf8), ("restaurant_id", DataType::Utf8)];
 
 /// Arrow schema of the `campaigns` table.
 pub fn campaigns() -> SchemaRef {
@@ -58,10 +57,5 @@ pub fn subscribers() -> SchemaRef {
 }
 
 fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
-    Arc::new(Schema::new(
-        fields
-            .iter()
-            .map(|(name, ty)| Field::new(*name, ty.clone(), false))
-            .collect::<Vec<_>>(),
-    ))
+    Arc::new(Schema::new(fields.iter().map(|(name, ty)| Field::new(*name, ty.clone(), false)).collect::<Vec<_>>()))
 }

@@ -45,10 +45,8 @@ impl Subscribers {
             hasher.write(r.as_bytes());
             hasher.write(&[1]);
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(client_ids)),
-            Arc::new(StringArray::from(restaurant_ids)),
-        ];
+        let columns: Vec<ArrayRef> =
+            vec![Arc::new(StringArray::from(client_ids)), Arc::new(StringArray::from(restaurant_ids))];
         let batch = RecordBatch::try_new(crate::schema::subscribers(), columns)
             .map_err(|e| Error::arrow("building the subscribers table", e))?;
         let id = format!("{:016x}-{}", hasher.finish(), batch.num_rows());
@@ -78,9 +76,8 @@ pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribe
     let mut clients = Vec::with_capacity(rows.len());
     let mut restaurants = Vec::with_capacity(rows.len());
     for row in &rows {
-        let pair = row
-            .try_get::<_, String>("client_id")
-            .and_then(|c| Ok((c, row.try_get::<_, String>("restaurant_id")?)));
+        let pair =
+            row.try_get::<_, String>("client_id").and_then(|c| Ok((c, row.try_get::<_, String>("restaurant_id")?)));
         let (client_id, restaurant_id) = pair.map_err(|e| Error::Sql {
             path: path.clone(),
             message: format!("must return non-null text columns client_id and restaurant_id: {e}"),
@@ -110,8 +107,7 @@ pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
 pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
     let path = snapshot_path(dir, id);
     let file = fs::File::open(&path).map_err(io_err("opening subscribers snapshot", &path))?;
-    let reader = FileReader::try_new(file, None)
-        .map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
+    let reader = FileReader::try_new(file, None).map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
     let mut batches = Vec::new();
     for batch in reader {
         batches.push(batch.map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?);

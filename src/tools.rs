@@ -91,8 +91,7 @@ pub fn read_committed(config: &ClientConfig, topic: &str, timeout: Duration) -> 
 fn end_offsets(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>> {
     let metadata =
         consumer.fetch_metadata(Some(topic), timeout).map_err(|e| Error::kafka(format!("metadata of '{topic}'"), e))?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     partitions
         .into_iter()
         .map(|p| {
@@ -113,10 +112,7 @@ fn reached(consumer: &BaseConsumer, topic: &str, ends: &[(i32, i64)]) -> Result<
 }
 
 fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
-    matches!(
-        e,
-        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-    )
+    matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull))
 }
 
 #[cfg(test)]

@@ -45,15 +45,16 @@ impl SqlPipeline {
         let mut steps = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(name) = step_name(&path) else { continue };
+            let Some(name) = step_name(&path) else {
+                continue;
+            };
             steps.push(SqlStep { name, sql: read_sql_file(&path)?, path });
         }
         steps.sort_by(|a, b| a.path.cmp(&b.path));
         if steps.is_empty() {
             return Err(Error::Sql {
                 path: dir.to_path_buf(),
-                message: "no transform files: expected at least one NN_name.sql (e.g. 10_feedback.sql)"
-                    .into(),
+                message: "no transform files: expected at least one NN_name.sql (e.g. 10_feedback.sql)".into(),
             });
         }
         Ok(SqlPipeline { steps })
@@ -82,14 +83,11 @@ impl SqlPipeline {
         batch_id: u64,
     ) -> Result<Vec<RecordBatch>> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        ctx.register_batch(CAMPAIGNS_TABLE, campaigns)
-            .map_err(|e| Error::transform("registering campaigns", e))?;
+        ctx.register_batch(CAMPAIGNS_TABLE, campaigns).map_err(|e| Error::transform("registering campaigns", e))?;
         ctx.register_batch(SUBSCRIBERS_TABLE, subscribers)
             .map_err(|e| Error::transform("registering subscribers", e))?;
-        let params = vec![
-            ("now", ScalarValue::Int64(Some(now))),
-            ("batch_id", ScalarValue::Int64(Some(batch_id as i64))),
-        ];
+        let params =
+            vec![("now", ScalarValue::Int64(Some(now))), ("batch_id", ScalarValue::Int64(Some(batch_id as i64)))];
         let (last, init) = self.steps.split_last().ok_or_else(|| Error::Runtime("no SQL steps".into()))?;
         for step in init {
             let df = plan(&ctx, step, params.clone()).await?;
@@ -111,18 +109,13 @@ async fn plan(
     step: &SqlStep,
     params: Vec<(&str, ScalarValue)>,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    ctx.sql(&step.sql)
-        .await
-        .and_then(|df| df.with_param_values(params))
-        .map_err(|e| sql_err(step, "planning", e))
+    ctx.sql(&step.sql).await.and_then(|df| df.with_param_values(params)).map_err(|e| sql_err(step, "planning", e))
 }
 
 /// Reads a SQL file, naming it when it is missing or empty.
 pub fn read_sql_file(path: &Path) -> Result<String> {
-    let sql = fs::read_to_string(path).map_err(|e| Error::Sql {
-        path: path.to_path_buf(),
-        message: format!("cannot read the file: {e}"),
-    })?;
+    let sql = fs::read_to_string(path)
+        .map_err(|e| Error::Sql { path: path.to_path_buf(), message: format!("cannot read the file: {e}") })?;
     if sql.trim().is_empty() {
         return Err(Error::Sql { path: path.to_path_buf(), message: "the file is empty".into() });
     }

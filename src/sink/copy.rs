@@ -34,8 +34,7 @@ enum Column<'a> {
 /// without nulls (the sink's schema guarantees both).
 pub fn write_rows(batch: &RecordBatch, start: usize, end: usize, out: &mut BytesMut) -> Result<()> {
     let columns = typed_columns(batch)?;
-    let count = i16::try_from(columns.len())
-        .map_err(|_| Error::Runtime("too many columns for COPY".into()))?;
+    let count = i16::try_from(columns.len()).map_err(|_| Error::Runtime("too many columns for COPY".into()))?;
     for row in start..end {
         out.put_i16(count);
         for column in &columns {

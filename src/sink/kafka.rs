@@ -91,10 +91,9 @@ impl KafkaSink {
         source: KafkaSource,
         transactional: bool,
     ) -> Result<Self> {
-        let producer: ThreadedProducer<DeliveryCounter> =
-            crate::kafka::producer_config(kafka, query_id, transactional)
-                .create_with_context(DeliveryCounter::default())
-                .map_err(|e| Error::kafka("creating the output producer", e))?;
+        let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::producer_config(kafka, query_id, transactional)
+            .create_with_context(DeliveryCounter::default())
+            .map_err(|e| Error::kafka("creating the output producer", e))?;
         let timeout = kafka.timeout;
         let sink = KafkaSink {
             producer,
@@ -126,9 +125,7 @@ impl KafkaSink {
             self.await_deliveries(sent)?;
             return Ok(sent);
         }
-        self.producer
-            .begin_transaction()
-            .map_err(|e| Error::kafka("beginning the output transaction", e))?;
+        self.producer.begin_transaction().map_err(|e| Error::kafka("beginning the output transaction", e))?;
         let result = self.send_and_commit(plan, rows);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.timeout) {

@@ -47,8 +47,7 @@ pub fn latest_committed_batch(
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| Error::kafka(format!("fetching metadata of output topic '{topic}'"), e))?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let mut latest = None;
     for partition in partitions {
         let found = latest_in_partition(&consumer, topic, partition, query_id, timeout)?;

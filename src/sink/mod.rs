@@ -40,7 +40,12 @@ pub struct SinkOutcome {
 }
 
 /// Writes the batch to `sink` unless it is already committed there.
-pub async fn write_once<S: Sink>(sink: &mut S, plan: &BatchPlan, rows: &[RecordBatch], check: bool) -> Result<SinkOutcome> {
+pub async fn write_once<S: Sink>(
+    sink: &mut S,
+    plan: &BatchPlan,
+    rows: &[RecordBatch],
+    check: bool,
+) -> Result<SinkOutcome> {
     if check && sink.is_committed(plan).await? {
         tracing::info!(sink = sink.name(), batch_id = plan.batch_id, "batch already committed in sink, skipping");
         return Ok(SinkOutcome { rows_written: 0, skipped: true });

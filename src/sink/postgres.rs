@@ -52,14 +52,10 @@ impl PostgresSink {
             .map_err(|e| Error::postgres(format!("creating sparklet_commits on {target}"), e))?;
         let probe = format!("SELECT {} FROM {FEEDBACK_TABLE} LIMIT 0", column_list());
         client.simple_query(&probe).await.map_err(|e| {
-            Error::postgres(
-                format!("checking table {FEEDBACK_TABLE} on {target} (create it with sql/schema.sql)"),
-                e,
-            )
+            Error::postgres(format!("checking table {FEEDBACK_TABLE} on {target} (create it with sql/schema.sql)"), e)
         })?;
         Ok(PostgresSink { client, query_id: query_id.to_string(), target, markers })
     }
-
 }
 
 /// Streams `rows` into the feedback table with binary COPY inside `txn`.
@@ -135,11 +131,11 @@ async fn record_marker(
     target: &str,
 ) -> Result<()> {
     txn.execute(
-            "INSERT INTO sparklet_commits (query_id, batch_id, num_rows) VALUES ($1, $2, $3)",
-            &[&query_id, &(plan.batch_id as i64), &(written as i64)],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("recording batch {} in sparklet_commits on {target}", plan.batch_id), e))?;
+        "INSERT INTO sparklet_commits (query_id, batch_id, num_rows) VALUES ($1, $2, $3)",
+        &[&query_id, &(plan.batch_id as i64), &(written as i64)],
+    )
+    .await
+    .map_err(|e| Error::postgres(format!("recording batch {} in sparklet_commits on {target}", plan.batch_id), e))?;
     Ok(())
 }
 

@@ -38,11 +38,7 @@ impl KafkaSource {
         let consumer: BaseConsumer = crate::kafka::consumer_config(kafka, query_id)
             .create()
             .map_err(|e| Error::kafka("creating the input consumer", e))?;
-        Ok(KafkaSource {
-            consumer: Arc::new(consumer),
-            topic: kafka.input_topic.clone(),
-            timeout: kafka.timeout,
-        })
+        Ok(KafkaSource { consumer: Arc::new(consumer), topic: kafka.input_topic.clone(), timeout: kafka.timeout })
     }
 
     /// The input topic.
@@ -129,11 +125,8 @@ impl KafkaSource {
     }
 
     fn read_blocking(&self, ranges: &[OffsetRange]) -> Result<RawBatch> {
-        let mut pending: BTreeMap<i32, (OffsetRange, RawBatch)> = ranges
-            .iter()
-            .filter(|r| !r.is_empty())
-            .map(|r| (r.partition, (*r, RawBatch::default())))
-            .collect();
+        let mut pending: BTreeMap<i32, (OffsetRange, RawBatch)> =
+            ranges.iter().filter(|r| !r.is_empty()).map(|r| (r.partition, (*r, RawBatch::default()))).collect();
         let mut done = BTreeMap::new();
         if pending.is_empty() {
             return Ok(RawBatch::default());
@@ -157,7 +150,9 @@ impl KafkaSource {
                         }
                     }
                 }
-                Some(Err(err)) => tracing::warn!(topic = %self.topic, cause = %err, "kafka read error, retrying"),
+                Some(Err(err)) => {
+                    tracing::warn!(topic = %self.topic, cause = %err, "kafka read error, retrying")
+                }
                 // Transaction markers and compacted gaps have no message: the
                 // consumer's position tells when a range is fully read.
                 None => self.mark_done_by_position(&mut pending, &mut done)?,
@@ -177,9 +172,7 @@ impl KafkaSource {
             tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))
                 .map_err(|e| Error::kafka("building the assignment", e))?;
         }
-        self.consumer
-            .assign(&tpl)
-            .map_err(|e| Error::kafka(format!("assigning partitions of '{}'", self.topic), e))
+        self.consumer.assign(&tpl).map_err(|e| Error::kafka(format!("assigning partitions of '{}'", self.topic), e))
     }
 
     fn mark_done_by_position(
@@ -187,10 +180,8 @@ impl KafkaSource {
         pending: &mut BTreeMap<i32, (OffsetRange, RawBatch)>,
         done: &mut BTreeMap<i32, (OffsetRange, RawBatch)>,
     ) -> Result<()> {
-        let positions = self
-            .consumer
-            .position()
-            .map_err(|e: KafkaError| Error::kafka("reading the consumer position", e))?;
+        let positions =
+            self.consumer.position().map_err(|e: KafkaError| Error::kafka("reading the consumer position", e))?;
         for elem in positions.elements_for_topic(&self.topic) {
             let reached = match elem.offset() {
                 Offset::Offset(o) => pending.get(&elem.partition()).is_some_and(|(r, _)| o >= r.end),
@@ -228,9 +219,7 @@ fn move_done(
 }
 
 /// Runs a blocking librdkafka call off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Runtime(format!("a blocking Kafka call panicked or was cancelled: {e}")))?

@@ -45,11 +45,7 @@ pub fn start_offsets(
             },
         };
         if start < w.low {
-            losses.push(DataLoss {
-                partition: w.partition,
-                expected: start,
-                earliest_available: w.low,
-            });
+            losses.push(DataLoss { partition: w.partition, expected: start, earliest_available: w.low });
         }
         starts.push((w.partition, start.max(w.low)));
     }
@@ -77,10 +73,8 @@ pub fn ranges(starts: &[(i32, i64)], watermarks: &[Watermarks], cap: Option<u64>
     if backlog <= cap {
         return ranges;
     }
-    let mut granted: Vec<i64> = ranges
-        .iter()
-        .map(|r| ((r.len() as i128 * cap as i128) / backlog as i128) as i64)
-        .collect();
+    let mut granted: Vec<i64> =
+        ranges.iter().map(|r| ((r.len() as i128 * cap as i128) / backlog as i128) as i64).collect();
     // Hand out what integer division left over, one offset at a time.
     let mut left = cap - granted.iter().sum::<i64>();
     while left > 0 {
@@ -117,8 +111,7 @@ mod tests {
     #[test]
     fn resumed_query_continues_and_new_partitions_start_at_earliest() {
         let ends = HashMap::from([(0, 7)]);
-        let (starts, losses) =
-            start_offsets(Some(&ends), StartingOffsets::Latest, &[w(0, 0, 10), w(1, 3, 5)]);
+        let (starts, losses) = start_offsets(Some(&ends), StartingOffsets::Latest, &[w(0, 0, 10), w(1, 3, 5)]);
         assert_eq!(starts, vec![(0, 7), (1, 3)]);
         assert!(losses.is_empty());
     }
@@ -136,10 +129,7 @@ mod tests {
         let r = ranges(&[(1, 3), (0, 0)], &[w(0, 0, 5), w(1, 0, 3)], None);
         assert_eq!(
             r,
-            vec![
-                OffsetRange { partition: 0, start: 0, end: 5 },
-                OffsetRange { partition: 1, start: 3, end: 3 },
-            ]
+            vec![OffsetRange { partition: 0, start: 0, end: 5 }, OffsetRange { partition: 1, start: 3, end: 3 },]
         );
     }
 

@@ -15,10 +15,7 @@ const FOREVER: i64 = 4_000_000_000;
 
 /// Starts the sparklet binary for `job`, stderr to a log file in the checkpoint dir.
 fn spawn(job: &Job, extra: &[&str], crash_at: Option<&str>) -> Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(job.checkpoint.path().join("child.log"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(job.checkpoint.path().join("child.log"))?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparklet"));
     cmd.args(job.args(extra)).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,rdkafka=warn");
     match crash_at {
@@ -155,10 +152,8 @@ async fn crash_before_commit_log_is_recovered_exactly_once() -> Result<()> {
 async fn replay_joins_with_the_snapshot_the_batch_was_planned_with() -> Result<()> {
     let original = clients(3);
     let (job, ids) = job_with_campaigns(2, &original).await?;
-    let status = wait(
-        &mut spawn(&job, &["--trigger", "available-now"], Some("after-write-ahead"))?,
-        Duration::from_secs(60),
-    )?;
+    let status =
+        wait(&mut spawn(&job, &["--trigger", "available-now"], Some("after-write-ahead"))?, Duration::from_secs(60))?;
     ensure!(!status.success(), "{}", child_log(&job));
     // The table changes before the replay: one client leaves, one joins.
     job.db.client.execute("DELETE FROM subscribers_restaurants WHERE client_id = 'client-00'", &[]).await?;

@@ -5,8 +5,8 @@
 mod deploy;
 mod exactly_once;
 mod pipeline;
-mod security;
 mod replay;
+mod security;
 mod sql_files;
 mod startup_errors;
 mod support;

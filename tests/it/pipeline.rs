@@ -194,7 +194,12 @@ async fn subscribers_cache_is_reloaded_every_refresh_interval() -> Result<()> {
     job.db.add_subscribers(RESTAURANT, &CLIENTS[..1]).await?;
     let progress = job.checkpoint.path().join("progress.jsonl");
     let running = job.start(&[
-        "--trigger", "100ms", "--subscribers-refresh", "300ms", "--progress-json", progress.to_str().unwrap(),
+        "--trigger",
+        "100ms",
+        "--subscribers-refresh",
+        "300ms",
+        "--progress-json",
+        progress.to_str().unwrap(),
     ])?;
     job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "first", 0, i64::MAX / 2)])?;
     wait_for_rows(&job, 1).await?;

@@ -23,10 +23,8 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
             campaign(RESTAURANT, "third-not-in-batch", t0 - 100, t0 + 100),
         ],
     )?;
-    let subs = Subscribers::from_rows(
-        clients.iter().map(|c| c.to_string()).collect(),
-        vec![RESTAURANT.to_string(); 2],
-    )?;
+    let subs =
+        Subscribers::from_rows(clients.iter().map(|c| c.to_string()).collect(), vec![RESTAURANT.to_string(); 2])?;
     let store = CheckpointStore::open(job.checkpoint.path())?;
     store.write_offsets(&BatchPlan {
         batch_id: 0,

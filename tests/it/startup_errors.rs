@@ -82,8 +82,19 @@ async fn missing_feedback_table_fails_at_start_naming_it() -> Result<()> {
 fn bad_option_value_exits_non_zero_naming_the_option() -> Result<()> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparklet"))
         .args([
-            "run", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in", "--output-topic", "out",
-            "--database-url", "postgres://127.0.0.1/x", "--checkpoint-dir", "/tmp/unused", "--trigger", "soonish",
+            "run",
+            "--bootstrap-servers",
+            "127.0.0.1:9",
+            "--input-topic",
+            "in",
+            "--output-topic",
+            "out",
+            "--database-url",
+            "postgres://127.0.0.1/x",
+            "--checkpoint-dir",
+            "/tmp/unused",
+            "--trigger",
+            "soonish",
         ])
         .output()?;
     assert!(!out.status.success());

@@ -205,14 +205,22 @@ impl Job {
     pub fn args(&self, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "run",
-            "--bootstrap-servers", &self.kafka.bootstrap(),
-            "--input-topic", &self.input,
-            "--output-topic", &self.output,
-            "--database-url", &self.db.url,
-            "--checkpoint-dir", &self.checkpoint.path().display().to_string(),
-            "--sql-dir", &repo_path("sql").display().to_string(),
-            "--starting-offsets", "earliest",
-            "--kafka-timeout", "10s",
+            "--bootstrap-servers",
+            &self.kafka.bootstrap(),
+            "--input-topic",
+            &self.input,
+            "--output-topic",
+            &self.output,
+            "--database-url",
+            &self.db.url,
+            "--checkpoint-dir",
+            &self.checkpoint.path().display().to_string(),
+            "--sql-dir",
+            &repo_path("sql").display().to_string(),
+            "--starting-offsets",
+            "earliest",
+            "--kafka-timeout",
+            "10s",
         ]
         .iter()
         .map(|s| s.to_string())
