@@ -58,8 +58,9 @@ pub enum Error {
     #[error("kafka: {0}")]
     KafkaState(String),
 
-    /// Talking to Postgres failed.
-    #[error("postgres: {context}: {source}")]
+    /// Talking to Postgres failed. (tokio-postgres words only the kind of
+    /// failure; the server's message or the I/O or TLS cause is its source.)
+    #[error("postgres: {context}: {}", with_causes(.source))]
     Postgres {
         context: String,
         #[source]
@@ -121,6 +122,18 @@ fn kafka_retryable(err: &rdkafka::error::KafkaError) -> bool {
         K::Transaction(e) => e.is_retriable() || e.txn_requires_abort(),
         _ => true,
     }
+}
+
+/// `err` followed by each of its causes, `: `-separated.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn postgres_retryable(err: &tokio_postgres::Error) -> bool {
