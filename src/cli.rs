@@ -47,6 +47,13 @@ pub struct RunArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
+    /// CA certificate file (PEM) for Postgres: the connection must use TLS and
+    /// the server's certificate and host name are verified against it (libpq's
+    /// sslmode=verify-full). Without it, the URL's sslmode applies: disable,
+    /// prefer (default) or require, which encrypt without verifying.
+    #[arg(long, env = "SPARKLET_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
     /// Checkpoint directory of this query (offsets/, commits/, metadata). Reuse
     /// it to resume; a new directory starts a new query.
     #[arg(long, env = "SPARKLET_CHECKPOINT_DIR")]

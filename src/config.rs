@@ -78,6 +78,8 @@ pub struct PostgresConfig {
     pub url: String,
     /// Parsed form, used to connect and to describe the target without secrets.
     pub parsed: tokio_postgres::Config,
+    /// CA certificates the server's certificate must chain to (TLS required).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Everything `sparklet run` needs, checked.
@@ -125,7 +127,7 @@ impl TryFrom<RunArgs> for Config {
         }
         Ok(Config {
             kafka,
-            postgres: PostgresConfig::parse(&args.database_url)?,
+            postgres: PostgresConfig::parse(&args.database_url)?.with_ca_file(args.database_ca_file)?,
             checkpoint_dir: args.checkpoint_dir,
             sql_dir: args.sql_dir,
             trigger: args.trigger.parse()?,
@@ -174,7 +176,21 @@ impl PostgresConfig {
     pub fn parse(url: &str) -> Result<Self> {
         let parsed = tokio_postgres::Config::from_str(url)
             .map_err(|e| Error::config("--database-url", format!("not a valid Postgres connection string: {e}")))?;
-        Ok(PostgresConfig { url: url.to_string(), parsed })
+        Ok(PostgresConfig { url: url.to_string(), parsed, ca_file: None })
+    }
+
+    /// Requires TLS verified against `ca_file` (libpq's `verify-full`).
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Result<Self> {
+        let Some(path) = ca_file else { return Ok(self) };
+        if self.parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            return Err(Error::config("--database-ca-file", "is set but --database-url says sslmode=disable"));
+        }
+        if !path.is_file() {
+            return Err(Error::config("--database-ca-file", format!("{} is not a readable file", path.display())));
+        }
+        self.parsed.ssl_mode(tokio_postgres::config::SslMode::Require);
+        self.ca_file = Some(path);
+        Ok(self)
     }
 
     /// `host:port/dbname` of the target, without user or password.
@@ -297,6 +313,22 @@ mod tests {
         assert_eq!(config.subscribers_refresh, Duration::from_secs(60));
         assert_eq!(config.sql_dir, PathBuf::from("sql"));
         assert_eq!(config.guarantee, Guarantee::ExactlyOnce);
+    }
+
+    #[test]
+    fn database_ca_file_requires_tls_and_an_existing_file() {
+        let err = args(&["--database-ca-file", "/no/such/ca.pem"]).unwrap_err().to_string();
+        assert!(err.contains("--database-ca-file") && err.contains("/no/such/ca.pem"), "{err}");
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca_path = ca.path().to_str().unwrap();
+        let config = args(&["--database-ca-file", ca_path]).unwrap();
+        assert_eq!(config.postgres.parsed.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        let err = PostgresConfig::parse("postgres://db/app?sslmode=disable")
+            .unwrap()
+            .with_ca_file(Some(ca.path().to_path_buf()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--database-ca-file") && err.contains("sslmode=disable"), "{err}");
     }
 
     #[test]

@@ -84,6 +84,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Con
         input_topic: INPUT.into(),
         output_topic: OUTPUT.into(),
         database_url: url.to_string(),
+        database_ca_file: None,
         checkpoint_dir: args.checkpoint_dir.clone(),
         sql_dir: args.sql_dir.clone(),
         trigger: "available-now".into(),

@@ -19,7 +19,7 @@
 //! - [`schema`]: the input and output message formats of the seed.
 //! - [`sink`]: the Kafka and Postgres sinks, transactional with markers;
 //!   [`sink::copy`] encodes binary COPY from Arrow.
-//! - [`kafka`], [`postgres`]: client settings and connections.
+//! - [`kafka`], [`postgres`]: client settings and connections (Postgres TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
 //! - [`crash`]: named crash points for the exactly-once tests.
 //! - [`demo`]: the whole job on one machine with an in-process Kafka.

@@ -5,6 +5,7 @@
 mod deploy;
 mod exactly_once;
 mod pipeline;
+mod postgres_tls;
 mod replay;
 mod security;
 mod sql_files;
