@@ -8,6 +8,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod postgres;
+
+pub use postgres::PostgresConfig;
+
 use crate::cli::RunArgs;
 use crate::error::{Error, Result};
 
@@ -69,17 +73,6 @@ pub struct KafkaConfig {
     pub options: Vec<(String, String)>,
     /// Timeout of one Kafka request and of reading one batch.
     pub timeout: Duration,
-}
-
-/// Postgres settings.
-#[derive(Clone)]
-pub struct PostgresConfig {
-    /// The connection string as given; may hold a password, so never printed.
-    pub url: String,
-    /// Parsed form, used to connect and to describe the target without secrets.
-    pub parsed: tokio_postgres::Config,
-    /// CA certificates the server's certificate must chain to (TLS required).
-    pub ca_file: Option<PathBuf>,
 }
 
 /// Everything `sparklet run` needs, checked.
@@ -168,48 +161,6 @@ impl FromStr for StartingOffsets {
             "latest" => Ok(StartingOffsets::Latest),
             other => Err(Error::config("--starting-offsets", format!("'{other}' is neither 'earliest' nor 'latest'"))),
         }
-    }
-}
-
-impl PostgresConfig {
-    /// Parses a connection string (URL or key=value form).
-    pub fn parse(url: &str) -> Result<Self> {
-        let parsed = tokio_postgres::Config::from_str(url)
-            .map_err(|e| Error::config("--database-url", format!("not a valid Postgres connection string: {e}")))?;
-        Ok(PostgresConfig { url: url.to_string(), parsed, ca_file: None })
-    }
-
-    /// Requires TLS verified against `ca_file` (libpq's `verify-full`).
-    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Result<Self> {
-        let Some(path) = ca_file else { return Ok(self) };
-        if self.parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-            return Err(Error::config("--database-ca-file", "is set but --database-url says sslmode=disable"));
-        }
-        if !path.is_file() {
-            return Err(Error::config("--database-ca-file", format!("{} is not a readable file", path.display())));
-        }
-        self.parsed.ssl_mode(tokio_postgres::config::SslMode::Require);
-        self.ca_file = Some(path);
-        Ok(self)
-    }
-
-    /// `host:port/dbname` of the target, without user or password.
-    pub fn target(&self) -> String {
-        use tokio_postgres::config::Host;
-        let host = match self.parsed.get_hosts().first() {
-            Some(Host::Tcp(h)) => h.clone(),
-            Some(Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".to_string(),
-        };
-        let port = self.parsed.get_ports().first().copied().unwrap_or(5432);
-        let db = self.parsed.get_dbname().unwrap_or("(default)");
-        format!("{host}:{port}/{db}")
-    }
-}
-
-impl fmt::Debug for PostgresConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresConfig").field("target", &self.target()).finish()
     }
 }
 
@@ -316,19 +267,25 @@ mod tests {
     }
 
     #[test]
-    fn database_ca_file_requires_tls_and_an_existing_file() {
+    fn database_ca_file_requires_tls_and_a_readable_ca() {
         let err = args(&["--database-ca-file", "/no/such/ca.pem"]).unwrap_err().to_string();
         assert!(err.contains("--database-ca-file") && err.contains("/no/such/ca.pem"), "{err}");
-        let ca = tempfile::NamedTempFile::new().unwrap();
-        let ca_path = ca.path().to_str().unwrap();
+        let ca_path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/test-ca.crt");
         let config = args(&["--database-ca-file", ca_path]).unwrap();
         assert_eq!(config.postgres.parsed.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
         let err = PostgresConfig::parse("postgres://db/app?sslmode=disable")
             .unwrap()
-            .with_ca_file(Some(ca.path().to_path_buf()))
+            .with_ca_file(Some(ca_path.into()))
             .unwrap_err()
             .to_string();
         assert!(err.contains("--database-ca-file") && err.contains("sslmode=disable"), "{err}");
+    }
+
+    #[test]
+    fn database_ca_file_that_holds_no_certificate_is_refused() {
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let err = args(&["--database-ca-file", empty.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("--database-ca-file") && err.contains(empty.path().to_str().unwrap()), "{err}");
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! Postgres connection settings: the parsed URL and the TLS connector that
+//! follows it, as libpq would.
+//!
+//! TLS follows the URL's `sslmode`: `disable` connects in plain text;
+//! `prefer` (the default) and `require` encrypt without verifying the server,
+//! as libpq does without a root certificate. With `--database-ca-file` the
+//! connection is always encrypted and the server's certificate and host name
+//! are verified against that CA (libpq's `verify-full`). The CA file is read
+//! here, once, so a bad one stops sparklet before it connects.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::error::{Error, Result};
+
+/// Postgres settings.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// The connection string as given; may hold a password, so never printed.
+    pub url: String,
+    /// Parsed form, used to connect and to describe the target without secrets.
+    pub parsed: tokio_postgres::Config,
+    /// TLS for the connection; `None` with `sslmode=disable`.
+    pub tls: Option<MakeTlsConnector>,
+}
+
+impl PostgresConfig {
+    /// Parses a connection string (URL or key=value form).
+    pub fn parse(url: &str) -> Result<Self> {
+        let parsed = tokio_postgres::Config::from_str(url)
+            .map_err(|e| Error::config("--database-url", format!("not a valid Postgres connection string: {e}")))?;
+        let tls = match parsed.get_ssl_mode() {
+            SslMode::Disable => None,
+            _ => Some(tls_connector(None)?),
+        };
+        Ok(PostgresConfig { url: url.to_string(), parsed, tls })
+    }
+
+    /// Requires TLS verified against `ca_file` (libpq's `verify-full`).
+    pub fn with_ca_file(mut self, ca_file: Option<PathBuf>) -> Result<Self> {
+        let Some(path) = ca_file else { return Ok(self) };
+        if self.parsed.get_ssl_mode() == SslMode::Disable {
+            return Err(Error::config("--database-ca-file", "is set but --database-url says sslmode=disable"));
+        }
+        self.parsed.ssl_mode(SslMode::Require);
+        self.tls = Some(tls_connector(Some(&path))?);
+        Ok(self)
+    }
+
+    /// `host:port/dbname` of the target, without user or password.
+    pub fn target(&self) -> String {
+        let host = match self.parsed.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = self.parsed.get_ports().first().copied().unwrap_or(5432);
+        let db = self.parsed.get_dbname().unwrap_or("(default)");
+        format!("{host}:{port}/{db}")
+    }
+}
+
+/// A TLS connector verifying against `ca_file`, or not verifying without one.
+fn tls_connector(ca_file: Option<&PathBuf>) -> Result<MakeTlsConnector> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client())
+        .map_err(|e| Error::config("--database-url", format!("cannot set up TLS: {e}")))?;
+    match ca_file {
+        Some(path) => builder.set_ca_file(path).map_err(|e| {
+            Error::config("--database-ca-file", format!("cannot read CA certificates from {}: {e}", path.display()))
+        })?,
+        None => builder.set_verify(SslVerifyMode::NONE),
+    }
+    Ok(MakeTlsConnector::new(builder.build()))
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig").field("target", &self.target()).finish()
+    }
+}
