@@ -1,12 +1,18 @@
-//! librdkafka client settings shared by the source, the sink and the tools.
+//! librdkafka client settings shared by the source, the sink and the tools,
+//! and the two metadata questions they all ask (a topic's partitions; whether
+//! a reader has reached an offset).
 //!
 //! User options (`--kafka-option`) are applied first and sparklet's own
 //! settings last, so SASL_SSL, SCRAM and CA files pass straight through while
 //! the settings that offsets and exactly-once depend on stay sparklet's.
 
-use rdkafka::ClientConfig;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{redact, KafkaConfig};
+use crate::error::{Error, Result};
 
 /// The consumer group sparklet commits its input offsets to (inside the
 /// output transaction), named after the query so lag tools can see it.
@@ -89,6 +95,29 @@ impl SetDefault for ClientConfig {
         }
         self
     }
+}
+
+/// Partition ids of `topic` as the broker reports them (none if it does not
+/// know the topic).
+pub fn topic_partitions<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::kafka(format!("fetching metadata of topic '{topic}'"), e))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+/// Whether `positions` (a consumer's) are at or past `end` in `topic[partition]`.
+pub fn position_reached(positions: &TopicPartitionList, topic: &str, partition: i32, end: i64) -> bool {
+    matches!(positions.find_partition(topic, partition).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= end)
 }
 
 #[cfg(test)]

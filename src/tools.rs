@@ -89,9 +89,7 @@ pub fn read_committed(config: &ClientConfig, topic: &str, timeout: Duration) -> 
 }
 
 fn end_offsets(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>> {
-    let metadata =
-        consumer.fetch_metadata(Some(topic), timeout).map_err(|e| Error::kafka(format!("metadata of '{topic}'"), e))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions = crate::kafka::topic_partitions(consumer, topic, timeout)?;
     partitions
         .into_iter()
         .map(|p| {
@@ -105,10 +103,7 @@ fn end_offsets(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Resul
 
 fn reached(consumer: &BaseConsumer, topic: &str, ends: &[(i32, i64)]) -> Result<bool> {
     let positions = consumer.position().map_err(|e| Error::kafka("reading positions", e))?;
-    Ok(ends.iter().all(|(p, end)| {
-        *end == 0
-            || matches!(positions.find_partition(topic, *p).map(|e| e.offset()), Some(Offset::Offset(o)) if o >= *end)
-    }))
+    Ok(ends.iter().all(|(p, end)| *end == 0 || crate::kafka::position_reached(&positions, topic, *p, *end)))
 }
 
 fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {

@@ -44,10 +44,7 @@ pub fn latest_committed_batch(
     let mut config = consumer_config.clone();
     config.set("isolation.level", "read_committed").set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create().map_err(|e| Error::kafka("creating the marker reader", e))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| Error::kafka(format!("fetching metadata of output topic '{topic}'"), e))?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions = crate::kafka::topic_partitions(&consumer, topic, timeout)?;
     let mut latest = None;
     for partition in partitions {
         let found = latest_in_partition(&consumer, topic, partition, query_id, timeout)?;
@@ -107,10 +104,7 @@ fn scan(
             Some(Err(e)) => tracing::warn!(cause = %e, "reading batch markers, retrying"),
             None => {
                 let position = consumer.position().map_err(|e| Error::kafka("marker reader position", e))?;
-                let reached = position
-                    .find_partition(topic, partition)
-                    .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= end))
-                    .unwrap_or(false);
+                let reached = crate::kafka::position_reached(&position, topic, partition, end);
                 if reached {
                     break;
                 }

@@ -47,7 +47,6 @@ pub async fn write_once<S: Sink>(
     check: bool,
 ) -> Result<SinkOutcome> {
     if check && sink.is_committed(plan).await? {
-        tracing::info!(sink = sink.name(), batch_id = plan.batch_id, "batch already committed in sink, skipping");
         return Ok(SinkOutcome { rows_written: 0, skipped: true });
     }
     let rows_written = sink.write(plan, rows).await?;

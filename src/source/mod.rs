@@ -68,27 +68,17 @@ impl KafkaSource {
     }
 
     fn watermarks_blocking(&self) -> Result<Vec<Watermarks>> {
-        let t = Instant::now();
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), self.timeout)
-            .map_err(|e| Error::kafka(format!("fetching metadata of input topic '{}'", self.topic), e))?;
-        tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "fetched metadata");
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .ok_or_else(|| {
-                Error::KafkaState(format!("input topic '{}' does not exist (or has no partitions)", self.topic))
-            })?;
-        let partitions: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
+        let partitions = crate::kafka::topic_partitions(self.consumer.as_ref(), &self.topic, self.timeout)?;
+        if partitions.is_empty() {
+            return Err(Error::KafkaState(format!(
+                "input topic '{}' does not exist (or has no partitions)",
+                self.topic
+            )));
+        }
         // One ListOffsets request per bound for all partitions (the consumer's
         // read_committed isolation makes "latest" the last stable offset).
-        let t = Instant::now();
         let lows = self.list_offsets(&partitions, Offset::Beginning)?;
         let highs = self.list_offsets(&partitions, Offset::End)?;
-        tracing::debug!(elapsed_ms = t.elapsed().as_millis() as u64, "listed offsets");
         let mut marks: Vec<Watermarks> = partitions
             .iter()
             .map(|&partition| {
@@ -182,14 +172,13 @@ impl KafkaSource {
     ) -> Result<()> {
         let positions =
             self.consumer.position().map_err(|e: KafkaError| Error::kafka("reading the consumer position", e))?;
-        for elem in positions.elements_for_topic(&self.topic) {
-            let reached = match elem.offset() {
-                Offset::Offset(o) => pending.get(&elem.partition()).is_some_and(|(r, _)| o >= r.end),
-                _ => false,
-            };
-            if reached {
-                move_done(pending, done, elem.partition());
-            }
+        let reached: Vec<i32> = pending
+            .iter()
+            .filter(|(p, (r, _))| crate::kafka::position_reached(&positions, &self.topic, **p, r.end))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in reached {
+            move_done(pending, done, partition);
         }
         Ok(())
     }
