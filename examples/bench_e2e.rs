@@ -80,8 +80,7 @@ async fn prepare_postgres(args: &Args) -> Result<String> {
     let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     db.batch_execute("DROP SCHEMA IF EXISTS sparklet_bench CASCADE; CREATE SCHEMA sparklet_bench").await?;
-    let sep = if args.database_url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}options=-c%20search_path%3Dsparklet_bench", args.database_url);
+    let url = sparklet::config::url_with_search_path(&args.database_url, "sparklet_bench");
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     db.batch_execute(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/schema.sql"))?).await?;

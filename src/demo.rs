@@ -54,8 +54,7 @@ async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
     db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         .await
         .map_err(|e| Error::postgres(format!("creating schema {SCHEMA}"), e))?;
-    let sep = if args.database_url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}options=-c%20search_path%3D{SCHEMA}", args.database_url);
+    let url = crate::config::url_with_search_path(&args.database_url, SCHEMA);
     let db = crate::postgres::connect(&crate::config::PostgresConfig::parse(&url)?, "the demo").await?;
     let ddl = crate::transform::read_sql_file(&args.sql_dir.join("schema.sql"))?;
     let mut setup = format!("{ddl};\n{};\n", crate::sink::postgres::MARKER_DDL);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod postgres;
 
-pub use postgres::PostgresConfig;
+pub use postgres::{url_with_search_path, PostgresConfig};
 
 use crate::cli::RunArgs;
 use crate::error::{Error, Result};

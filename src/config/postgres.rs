@@ -65,6 +65,12 @@ impl PostgresConfig {
     }
 }
 
+/// `url` with `schema` as the search path of every session (URL form).
+pub fn url_with_search_path(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
+
 /// A TLS connector verifying against `ca_file`, or not verifying without one.
 fn tls_connector(ca_file: Option<&PathBuf>) -> Result<MakeTlsConnector> {
     let mut builder = SslConnector::builder(SslMethod::tls_client())
@@ -81,5 +87,22 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<MakeTlsConnector> {
 impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig").field("target", &self.target()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_path_is_appended_to_urls_with_or_without_a_query() {
+        assert_eq!(url_with_search_path("postgres://h/db", "s"), "postgres://h/db?options=-c%20search_path%3Ds");
+        assert_eq!(
+            url_with_search_path("postgres://h/db?sslmode=disable", "s"),
+            "postgres://h/db?sslmode=disable&options=-c%20search_path%3Ds"
+        );
+        let config = PostgresConfig::parse(&url_with_search_path("postgres://h/db?sslmode=disable", "s")).unwrap();
+        assert_eq!(config.parsed.get_options(), Some("-c search_path=s"));
+        assert!(config.tls.is_none(), "sslmode=disable: plain text");
     }
 }

@@ -123,7 +123,7 @@ impl Db {
         let schema = unique("it");
         let admin = connect(&base_url()).await?;
         admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
-        let url = format!("{}?options=-c%20search_path%3D{schema}&application_name={schema}", base_url());
+        let url = format!("{}&application_name={schema}", sparklet::config::url_with_search_path(&base_url(), &schema));
         let client = connect(&url).await?;
         let ddl = std::fs::read_to_string(repo_path("sql/schema.sql"))?;
         client.batch_execute(&ddl).await.context("applying sql/schema.sql")?;
