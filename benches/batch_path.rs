@@ -22,13 +22,7 @@ const SUBSCRIBERS_PER_RESTAURANT: usize = 10;
 fn payloads(n: usize) -> RawBatch {
     let mut raw = RawBatch::default();
     for i in 0..n {
-        let end = if i % 10 == 9 { NOW - 1 } else { NOW + 3600 };
-        let json = format!(
-            r#"{{"restaurant_id": "restaurant-{:04}","adv_campaign_id": "123e4567-e89b-12d3-a456-{:012}","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": {},"adv_campaign_datetime_end": {end},"datetime_created": 1659131516}}"#,
-            i % RESTAURANTS,
-            i,
-            NOW - 60
-        );
+        let json = sparklet::tools::generated_campaign(i, RESTAURANTS, &format!("campaign-{i}"), NOW);
         raw.push(0, i as i64, Some(json.as_bytes()));
     }
     raw
@@ -39,7 +33,7 @@ fn subscribers() -> Subscribers {
     for r in 0..RESTAURANTS {
         for c in 0..SUBSCRIBERS_PER_RESTAURANT {
             clients.push(format!("023e4567-e89b-12d3-a456-{:08}{c:04}", r));
-            restaurants.push(format!("restaurant-{r:04}"));
+            restaurants.push(format!("restaurant-{r}"));
         }
     }
     Subscribers::from_rows(clients, restaurants).expect("subscribers")

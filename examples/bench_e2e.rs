@@ -37,8 +37,6 @@ struct Args {
     database_url: String,
 }
 
-const NOW_WINDOW: i64 = 3600;
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -113,14 +111,8 @@ fn produce(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let messages: Vec<(Option<String>, String)> = (0..n)
         .map(|i| {
-            let end = if i % 10 == 9 { now - 1 } else { now + NOW_WINDOW };
-            let json = format!(
-                r#"{{"restaurant_id": "restaurant-{}","adv_campaign_id": "campaign-{i}-{}","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": {},"adv_campaign_datetime_end": {end},"datetime_created": 1659131516}}"#,
-                i % restaurants,
-                uuid::Uuid::new_v4().simple(),
-                now - 60
-            );
-            (Some(format!("message_{i}")), json)
+            let id = format!("campaign-{i}-{}", uuid::Uuid::new_v4().simple());
+            (Some(format!("message_{i}")), sparklet::tools::generated_campaign(i, restaurants, &id, now))
         })
         .collect();
     let config = sparklet::tools::client_config(&cluster.bootstrap_servers(), &[("linger.ms".into(), "5".into())]);

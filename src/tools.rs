@@ -1,6 +1,7 @@
-//! Small Kafka client helpers for the demo and the examples: produce campaigns
-//! in the seed's `key:value` form, and read the output topic as a
-//! `read_committed` consumer (the only correct way to read it).
+//! Small Kafka client helpers for the demo, the examples and the benchmarks:
+//! generate and produce campaigns (in the seed's `key:value` form), and read
+//! the output topic as a `read_committed` consumer (the only correct way to
+//! read it).
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,17 @@ pub fn parse_key_value(line: &str) -> (Option<&str>, &str) {
         Some((key, value)) => (Some(key), value.trim()),
         None => (None, line),
     }
+}
+
+/// A generated campaign in the seed's shape, for `restaurant-{i % restaurants}`:
+/// valid around `now`, except every tenth, which has expired.
+pub fn generated_campaign(i: usize, restaurants: usize, campaign_id: &str, now: i64) -> String {
+    let end = if i % 10 == 9 { now - 1 } else { now + 3600 };
+    format!(
+        r#"{{"restaurant_id": "restaurant-{}","adv_campaign_id": "{campaign_id}","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": {},"adv_campaign_datetime_end": {end},"datetime_created": 1659131516}}"#,
+        i % restaurants,
+        now - 60
+    )
 }
 
 /// Produces `(key, value)` pairs to `topic` and waits until all are delivered.
@@ -113,6 +125,19 @@ fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_campaigns_are_seed_shaped_and_every_tenth_has_expired() {
+        let valid: serde_json::Value = serde_json::from_str(&generated_campaign(12, 10, "c12", 1000)).unwrap();
+        assert_eq!(
+            (valid["restaurant_id"].as_str(), valid["adv_campaign_id"].as_str()),
+            (Some("restaurant-2"), Some("c12"))
+        );
+        assert_eq!(valid.as_object().unwrap().len(), crate::schema::CAMPAIGN_FIELDS.len());
+        assert!(valid["adv_campaign_datetime_end"].as_i64() > Some(1000));
+        let expired: serde_json::Value = serde_json::from_str(&generated_campaign(9, 10, "c9", 1000)).unwrap();
+        assert!(expired["adv_campaign_datetime_end"].as_i64() < Some(1000));
+    }
 
     #[test]
     fn parses_kcat_key_value_lines() {
