@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the raw command line (clap), no I/O.
-//! - [`config`]: validated settings built from the command line.
+//! - [`config`]: validated settings built from the command line; Postgres
+//!   settings and their TLS connector in [`config::PostgresConfig`].
 //! - [`error`]: the error type; every variant names its component and says
 //!   whether a retry can help.
 //! - [`driver`]: the trigger loop (plan, log offsets, run, commit) and recovery.
@@ -19,11 +20,13 @@
 //! - [`schema`]: the input and output message formats of the seed.
 //! - [`sink`]: the Kafka and Postgres sinks, transactional with markers;
 //!   [`sink::copy`] encodes binary COPY from Arrow.
-//! - [`kafka`], [`postgres`]: client settings and connections (Postgres TLS as libpq does it).
+//! - [`kafka`]: librdkafka settings, a topic's partitions, reader positions.
+//! - [`postgres`]: Postgres connections (TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
 //! - [`crash`]: named crash points for the exactly-once tests.
 //! - [`demo`]: the whole job on one machine with an in-process Kafka.
-//! - [`tools`]: produce campaigns and read the output topic (demo, examples).
+//! - [`tools`]: generate and produce campaigns, read the output topic (demo,
+//!   examples, benchmarks).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
