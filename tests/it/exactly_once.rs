@@ -237,7 +237,8 @@ async fn second_signal_aborts_and_the_next_start_recovers() -> Result<()> {
 }
 
 /// Runs sparklet as a child with a 0s trigger while messages keep arriving,
-/// SIGKILLs it `kills` times at pseudo-random moments, restarts it each time,
+/// SIGKILLs it `kills` times at pseudo-random moments (every other kill inside
+/// a batch, seen from the checkpoint), restarts it each time,
 /// then lets it finish and checks both sinks. Returns the figures.
 pub async fn soak(kills: usize, per_round: usize) -> Result<HashMap<&'static str, usize>> {
     let clients = clients(4);
@@ -263,8 +264,17 @@ pub async fn soak(kills: usize, per_round: usize) -> Result<HashMap<&'static str
             .collect();
         job.kafka.produce(&job.input, (round % 3) as i32, &batch)?;
         let mut child = spawn(&job, &["--trigger", "0s", "--max-offsets-per-trigger", "7"], None)?;
-        let delay = 300 + next() % 900;
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if round % 2 == 0 {
+            // Half the kills at a random instant of the run...
+            tokio::time::sleep(Duration::from_millis(300 + next() % 900)).await;
+        } else {
+            // ...and half at a random instant inside a batch.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !mid_batch(&job) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_micros(next() % 20_000)).await;
+        }
         child.kill().context("SIGKILL")?;
         child.wait()?;
         killed_mid_batch += usize::from(mid_batch(&job));
