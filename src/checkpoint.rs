@@ -40,11 +40,16 @@ enum OffsetsFile {
 }
 
 /// Versioned content of `sources/0`: where a new query started.
+///
+/// Partition ids are JSON object keys, so they are strings on disk
+/// (`{"version":"1","offsets":{"0":5}}`). They are read as strings and parsed
+/// here: serde cannot read integer map keys back through an internally tagged
+/// enum, which made every `sources/0` written by sparklet 0.1.0 unreadable.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "version")]
 enum SourceStartFile {
     #[serde(rename = "1")]
-    V1 { offsets: BTreeMap<i32, i64> },
+    V1 { offsets: BTreeMap<String, i64> },
 }
 
 /// Versioned content of `commits/N`.
@@ -170,12 +175,19 @@ impl CheckpointStore {
             return Ok(None);
         }
         let SourceStartFile::V1 { offsets } = read_json(&path)?;
-        Ok(Some(offsets.into_iter().collect()))
+        let parse = |(partition, offset): (String, i64)| match partition.parse::<i32>() {
+            Ok(partition) => Ok((partition, offset)),
+            Err(_) => Err(Error::CheckpointFormat {
+                path: path.clone(),
+                message: format!("'{partition}' is not a partition id"),
+            }),
+        };
+        offsets.into_iter().map(parse).collect::<Result<_>>().map(Some)
     }
 
     /// Records the start offsets of a new query.
     pub fn write_initial_offsets(&self, offsets: &HashMap<i32, i64>) -> Result<()> {
-        let offsets = offsets.iter().map(|(p, o)| (*p, *o)).collect();
+        let offsets = offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect();
         write_atomic(&self.dir.join("sources").join("0"), &SourceStartFile::V1 { offsets })
     }
 
@@ -209,6 +221,21 @@ impl CheckpointStore {
         }
         Ok(ids)
     }
+}
+
+/// Entries a checkpoint directory holds (besides tmp files of interrupted writes).
+const CHECKPOINT_ENTRIES: &[&str] = &["metadata", "offsets", "commits", "sources", "snapshots"];
+
+/// Whether `dir` is a sparklet checkpoint: a valid `metadata` file and
+/// nothing but checkpoint entries. Used before anything deletes a directory.
+pub fn is_checkpoint(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    let only_ours = entries.filter_map(|e| e.ok()).all(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        CHECKPOINT_ENTRIES.contains(&name.as_ref()) || (name.starts_with('.') && name.ends_with(".tmp"))
+    });
+    only_ours && read_json::<MetadataFile>(&dir.join("metadata")).is_ok()
 }
 
 /// Writes `value` as JSON to `path` atomically: tmp file, fsync, rename,
@@ -263,6 +290,56 @@ mod tests {
 
     fn commit(id: BatchId) -> BatchCommit {
         BatchCommit { batch_id: id, committed_at_ms: 1, num_output_rows: 2 }
+    }
+
+    #[test]
+    fn every_file_kind_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let reopened = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.query_id(), store.query_id(), "metadata");
+
+        store.write_offsets(&plan(7, 42)).unwrap();
+        assert_eq!(reopened.read_offsets(7).unwrap(), plan(7, 42), "offsets/N");
+
+        store.write_commit(&commit(7)).unwrap();
+        assert_eq!(reopened.read_commit(7).unwrap(), Some(commit(7)), "commits/N");
+
+        let starts = HashMap::from([(0, 5), (1, 0), (12, 1 << 40)]);
+        store.write_initial_offsets(&starts).unwrap();
+        assert_eq!(reopened.initial_offsets().unwrap(), Some(starts), "sources/0");
+    }
+
+    #[test]
+    fn reads_sources_file_written_by_release_0_1_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        // Byte for byte what sparklet 0.1.0 wrote (and could not read back).
+        let old = "{\n  \"version\": \"1\",\n  \"offsets\": {\n    \"0\": 3,\n    \"2\": 0\n  }\n}";
+        fs::write(dir.path().join("sources/0"), old).unwrap();
+        assert_eq!(store.initial_offsets().unwrap(), Some(HashMap::from([(0, 3), (2, 0)])));
+    }
+
+    #[test]
+    fn sources_file_with_a_bad_partition_id_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("sources/0"), r#"{"version":"1","offsets":{"x":3}}"#).unwrap();
+        let err = store.initial_offsets().unwrap_err().to_string();
+        assert!(err.contains("sources/0") && err.contains("'x'"), "{err}");
+    }
+
+    #[test]
+    fn only_a_checkpoint_is_recognised_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        CheckpointStore::open(dir.path()).unwrap();
+        assert!(is_checkpoint(dir.path()));
+        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        assert!(!is_checkpoint(dir.path()), "a foreign file");
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join("metadata"), b"{}").unwrap();
+        assert!(!is_checkpoint(other.path()), "a metadata file that is not ours");
+        assert!(!is_checkpoint(&other.path().join("absent")));
     }
 
     #[test]

@@ -3,57 +3,18 @@
 //! then restarting it against the same Kafka and Postgres.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+use crate::child::*;
 use crate::support::*;
 
 const FOREVER: i64 = 4_000_000_000;
 
-/// Starts the sparklet binary for `job`, stderr to a log file in the checkpoint dir.
-fn spawn(job: &Job, extra: &[&str], crash_at: Option<&str>) -> Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(job.checkpoint.path().join("child.log"))?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparklet"));
-    cmd.args(job.args(extra)).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,rdkafka=warn");
-    match crash_at {
-        Some(point) => cmd.env("SPARKLET_CRASH_AT", point),
-        None => cmd.env_remove("SPARKLET_CRASH_AT"),
-    };
-    Ok(cmd.spawn()?)
-}
-
-fn wait(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            child.kill()?;
-            bail!("sparklet did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn child_log(job: &Job) -> String {
-    std::fs::read_to_string(job.checkpoint.path().join("child.log")).unwrap_or_default()
-}
-
-/// Runs the binary to completion over what is available now; must exit 0.
-fn run_to_completion(job: &Job, extra: &[&str]) -> Result<()> {
-    let mut args = vec!["--trigger", "available-now"];
-    args.extend_from_slice(extra);
-    let status = wait(&mut spawn(job, &args, None)?, Duration::from_secs(60))?;
-    ensure!(status.success(), "recovery run failed ({status}):\n{}", child_log(job));
-    Ok(())
-}
-
 /// Every (campaign, client) pair the input should produce, once each.
-fn expected_pairs(campaigns: &[String], clients: &[String]) -> Vec<(String, String)> {
+pub(crate) fn expected_pairs(campaigns: &[String], clients: &[String]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> =
         campaigns.iter().flat_map(|c| clients.iter().map(move |k| (c.clone(), k.clone()))).collect();
     pairs.sort();
@@ -66,7 +27,7 @@ fn pair(v: &Value) -> (String, String) {
 
 /// Asserts that both sinks hold exactly `expected`, each pair once, and
 /// returns (rows checked in Postgres, messages checked in Kafka).
-async fn assert_exactly_once(job: &Job, expected: &[(String, String)]) -> Result<(usize, usize)> {
+pub(crate) async fn assert_exactly_once(job: &Job, expected: &[(String, String)]) -> Result<(usize, usize)> {
     let rows = job.db.feedback().await?;
     let mut pg: Vec<(String, String)> = rows.iter().map(pair).collect();
     pg.sort();
@@ -84,7 +45,7 @@ fn duplicates(sorted: &[(String, String)]) -> Vec<(String, String)> {
     sorted.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0].clone()).collect()
 }
 
-/// A job with `clients` subscribed to the seed restaurant and `n` valid
+/// A job with `clients` subscribed to the example restaurant and `n` valid
 /// campaigns over 2 partitions.
 async fn job_with_campaigns(n: usize, clients: &[String]) -> Result<(Job, Vec<String>)> {
     let job = Job::new(2).await?;
@@ -171,12 +132,6 @@ async fn replay_joins_with_the_snapshot_the_batch_was_planned_with() -> Result<(
         .collect();
     after.sort();
     assert_eq!(after, vec!["client-01", "client-02", "client-99"]);
-    Ok(())
-}
-
-fn signal(child: &Child, name: &str) -> Result<()> {
-    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status()?;
-    ensure!(status.success(), "kill -{name} failed");
     Ok(())
 }
 

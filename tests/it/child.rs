@@ -1,0 +1,54 @@
+//! The `sparklet` binary as a child process: start it for a job, wait for it,
+//! signal it, read its log.
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+
+use crate::support::Job;
+
+/// Starts the sparklet binary for `job`, stderr to a log file in the checkpoint dir.
+pub fn spawn(job: &Job, extra: &[&str], crash_at: Option<&str>) -> Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(job.checkpoint.path().join("child.log"))?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparklet"));
+    cmd.args(job.args(extra)).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,rdkafka=warn");
+    match crash_at {
+        Some(point) => cmd.env("SPARKLET_CRASH_AT", point),
+        None => cmd.env_remove("SPARKLET_CRASH_AT"),
+    };
+    Ok(cmd.spawn()?)
+}
+
+pub fn wait(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            bail!("sparklet did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn child_log(job: &Job) -> String {
+    std::fs::read_to_string(job.checkpoint.path().join("child.log")).unwrap_or_default()
+}
+
+/// Runs the binary to completion over what is available now; must exit 0.
+pub fn run_to_completion(job: &Job, extra: &[&str]) -> Result<()> {
+    let mut args = vec!["--trigger", "available-now"];
+    args.extend_from_slice(extra);
+    let status = wait(&mut spawn(job, &args, None)?, Duration::from_secs(60))?;
+    ensure!(status.success(), "recovery run failed ({status}):\n{}", child_log(job));
+    Ok(())
+}
+
+pub fn signal(child: &Child, name: &str) -> Result<()> {
+    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status()?;
+    ensure!(status.success(), "kill -{name} failed");
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! A query can be stopped and started again at every stage of its life, with
+//! the default `--starting-offsets latest`: before its first batch, after an
+//! empty `available-now` run, after a committed batch and after a crash in
+//! the middle of a batch. Each restart is a new `sparklet` process.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+
+use crate::child::*;
+use crate::exactly_once::{assert_exactly_once, expected_pairs};
+use crate::support::*;
+
+const FOREVER: i64 = 4_000_000_000;
+
+/// Runs the binary with `extra` until it exits; it must exit 0.
+fn run_ok(job: &Job, extra: &[&str]) -> Result<()> {
+    let mut args = vec!["--starting-offsets", "latest"];
+    args.extend_from_slice(extra);
+    let status = wait(&mut spawn(job, &args, None)?, Duration::from_secs(60))?;
+    ensure!(status.success(), "run {extra:?} failed ({status}):\n{}", child_log(job));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_at_every_stage_of_a_query() -> Result<()> {
+    let job = Job::new(2).await?;
+    let clients = vec!["c1".to_string(), "c2".to_string()];
+    job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "before-start", 0, FOREVER)])?;
+    let produce =
+        |id: &str, partition: i32| job.kafka.produce(&job.input, partition, &[campaign(RESTAURANT, id, 0, FOREVER)]);
+
+    // Before the first batch: `latest` is resolved once, into sources/0.
+    run_ok(&job, &["--trigger", "available-now"])?;
+    ensure!(job.checkpoint.path().join("sources/0").exists() && !job.checkpoint.path().join("offsets/0").exists());
+    run_ok(&job, &["--trigger", "once"])?;
+    run_ok(&job, &["--trigger", "available-now"])?;
+
+    // After a committed batch: data produced after the first start is read.
+    produce("first", 0)?;
+    run_ok(&job, &["--trigger", "once"])?;
+    ensure!(job.checkpoint.path().join("commits/0").exists(), "{}", child_log(&job));
+    run_ok(&job, &["--trigger", "available-now"])?;
+    assert_exactly_once(&job, &expected_pairs(&["first".into()], &clients)).await?;
+
+    // After a crash in the middle of a batch (Postgres committed, Kafka not).
+    produce("second", 1)?;
+    let status = wait(&mut spawn(&job, &["--trigger", "once"], Some("after-pg-commit"))?, Duration::from_secs(60))?;
+    ensure!(!status.success(), "the run should have crashed:\n{}", child_log(&job));
+    run_ok(&job, &["--trigger", "available-now"])?;
+    assert_exactly_once(&job, &expected_pairs(&["first".into(), "second".into()], &clients)).await?;
+
+    // After an empty available-now run, twice, then new data again.
+    run_ok(&job, &["--trigger", "available-now"])?;
+    run_ok(&job, &["--trigger", "available-now"])?;
+    produce("third", 0)?;
+    run_ok(&job, &["--trigger", "available-now"])?;
+    let all = ["first".into(), "second".into(), "third".into()];
+    assert_exactly_once(&job, &expected_pairs(&all, &clients)).await?;
+    Ok(())
+}
