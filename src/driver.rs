@@ -44,8 +44,20 @@ pub struct RunSummary {
 
 /// Runs the query described by `config` until `shutdown` resolves, or until
 /// the data available at start is done for `once` / `available-now`.
+///
+/// `shutdown` is watched from the start: while sparklet connects (a broker
+/// that does not answer can take `--kafka-timeout`), it stops at once, since
+/// nothing has been planned yet; once batches run, it stops between them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
-    let mut driver = Driver::start(config).await?;
+    tokio::pin!(shutdown);
+    let mut driver = tokio::select! {
+        biased;
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested while starting; nothing was planned");
+            return Ok(RunSummary::default());
+        }
+        driver = Driver::start(config) => driver?,
+    };
     driver.run(shutdown).await
 }
 
@@ -56,6 +68,8 @@ pub struct Driver {
     /// Where each partition's next batch starts.
     next_starts: HashMap<i32, i64>,
     next_batch_id: BatchId,
+    /// A batch planned by an earlier run and not committed: run first.
+    pending: Option<BatchPlan>,
     summary: RunSummary,
 }
 
@@ -71,25 +85,26 @@ impl Driver {
             runner,
             next_starts: HashMap::new(),
             next_batch_id: 0,
+            pending: resume.pending,
         };
         if let Some(last) = &resume.last_committed {
             driver.advance_past(last);
         }
-        if let Some(pending) = resume.pending {
-            tracing::info!(batch_id = pending.batch_id, "replaying the batch the last run did not commit");
-            let progress = driver.run_with_retries(&pending, true, None).await?;
-            driver.record(&progress);
-            driver.advance_past(&pending);
-        }
-        if resume.last_committed.is_none() && driver.next_batch_id == 0 {
-            driver.next_starts = driver.initial_offsets().await?;
-        }
         Ok(driver)
     }
 
-    /// The trigger loop.
+    /// The trigger loop, after the replay of a batch the last run left.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
         tokio::pin!(shutdown);
+        if let Some(pending) = self.pending.take() {
+            tracing::info!(batch_id = pending.batch_id, "replaying the batch the last run did not commit");
+            let progress = self.run_with_retries(&pending, true, None).await?;
+            self.record(&progress);
+            self.advance_past(&pending);
+        }
+        if self.next_batch_id == 0 {
+            self.next_starts = self.initial_offsets().await?;
+        }
         let limit = match self.config.trigger {
             Trigger::AvailableNow => Some(self.highs().await?),
             _ => None,

@@ -54,6 +54,10 @@ pub enum Error {
         source: rdkafka::error::KafkaError,
     },
 
+    /// No bootstrap server answered at start.
+    #[error("kafka: cannot reach bootstrap servers {servers}: {cause}")]
+    KafkaUnreachable { servers: String, cause: String },
+
     /// Kafka answered, but not in a way sparklet can work with.
     #[error("kafka: {0}")]
     KafkaState(String),

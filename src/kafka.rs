@@ -6,13 +6,18 @@
 //! settings last, so SASL_SSL, SCRAM and CA files pass straight through while
 //! the settings that offsets and exactly-once depend on stay sparklet's.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{redact, KafkaConfig};
 use crate::error::{Error, Result};
+use crate::kafka_log::LoggingContext;
+
+/// How long one metadata request of the start-up check may take before the
+/// check looks at what librdkafka reported and tries again.
+const REACHABILITY_PROBE: Duration = Duration::from_millis(250);
 
 /// The consumer group sparklet commits its input offsets to (inside the
 /// output transaction), named after the query so lag tools can see it.
@@ -94,6 +99,41 @@ impl SetDefault for ClientConfig {
             self.set(key, value);
         }
         self
+    }
+}
+
+/// Checks once, at start, that the bootstrap servers answer a metadata
+/// request. Fails as soon as librdkafka has tried every broker and none
+/// answered, naming the servers and the cause it reported (`connection
+/// refused`, a name that does not resolve, a TLS or SASL failure), or after
+/// `--kafka-timeout` if they accept connections but never answer.
+pub async fn check_reachable(kafka: &KafkaConfig) -> Result<()> {
+    let kafka = kafka.clone();
+    crate::source::blocking(move || check_reachable_blocking(&kafka)).await
+}
+
+fn check_reachable_blocking(kafka: &KafkaConfig) -> Result<()> {
+    let consumer: BaseConsumer<LoggingContext> = base_config(kafka)
+        .create_with_context(LoggingContext::new("start-up check"))
+        .map_err(|e| Error::kafka("creating the start-up check client", e))?;
+    let deadline = Instant::now() + kafka.timeout;
+    let unreachable = |cause: String| Error::KafkaUnreachable { servers: kafka.bootstrap_servers.clone(), cause };
+    loop {
+        let probe = REACHABILITY_PROBE.min(deadline.saturating_duration_since(Instant::now()));
+        let error = match consumer.fetch_metadata(Some(&kafka.input_topic), probe) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        // Serves librdkafka's log and error events, which say why.
+        let _ = consumer.poll(Duration::ZERO);
+        let log = &consumer.context().0;
+        if let (true, Some(cause)) = (log.all_brokers_down(), log.last_failure()) {
+            return Err(unreachable(cause));
+        }
+        if Instant::now() >= deadline {
+            let cause = log.last_failure().unwrap_or_else(|| format!("no answer within {:?} ({error})", kafka.timeout));
+            return Err(unreachable(cause));
+        }
     }
 }
 

@@ -17,10 +17,13 @@
 //!   arithmetic ([`source::plan`]) and JSON-to-Arrow decoding ([`source::decode`]).
 //! - [`subscribers`]: the cached subscribers table and its snapshots.
 //! - [`transform`]: the user's SQL files, run by DataFusion.
-//! - [`schema`]: the input and output message formats of the seed.
+//! - [`schema`]: the input and output message formats of the job.
 //! - [`sink`]: the Kafka and Postgres sinks, transactional with markers;
 //!   [`sink::copy`] encodes binary COPY from Arrow.
-//! - [`kafka`]: librdkafka settings, a topic's partitions, reader positions.
+//! - [`kafka`]: librdkafka settings, the start-up reachability check, a
+//!   topic's partitions, reader positions.
+//! - [`kafka_log`]: librdkafka's logs and errors through `tracing`, each
+//!   distinct message once (then at most once a minute).
 //! - [`postgres`]: Postgres connections (TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
 //! - [`crash`]: named crash points for the exactly-once tests.
@@ -40,6 +43,7 @@ pub mod driver;
 pub mod error;
 pub mod events;
 pub mod kafka;
+pub mod kafka_log;
 pub mod postgres;
 pub mod progress;
 pub mod runner;

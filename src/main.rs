@@ -1,20 +1,38 @@
 //! The `sparklet` command: parses the command line, sets up logging and runs
 //! the job until Ctrl-C or SIGTERM.
+//!
+//! An error ends the process with exit code 1 and one `sparklet: ...` line on
+//! stderr: the error and each cause once, no backtrace (a panic, which is a
+//! bug, still prints one with `RUST_BACKTRACE=1`).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use sparklet::cli::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// How long blocking Kafka calls may keep the process alive after the run
+/// ended (e.g. a start-up check interrupted by Ctrl-C).
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return report(anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    let result = runtime.block_on(run(cli));
+    runtime.shutdown_timeout(EXIT_GRACE);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = sparklet::Config::try_from(*args)?;
@@ -24,6 +42,37 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo(args) => sparklet::demo::run(args).await.context("demo failed")?,
     }
     Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`; colours only on a terminal and
+/// never with `NO_COLOR` set.
+fn init_logging() {
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into()),
+        )
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints `sparklet: <error>: <cause>: ...`, each cause once: a cause whose
+/// text the message already holds is not repeated.
+fn report(error: anyhow::Error) -> ExitCode {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    eprintln!("sparklet: {message}");
+    ExitCode::FAILURE
 }
 
 /// A future that resolves on the first Ctrl-C or SIGTERM, so the current

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::json::LineDelimitedWriter;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -24,21 +25,42 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka_log::KafkaLog;
 use crate::sink::{kafka_marker, Sink};
 use crate::source::{blocking, KafkaSource};
 
 /// Index of `client_id` in [`crate::schema::OUTPUT_FIELDS`]: the message key.
 const KEY_COLUMN: usize = 7;
 
-/// Counts delivery reports, so a batch can check that every message landed.
-#[derive(Default)]
+/// Counts delivery reports, so a batch can check that every message landed;
+/// routes the producer's logs (see [`crate::kafka_log`]).
 pub struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    log: KafkaLog,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl Default for DeliveryCounter {
+    fn default() -> Self {
+        DeliveryCounter {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            log: KafkaLog::new("output producer"),
+        }
+    }
+}
+
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();

@@ -20,6 +20,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
+use crate::kafka_log::LoggingContext;
 
 pub const QUERY_HEADER: &str = "sparklet.query";
 pub const BATCH_HEADER: &str = "sparklet.batch";
@@ -43,7 +44,9 @@ pub fn latest_committed_batch(
 ) -> Result<Option<u64>> {
     let mut config = consumer_config.clone();
     config.set("isolation.level", "read_committed").set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = config.create().map_err(|e| Error::kafka("creating the marker reader", e))?;
+    let consumer: BaseConsumer<LoggingContext> = config
+        .create_with_context(LoggingContext::new("marker reader"))
+        .map_err(|e| Error::kafka("creating the marker reader", e))?;
     let partitions = crate::kafka::topic_partitions(&consumer, topic, timeout)?;
     let mut latest = None;
     for partition in partitions {
@@ -54,7 +57,7 @@ pub fn latest_committed_batch(
 }
 
 fn latest_in_partition(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<LoggingContext>,
     topic: &str,
     partition: i32,
     query_id: &str,
@@ -78,7 +81,7 @@ fn latest_in_partition(
 
 /// The newest batch of `query_id` among committed messages in `[start, end)`.
 fn scan(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<LoggingContext>,
     topic: &str,
     partition: i32,
     start: i64,

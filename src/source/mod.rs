@@ -21,13 +21,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::batch::{BatchPlan, OffsetRange};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka_log::LoggingContext;
 use decode::RawBatch;
 use plan::Watermarks;
 
 /// Reads the input topic.
 #[derive(Clone)]
 pub struct KafkaSource {
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<LoggingContext>>,
     topic: String,
     timeout: Duration,
 }
@@ -35,8 +36,8 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Creates the consumer; connects lazily.
     pub fn try_new(kafka: &KafkaConfig, query_id: &str) -> Result<Self> {
-        let consumer: BaseConsumer = crate::kafka::consumer_config(kafka, query_id)
-            .create()
+        let consumer: BaseConsumer<LoggingContext> = crate::kafka::consumer_config(kafka, query_id)
+            .create_with_context(LoggingContext::new("input consumer"))
             .map_err(|e| Error::kafka("creating the input consumer", e))?;
         Ok(KafkaSource { consumer: Arc::new(consumer), topic: kafka.input_topic.clone(), timeout: kafka.timeout })
     }
@@ -140,9 +141,8 @@ impl KafkaSource {
                         }
                     }
                 }
-                Some(Err(err)) => {
-                    tracing::warn!(topic = %self.topic, cause = %err, "kafka read error, retrying")
-                }
+                // Already logged by the client's context (see crate::kafka_log).
+                Some(Err(err)) => tracing::debug!(topic = %self.topic, cause = %err, "kafka read error, retrying"),
                 // Transaction markers and compacted gaps have no message: the
                 // consumer's position tells when a range is fully read.
                 None => self.mark_done_by_position(&mut pending, &mut done)?,
