@@ -9,7 +9,14 @@ use clap::{Args, Parser, Subcommand};
 /// campaigns, joins them in SQL with the cached Postgres subscribers table,
 /// and writes one row per subscriber to a Kafka topic and to Postgres.
 #[derive(Debug, Parser)]
-#[command(name = "sparklet", version, about, long_about = None)]
+#[command(
+    name = "sparklet",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logs go to stderr, filtered by RUST_LOG (default: info,rdkafka=warn,tokio_postgres=warn); \
+                  colours only on a terminal, and never when NO_COLOR is set."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -85,6 +92,8 @@ pub struct RunArgs {
     /// (e.g. security.protocol=SASL_SSL). A VALUE of the form env:NAME is read
     /// from environment variable NAME, so secrets stay out of the command
     /// line. Values of keys containing "password" or "secret" are never logged.
+    /// In SPARKLET_KAFKA_OPTIONS, separate settings with `;`
+    /// (security.protocol=SASL_SSL;sasl.mechanisms=SCRAM-SHA-512).
     #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';')]
     pub kafka_options: Vec<String>,
 
@@ -122,12 +131,9 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Postgres the demo writes to (it uses its own schema, sparklet_demo).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
+    /// Deliberately not read from DATABASE_URL, which may name a production
+    /// database: the demo writes where this option says, or to the local default.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 
     /// Directory of the SQL files.
@@ -135,11 +141,38 @@ pub struct DemoArgs {
     pub sql_dir: PathBuf,
 
     /// Checkpoint directory of the demo query; emptied at start, since the
-    /// demo's Kafka is new every run.
+    /// demo's Kafka is new every run. Must be absent, empty or a sparklet
+    /// checkpoint: any other directory is refused and left untouched.
     #[arg(long, default_value = "checkpoints/demo")]
     pub checkpoint_dir: PathBuf,
 
-    /// Number of sample campaigns to produce besides the seed's own message.
+    /// Number of sample campaigns to produce besides the example message.
     #[arg(long, default_value_t = 20)]
     pub campaigns: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn option<'a>(command: &'a clap::Command, sub: &str, long: &str) -> &'a clap::Arg {
+        let sub = command.find_subcommand(sub).unwrap();
+        sub.get_arguments().find(|a| a.get_long() == Some(long)).unwrap()
+    }
+
+    #[test]
+    fn demo_does_not_read_database_url_from_the_environment() {
+        let command = Cli::command();
+        assert_eq!(option(&command, "demo", "database-url").get_env(), None);
+        assert!(option(&command, "run", "database-url").get_env().is_some());
+    }
+
+    #[test]
+    fn help_documents_the_kafka_options_separator_and_no_color() {
+        let mut command = Cli::command();
+        let help = command.find_subcommand_mut("run").unwrap().render_long_help().to_string();
+        assert!(help.contains("SPARKLET_KAFKA_OPTIONS") && help.contains("separate settings with `;`"), "{help}");
+        assert!(Cli::command().render_help().to_string().contains("NO_COLOR"));
+    }
 }

@@ -91,7 +91,7 @@ pub struct BatchProgress {
 }
 
 impl BatchProgress {
-    /// A one-line human summary.
+    /// A one-line human summary; every rate says what it counts.
     pub fn summary(&self) -> String {
         let sinks: Vec<String> = self
             .sinks
@@ -102,19 +102,20 @@ impl BatchProgress {
             })
             .collect();
         format!(
-            "batch {}{}: {} in ({} malformed) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); {:.0} rows/s; subscribers {} rows, age {} s",
+            "batch {}{}: {} in ({} malformed) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); \
+             {:.0} input messages/s processed; subscribers: {}, age {} s",
             self.batch_id,
             if self.replayed { " (replay)" } else { "" },
-            self.num_input_rows,
+            count(self.num_input_rows, "message"),
             self.num_malformed_rows,
-            self.num_output_rows,
+            count(self.num_output_rows, "row"),
             sinks.join(", "),
             self.duration_ms.trigger_execution,
             self.duration_ms.get_batch,
             self.duration_ms.query_planning_and_execution,
             self.duration_ms.add_batch,
             self.processed_rows_per_second,
-            self.subscribers.num_rows,
+            count(self.subscribers.num_rows, "row"),
             self.subscribers.age_ms / 1000,
         )
     }
@@ -152,6 +153,15 @@ pub fn source_progress(plan: &BatchPlan, latest: Option<&[(i32, i64)]>, rows: u6
     }
 }
 
+/// `1 message`, `2 messages`: a count that agrees in number.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// RFC 3339 rendering of epoch milliseconds.
 pub fn rfc3339_ms(epoch_ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(epoch_ms.max(0) as u64);
@@ -169,5 +179,38 @@ pub fn rate(rows: u64, d: Duration) -> f64 {
         0.0
     } else {
         rows as f64 / d.as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(input: u64, output: u64, subscribers: u64) -> BatchProgress {
+        BatchProgress {
+            id: "q".into(),
+            batch_id: 4,
+            timestamp: rfc3339_ms(0),
+            replayed: false,
+            num_input_rows: input,
+            num_malformed_rows: 0,
+            num_output_rows: output,
+            input_rows_per_second: 0.0,
+            processed_rows_per_second: 12.0,
+            duration_ms: DurationMs::default(),
+            sources: Vec::new(),
+            sinks: vec![SinkProgress { description: "kafka".into(), num_output_rows: output, skipped: false }],
+            subscribers: SubscribersProgress { snapshot: "s".into(), num_rows: subscribers, age_ms: 0 },
+        }
+    }
+
+    #[test]
+    fn summary_counts_agree_in_number_and_rates_say_what_they_count() {
+        let one = progress(1, 1, 1).summary();
+        assert!(one.contains("1 message in") && one.contains("-> 1 row out"), "{one}");
+        assert!(one.contains("subscribers: 1 row,") && one.contains("12 input messages/s"), "{one}");
+        let many = progress(2, 0, 3).summary();
+        assert!(many.contains("2 messages in") && many.contains("-> 0 rows out"), "{many}");
+        assert!(!many.contains(" rows/s"), "{many}");
     }
 }

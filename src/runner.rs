@@ -41,6 +41,7 @@ impl BatchRunner {
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
         let subscribers = load_subscribers(config, &checkpoint).await?;
+        crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
         let (postgres, kafka) = connect_sinks(config, &query_id, &source).await?;
         tracing::info!(
@@ -48,8 +49,7 @@ impl BatchRunner {
             checkpoint = %config.checkpoint_dir.display(),
             sql_files = pipeline.steps().len(),
             postgres = %config.postgres.target(),
-            kafka = ?crate::kafka::describe(&crate::kafka::consumer_config(&config.kafka, &query_id)),
-            guarantee = ?config.guarantee,
+            settings = %config.describe(),
             "query started"
         );
         Ok(BatchRunner {

@@ -71,7 +71,12 @@ pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribe
     let client = crate::postgres::connect(postgres, "loading the subscribers cache").await?;
     let rows = client.query(query.as_str(), &[]).await.map_err(|e| Error::Sql {
         path: path.clone(),
-        message: format!("the query failed on {}: {}", postgres.target(), postgres_message(&e)),
+        message: format!(
+            "the query failed on {}: {}{}",
+            postgres.target(),
+            postgres_message(&e),
+            missing_table_hint(&e, sql_dir)
+        ),
     })?;
     let mut clients = Vec::with_capacity(rows.len());
     let mut restaurants = Vec::with_capacity(rows.len());
@@ -134,6 +139,15 @@ pub fn purge_snapshots(dir: &Path, keep: &HashSet<String>) -> Result<()> {
 
 fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}.arrow"))
+}
+
+/// How to create the tables when the query names one that does not exist.
+fn missing_table_hint(e: &tokio_postgres::Error, sql_dir: &Path) -> String {
+    if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+        return String::new();
+    }
+    let schema = sql_dir.join("schema.sql");
+    format!(" (create the tables with: psql \"$DATABASE_URL\" -f {})", schema.display())
 }
 
 fn postgres_message(e: &tokio_postgres::Error) -> String {

@@ -110,13 +110,19 @@ impl TryFrom<RunArgs> for Config {
             input_topic: non_empty("--input-topic", args.input_topic)?,
             output_topic: non_empty("--output-topic", args.output_topic)?,
             options: parse_kafka_options(&args.kafka_options)?,
-            timeout: parse_duration("--kafka-timeout", &args.kafka_timeout)?,
+            timeout: parse_bounded_duration("--kafka-timeout", &args.kafka_timeout, KAFKA_TIMEOUT_RANGE)?,
         };
         if kafka.input_topic == kafka.output_topic {
             return Err(Error::config("--output-topic", format!("'{}' is also the input topic", kafka.output_topic)));
         }
         if args.max_offsets_per_trigger == Some(0) {
             return Err(Error::config("--max-offsets-per-trigger", "must be at least 1, got 0"));
+        }
+        if args.min_batches_to_retain == 0 {
+            return Err(Error::config(
+                "--min-batches-to-retain",
+                "must be at least 1 (a replay needs the last batch), got 0",
+            ));
         }
         Ok(Config {
             kafka,
@@ -126,11 +132,15 @@ impl TryFrom<RunArgs> for Config {
             trigger: args.trigger.parse()?,
             starting_offsets: args.starting_offsets.parse()?,
             max_offsets_per_trigger: args.max_offsets_per_trigger,
-            subscribers_refresh: parse_duration("--subscribers-refresh", &args.subscribers_refresh)?,
+            subscribers_refresh: parse_bounded_duration(
+                "--subscribers-refresh",
+                &args.subscribers_refresh,
+                SUBSCRIBERS_REFRESH_RANGE,
+            )?,
             max_retries: args.max_retries,
             guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
-            min_batches_to_retain: args.min_batches_to_retain.max(1),
+            min_batches_to_retain: args.min_batches_to_retain,
         })
     }
 }
@@ -164,6 +174,62 @@ impl FromStr for StartingOffsets {
     }
 }
 
+impl fmt::Display for Trigger {
+    /// The command line's spelling, so a logged value can be pasted back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::ProcessingTime(d) if d.is_zero() => f.write_str("0s"),
+            Trigger::ProcessingTime(d) => write!(f, "{}", humantime::format_duration(*d)),
+            Trigger::Once => f.write_str("once"),
+            Trigger::AvailableNow => f.write_str("available-now"),
+        }
+    }
+}
+
+impl fmt::Display for Guarantee {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Guarantee::ExactlyOnce => "exactly-once",
+            Guarantee::AtLeastOnce => "at-least-once",
+        })
+    }
+}
+
+impl fmt::Display for StartingOffsets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StartingOffsets::Earliest => "earliest",
+            StartingOffsets::Latest => "latest",
+        })
+    }
+}
+
+impl Config {
+    /// The settings in effect, as the command line spells them (secrets
+    /// masked), for the start line of the log. librdkafka settings that
+    /// sparklet sets itself are not shown: they are not the user's choice.
+    pub fn describe(&self) -> String {
+        let options: Vec<String> = self.kafka.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
+        let max_offsets = self.max_offsets_per_trigger.map_or("unlimited".to_string(), |n| n.to_string());
+        format!(
+            "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
+             --subscribers-refresh {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
+             --bootstrap-servers {} --input-topic {} --output-topic {} --kafka-option [{}]",
+            self.trigger,
+            self.starting_offsets,
+            self.guarantee,
+            humantime::format_duration(self.subscribers_refresh),
+            humantime::format_duration(self.kafka.timeout),
+            self.max_retries,
+            self.min_batches_to_retain,
+            self.kafka.bootstrap_servers,
+            self.kafka.input_topic,
+            self.kafka.output_topic,
+            options.join(", "),
+        )
+    }
+}
+
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let options: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
@@ -185,6 +251,32 @@ pub fn redact<'a>(key: &str, value: &'a str) -> &'a str {
     } else {
         value
     }
+}
+
+/// `--kafka-timeout` bounds: below 100 ms no broker answers; above 5 minutes
+/// the transaction timeout (4x, at most 15 minutes in Kafka) would be exceeded.
+const KAFKA_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(300));
+
+/// `--subscribers-refresh` bounds: each reload reads the whole table, so a
+/// zero interval would reload it before every batch.
+const SUBSCRIBERS_REFRESH_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(7 * 24 * 3600));
+
+/// Parses a duration that must lie within `(min, max)`, both inclusive.
+fn parse_bounded_duration(option: &str, value: &str, (min, max): (Duration, Duration)) -> Result<Duration> {
+    let duration = parse_duration(option, value)?;
+    if duration < min || duration > max {
+        return Err(Error::config(
+            option,
+            format!(
+                "'{}' is out of range: must be between {} and {}",
+                value.trim(),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(duration)
 }
 
 /// Parses a human-readable duration such as `500ms`, `5s`, `1m` or `0s`.
@@ -309,6 +401,45 @@ mod tests {
         assert!(err.contains("--guarantee") && err.contains("'maybe-once'"), "{err}");
         let err = args(&["--subscribers-refresh", "often"]).unwrap_err().to_string();
         assert!(err.contains("--subscribers-refresh") && err.contains("'often'"), "{err}");
+    }
+
+    #[test]
+    fn settings_are_described_as_the_command_line_spells_them() {
+        std::env::set_var("SPARKLET_TEST_DESCRIBE_SECRET", "hunter3");
+        let config =
+            args(&["--trigger", "500ms", "--kafka-option", "sasl.password=env:SPARKLET_TEST_DESCRIBE_SECRET"]).unwrap();
+        let shown = config.describe();
+        for expected in [
+            "--trigger 500ms",
+            "--starting-offsets latest",
+            "--guarantee exactly-once",
+            "--max-offsets-per-trigger unlimited",
+            "--subscribers-refresh 1m",
+            "sasl.password=***",
+        ] {
+            assert!(shown.contains(expected), "{expected} in {shown}");
+        }
+        assert!(!shown.contains("hunter3") && !shown.contains("auto.offset.reset") && !shown.contains("Exactly"));
+        for trigger in [Trigger::Once, Trigger::AvailableNow, Trigger::ProcessingTime(Duration::from_secs(90))] {
+            assert_eq!(trigger.to_string().parse::<Trigger>().unwrap(), trigger);
+        }
+    }
+
+    #[test]
+    fn zero_or_nonsense_durations_and_counts_are_refused() {
+        for (option, value) in [
+            ("--kafka-timeout", "0s"),
+            ("--kafka-timeout", "0"),
+            ("--kafka-timeout", "1ms"),
+            ("--kafka-timeout", "2h"),
+            ("--subscribers-refresh", "0s"),
+            ("--min-batches-to-retain", "0"),
+        ] {
+            let err = args(&[option, value]).unwrap_err().to_string();
+            assert!(err.contains(option) && err.contains(value), "{option} {value}: {err}");
+        }
+        assert_eq!(args(&["--kafka-timeout", "500ms"]).unwrap().kafka.timeout, Duration::from_millis(500));
+        assert_eq!(args(&["--trigger", "0s"]).unwrap().trigger, Trigger::ProcessingTime(Duration::ZERO));
     }
 
     #[test]

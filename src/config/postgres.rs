@@ -9,7 +9,7 @@
 //! here, once, so a bad one stops sparklet before it connects.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
@@ -76,12 +76,31 @@ fn tls_connector(ca_file: Option<&PathBuf>) -> Result<MakeTlsConnector> {
     let mut builder = SslConnector::builder(SslMethod::tls_client())
         .map_err(|e| Error::config("--database-url", format!("cannot set up TLS: {e}")))?;
     match ca_file {
-        Some(path) => builder.set_ca_file(path).map_err(|e| {
-            Error::config("--database-ca-file", format!("cannot read CA certificates from {}: {e}", path.display()))
-        })?,
+        Some(path) => {
+            readable_file(path)?;
+            builder.set_ca_file(path).map_err(|e| {
+                Error::config("--database-ca-file", format!("{}: holds no PEM CA certificate ({e})", path.display()))
+            })?
+        }
         None => builder.set_verify(SslVerifyMode::NONE),
     }
     Ok(MakeTlsConnector::new(builder.build()))
+}
+
+/// Checks that `path` is a readable file, wording the failure as a person
+/// would (`no such file`), before OpenSSL reports it in its own terms.
+fn readable_file(path: &Path) -> Result<()> {
+    let words = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    };
+    let error = |why: String| Error::config("--database-ca-file", format!("{}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| error(words(e)))?;
+    if meta.is_dir() {
+        return Err(error("is a directory, not a file".into()));
+    }
+    std::fs::File::open(path).map(drop).map_err(|e| error(words(e)))
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -93,6 +112,16 @@ impl fmt::Debug for PostgresConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_or_unreadable_ca_file_is_named_plainly() {
+        let config = || PostgresConfig::parse("postgres://db/app").unwrap();
+        let err = config().with_ca_file(Some("/x.pem".into())).unwrap_err().to_string();
+        assert!(err.contains("--database-ca-file") && err.contains("/x.pem: no such file"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = config().with_ca_file(Some(dir.path().into())).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+    }
 
     #[test]
     fn search_path_is_appended_to_urls_with_or_without_a_query() {
