@@ -1,7 +1,7 @@
 //! `sparklet demo`: the whole job on one machine. An in-process Kafka
 //! (librdkafka's mock cluster, real wire protocol on a local port), sample
-//! subscribers in the local Postgres (schema `sparklet_demo`), the seed's
-//! campaign plus generated ones, a few micro-batches, then a sample of both
+//! subscribers in the local Postgres (schema `sparklet_demo`), the example
+//! campaign of the message format plus generated ones, a few micro-batches, then a sample of both
 //! sinks.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,10 +17,11 @@ use crate::tools;
 const SCHEMA: &str = "sparklet_demo";
 const INPUT: &str = "promotions_in";
 const OUTPUT: &str = "promotions_out";
-const SEED_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
+const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
-/// The seed's example input line, in kcat's `key:value` form.
-pub const SEED_LINE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+/// The example input line of the message format (README, "The job"), in
+/// kcat's `key:value` form.
+pub const EXAMPLE_LINE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -30,13 +31,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     cluster.create_topic(OUTPUT, 1, 1).map_err(|e| Error::kafka("creating the output topic", e))?;
     println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}");
 
-    let url = prepare_postgres(&args).await?;
     reset_checkpoint(&args)?;
+    let url = prepare_postgres(&args).await?;
 
     let client = tools::client_config(&bootstrap, &[]);
     let messages = sample_campaigns(args.campaigns);
     tools::produce(&client, INPUT, &messages)?;
-    println!("== produced {} campaigns (the seed's message first, one malformed)", messages.len());
+    println!("== produced {} campaigns (the example message first, one malformed)", messages.len());
 
     let config = demo_config(&bootstrap, &url, &args)?;
     let summary = crate::run(config, std::future::pending()).await?;
@@ -47,9 +48,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     print_samples(&client, &url).await
 }
 
-/// Demo schema with the seed's tables, emptied, plus sample subscribers.
+/// Demo schema with the job's tables, emptied, plus sample subscribers.
 async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
     let admin = crate::config::PostgresConfig::parse(&args.database_url)?;
+    println!("== writing to Postgres {} (schema {SCHEMA}; --database-url to choose another)", admin.target());
     let db = crate::postgres::connect(&admin, "the demo").await?;
     db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         .await
@@ -69,12 +71,29 @@ async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
     Ok(url)
 }
 
+/// Empties the demo's checkpoint (its Kafka is new every run), but only if
+/// the directory is absent, empty or a sparklet checkpoint: anything else is
+/// refused and left as it is.
 fn reset_checkpoint(args: &DemoArgs) -> Result<()> {
     let dir = &args.checkpoint_dir;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(crate::checkpoint::io_err("emptying", dir))?;
+    if !dir.exists() || is_empty_dir(dir) {
+        return Ok(());
     }
-    Ok(())
+    if !crate::checkpoint::is_checkpoint(dir) {
+        return Err(Error::config(
+            "--checkpoint-dir",
+            format!(
+                "{} is neither empty nor a sparklet checkpoint; the demo empties its checkpoint directory, \
+                 so give it a new or empty one",
+                dir.display()
+            ),
+        ));
+    }
+    std::fs::remove_dir_all(dir).map_err(crate::checkpoint::io_err("emptying", dir))
+}
+
+fn is_empty_dir(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Config> {
@@ -102,7 +121,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Con
 
 fn sample_subscribers() -> Vec<(String, String)> {
     let mut subs: Vec<(String, String)> =
-        (0..3).map(|i| (format!("023e4567-e89b-12d3-a456-42661417400{i}"), SEED_RESTAURANT.to_string())).collect();
+        (0..3).map(|i| (format!("023e4567-e89b-12d3-a456-42661417400{i}"), EXAMPLE_RESTAURANT.to_string())).collect();
     for r in 1..=4 {
         for c in 0..r {
             subs.push((format!("client-{r}-{c}"), format!("restaurant-{r}")));
@@ -111,11 +130,11 @@ fn sample_subscribers() -> Vec<(String, String)> {
     subs
 }
 
-/// The seed's line, `n` generated campaigns (a third expired or not yet
+/// The example line, `n` generated campaigns (a third expired or not yet
 /// started), and one malformed message.
 fn sample_campaigns(n: usize) -> Vec<(Option<String>, String)> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let (key, value) = tools::parse_key_value(SEED_LINE);
+    let (key, value) = tools::parse_key_value(EXAMPLE_LINE);
     let mut out = vec![(key.map(str::to_string), value.to_string())];
     for i in 0..n {
         let (start, end) = match i % 3 {
@@ -141,8 +160,8 @@ fn sample_campaigns(n: usize) -> Vec<(Option<String>, String)> {
 
 async fn print_samples(client: &ClientConfig, url: &str) -> Result<()> {
     let mut messages = tools::read_committed(client, OUTPUT, Duration::from_secs(20))?;
-    // The seed campaign's rows first.
-    messages.sort_by_key(|(_, value)| !value.contains(SEED_RESTAURANT));
+    // The example campaign's rows first.
+    messages.sort_by_key(|(_, value)| !value.contains(EXAMPLE_RESTAURANT));
     println!("== {OUTPUT}: {} messages (read_committed); first 3:", messages.len());
     for (key, value) in messages.iter().take(3) {
         println!("  key={} value={value}", key.as_deref().unwrap_or("-"));
@@ -152,7 +171,7 @@ async fn print_samples(client: &ClientConfig, url: &str) -> Result<()> {
         .query(
             "SELECT count(*) OVER (), adv_campaign_id, client_id, trigger_datetime_created, feedback IS NULL
              FROM subscribers_feedback ORDER BY restaurant_id <> $1, id LIMIT 3",
-            &[&SEED_RESTAURANT],
+            &[&EXAMPLE_RESTAURANT],
         )
         .await
         .map_err(|e| Error::postgres("reading the demo's feedback rows", e))?;

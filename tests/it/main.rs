@@ -2,11 +2,14 @@
 //! librdkafka). Real Postgres (a private schema per test) and the Kafka wire
 //! protocol through librdkafka's in-process mock cluster.
 
+mod child;
 mod deploy;
 mod exactly_once;
+mod newcomer;
 mod pipeline;
 mod postgres_tls;
 mod replay;
+mod restart;
 mod security;
 mod sql_files;
 mod startup_errors;
