@@ -18,7 +18,7 @@ const NOW: i64 = 1_700_000_000;
 const RESTAURANTS: usize = 1_000;
 const SUBSCRIBERS_PER_RESTAURANT: usize = 10;
 
-/// `n` seed-shaped campaigns; every tenth has expired.
+/// `n` campaigns in the input format; every tenth has expired.
 fn payloads(n: usize) -> RawBatch {
     let mut raw = RawBatch::default();
     for i in 0..n {

@@ -1,7 +1,7 @@
 //! End-to-end benchmark: the real pipeline (in-process Kafka over TCP, the
-//! local Postgres, the repo's SQL) on generated data, the same shape as the
-//! Spark peer in shared/notes: 1,000 restaurants x 10 subscribers, 10% of the
-//! campaigns expired. Prints batch time, rows/s and peak memory per scenario.
+//! local Postgres, the repo's SQL) on generated data, the shape used to
+//! compare with Spark Structured Streaming on the same job: 1,000 restaurants
+//! x 10 subscribers, 10% of the campaigns expired. Prints batch time, rows/s and peak memory per scenario.
 //!
 //! ```text
 //! cargo run --release --example bench_e2e -- --messages 100000

@@ -1,7 +1,7 @@
-//! Produces campaigns to the input topic, like the seed's `kcat -K: -P`.
+//! Produces campaigns to the input topic, like `kcat -K: -P`.
 //!
 //! Each line of standard input is `key:{json}` (or just `{json}`); with
-//! `--seed` the seed's own example message is sent instead. Works against any
+//! `--example` the example message of the input format is sent instead. Works against any
 //! Kafka, including SASL_SSL with SCRAM-SHA-512 via `--kafka-option`:
 //!
 //! ```text
@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use sparklet::tools::parse_key_value;
 
-/// Produce campaign messages in the seed's key:value form.
+/// Produce campaign messages in kcat's key:value form.
 #[derive(Parser)]
 struct Args {
     /// Kafka bootstrap servers.
@@ -27,9 +27,9 @@ struct Args {
     /// Topic to produce to.
     #[arg(long, default_value = "promotions_in")]
     topic: String,
-    /// Send the seed's example message instead of reading standard input.
+    /// Send the example message of the input format instead of reading standard input.
     #[arg(long)]
-    seed: bool,
+    example: bool,
     /// librdkafka setting KEY=VALUE (VALUE env:NAME reads variable NAME).
     #[arg(long = "kafka-option")]
     kafka_options: Vec<String>,
@@ -39,8 +39,8 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let options = sparklet::config::parse_kafka_options(&args.kafka_options)?;
     let config = sparklet::tools::client_config(&args.bootstrap_servers, &options);
-    let lines: Vec<String> = if args.seed {
-        vec![sparklet::demo::SEED_LINE.to_string()]
+    let lines: Vec<String> = if args.example {
+        vec![sparklet::demo::EXAMPLE_LINE.to_string()]
     } else {
         std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading standard input")?
     };

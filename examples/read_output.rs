@@ -1,6 +1,6 @@
 //! Reads the output topic the way its consumers must: with
 //! `isolation.level=read_committed`, so only committed batches are seen (once
-//! each). Prints `key:value` lines, like the seed's `kcat -C -K`.
+//! each). Prints `key:value` lines, like `kcat -C -K`.
 //!
 //! ```text
 //! cargo run --example read_output -- --bootstrap-servers HOST:9092 --topic promotions_out

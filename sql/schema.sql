@@ -1,4 +1,4 @@
--- Postgres tables of the job, as in the seed (001_cd78aaa98b7272ed.txt).
+-- Postgres tables of the job, as the push service defines them (see README.md, "The job").
 -- Run once on a new database:  psql "$DATABASE_URL" -f sql/schema.sql
 -- Names are unqualified, so they land in the first schema of search_path
 -- (public by default). sparklet creates its own marker table itself.

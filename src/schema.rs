@@ -1,4 +1,4 @@
-//! The message formats of the job, from the seed: the campaign a restaurant
+//! The message formats of the job: the campaign a restaurant
 //! publishes (input) and the row written per subscriber (output).
 
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub const CAMPAIGN_FIELDS: &[(&str, DataType)] = &[
     ("datetime_created", DataType::Int64),
 ];
 
-/// Fields of an output message, in the seed's order. The Postgres sink writes
+/// Fields of an output message, in the output format's order. The Postgres sink writes
 /// the same columns into `subscribers_feedback` (its `id` and `feedback` are
 /// left to their defaults).
 pub const OUTPUT_FIELDS: &[(&str, DataType)] = &[

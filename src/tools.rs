@@ -1,5 +1,5 @@
 //! Small Kafka client helpers for the demo, the examples and the benchmarks:
-//! generate and produce campaigns (in the seed's `key:value` form), and read
+//! generate and produce campaigns (in kcat's `key:value` form), and read
 //! the output topic as a `read_committed` consumer (the only correct way to
 //! read it).
 
@@ -36,7 +36,7 @@ pub fn parse_key_value(line: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// A generated campaign in the seed's shape, for `restaurant-{i % restaurants}`:
+/// A generated campaign in the input format, for `restaurant-{i % restaurants}`:
 /// valid around `now`, except every tenth, which has expired.
 pub fn generated_campaign(i: usize, restaurants: usize, campaign_id: &str, now: i64) -> String {
     let end = if i % 10 == 9 { now - 1 } else { now + 3600 };
@@ -127,7 +127,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_campaigns_are_seed_shaped_and_every_tenth_has_expired() {
+    fn generated_campaigns_have_the_input_format_and_every_tenth_has_expired() {
         let valid: serde_json::Value = serde_json::from_str(&generated_campaign(12, 10, "c12", 1000)).unwrap();
         assert_eq!(
             (valid["restaurant_id"].as_str(), valid["adv_campaign_id"].as_str()),

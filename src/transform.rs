@@ -134,7 +134,7 @@ fn sql_err(step: &SqlStep, action: &str, e: DataFusionError) -> Error {
     Error::Sql { path: step.path.clone(), message: format!("{action} failed: {e}") }
 }
 
-/// Picks the sink columns by name, in the seed's order, casting where needed.
+/// Picks the sink columns by name, in the output format's order, casting where needed.
 fn to_output(batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
     let fail = |message: String| Error::OutputSchema { path: path.to_path_buf(), message };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(OUTPUT_FIELDS.len());

@@ -1,7 +1,7 @@
 //! The Postgres sink: binary COPY into `subscribers_feedback`, one transaction
 //! per batch, together with a row in `sparklet_commits` naming the batch.
 //!
-//! The seed's table keeps its DDL (no unique key is assumed); the marker's
+//! The job's table keeps its DDL (no unique key is assumed); the marker's
 //! primary key `(query_id, batch_id)` is what makes a batch land at most once,
 //! even if a zombie run writes the same batch concurrently.
 
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::schema::OUTPUT_FIELDS;
 use crate::sink::{copy, Sink};
 
-/// The seed's target table.
+/// The job's target table.
 pub const FEEDBACK_TABLE: &str = "subscribers_feedback";
 
 /// Sparklet's marker table, created if missing.

@@ -177,7 +177,7 @@ mod tests {
     use super::*;
     use arrow::array::{Array, Int64Array, StringArray};
 
-    const SEED: &str = r#"{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
+    const EXAMPLE: &str = r#"{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 
     fn raw(payloads: &[Option<&str>]) -> RawBatch {
         let mut raw = RawBatch::default();
@@ -192,8 +192,8 @@ mod tests {
     }
 
     #[test]
-    fn decodes_the_seed_message() {
-        let out = decode_campaigns(&[Some(SEED), Some(SEED)]);
+    fn decodes_the_example_message() {
+        let out = decode_campaigns(&[Some(EXAMPLE), Some(EXAMPLE)]);
         assert!(out.malformed.is_empty());
         assert_eq!(out.batch.num_rows(), 2);
         let ids = out.batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
@@ -204,17 +204,17 @@ mod tests {
 
     #[test]
     fn bad_messages_are_named_and_good_ones_kept() {
-        let missing = SEED.replace(r#""adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","#, "");
-        let wrong_type = SEED.replace("1659131516", r#""yesterday""#);
+        let missing = EXAMPLE.replace(r#""adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","#, "");
+        let wrong_type = EXAMPLE.replace("1659131516", r#""yesterday""#);
         let out = decode_campaigns(&[
-            Some(SEED),
+            Some(EXAMPLE),
             Some("{not json"),
             Some(&missing),
             None,
             Some(&wrong_type),
             Some("42"),
-            Some(&format!("{SEED}{SEED}")),
-            Some(SEED),
+            Some(&format!("{EXAMPLE}{EXAMPLE}")),
+            Some(EXAMPLE),
         ]);
         assert_eq!(out.batch.num_rows(), 2);
         assert_eq!(out.batch.column(0).null_count(), 0);
@@ -225,8 +225,8 @@ mod tests {
 
     #[test]
     fn truncated_message_does_not_swallow_the_next_one() {
-        let truncated = &SEED[..SEED.len() - 10];
-        let out = decode_campaigns(&[Some(truncated), Some(SEED)]);
+        let truncated = &EXAMPLE[..EXAMPLE.len() - 10];
+        let out = decode_campaigns(&[Some(truncated), Some(EXAMPLE)]);
         assert_eq!(out.batch.num_rows(), 1);
         assert_eq!(out.malformed.len(), 1);
         assert_eq!(out.malformed[0].offset, 100);
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn extra_fields_are_ignored() {
-        let extra = SEED.replace("{", r#"{"promo_code": "X1", "#);
+        let extra = EXAMPLE.replace("{", r#"{"promo_code": "X1", "#);
         let out = decode_campaigns(&[Some(&extra)]);
         assert!(out.malformed.is_empty(), "{:?}", out.malformed);
         assert_eq!(out.batch.num_rows(), 1);
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn large_batches_decode_in_chunks_in_order() {
         let n = 2 * CHUNK_ROWS + 5;
-        let payloads: Vec<String> = (0..n).map(|i| SEED.replace("first campaign", &format!("c{i}"))).collect();
+        let payloads: Vec<String> = (0..n).map(|i| EXAMPLE.replace("first campaign", &format!("c{i}"))).collect();
         let refs: Vec<Option<&str>> = payloads.iter().map(|p| Some(p.as_str())).collect();
         let out = decode_campaigns(&refs);
         assert_eq!(out.batch.num_rows(), n);

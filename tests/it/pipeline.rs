@@ -15,20 +15,20 @@ fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// The output row the seed message gives for `client`, given `trigger`.
+/// The output row the example message gives for `client`, given `trigger`.
 fn expected_row(client: &str, trigger: i64) -> Value {
-    let mut row = seed_message();
+    let mut row = example_message();
     row["client_id"] = client.into();
     row["trigger_datetime_created"] = trigger.into();
     row
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_message_reaches_both_sinks_for_every_subscriber() -> Result<()> {
+async fn example_message_reaches_both_sinks_for_every_subscriber() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &CLIENTS).await?;
     job.db.add_subscribers("other-restaurant", &["someone-else"]).await?;
-    job.kafka.produce(&job.input, 0, &[seed_message()])?;
+    job.kafka.produce(&job.input, 0, &[example_message()])?;
     let before = now();
     let summary = job.run_available_now(&[]).await?;
     let after = now();
@@ -44,7 +44,7 @@ async fn seed_message_reaches_both_sinks_for_every_subscriber() -> Result<()> {
     for (key, value) in &messages {
         assert_eq!(value, &expected_row(key, trigger), "kafka message for {key}");
         let fields: Vec<&String> = value.as_object().unwrap().keys().collect();
-        assert_eq!(fields.len(), 10, "exactly the seed's output fields: {fields:?}");
+        assert_eq!(fields.len(), 10, "exactly the output fields: {fields:?}");
     }
 
     let rows = job.db.feedback().await?;
@@ -83,7 +83,7 @@ async fn expired_and_not_yet_started_campaigns_produce_nothing() -> Result<()> {
 async fn restaurant_without_subscribers_produces_nothing() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers("another-restaurant", &CLIENTS).await?;
-    job.kafka.produce(&job.input, 0, &[seed_message()])?;
+    job.kafka.produce(&job.input, 0, &[example_message()])?;
     let summary = job.run_available_now(&[]).await?;
     assert_eq!((summary.batches, summary.input_rows, summary.output_rows), (1, 1, 0));
     assert!(job.output_messages()?.is_empty());
@@ -117,8 +117,8 @@ async fn reads_every_partition_in_capped_batches() -> Result<()> {
 async fn malformed_message_is_counted_and_the_rest_of_the_batch_flows() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &CLIENTS[..1]).await?;
-    let good = seed_message().to_string();
-    let mut wrong_type = seed_message();
+    let good = example_message().to_string();
+    let mut wrong_type = example_message();
     wrong_type["datetime_created"] = json!("yesterday");
     let wrong_type = wrong_type.to_string();
     job.kafka.produce_raw(&job.input, 0, &[good.as_bytes(), b"{oops", wrong_type.as_bytes(), good.as_bytes()])?;

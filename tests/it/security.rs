@@ -1,4 +1,4 @@
-//! The seed's Kafka security settings (SASL_SSL, SCRAM-SHA-512, a CA file)
+//! The original deployment's Kafka security settings (SASL_SSL, SCRAM-SHA-512, a CA file)
 //! reach librdkafka for both the consumer and the producer, and the bundled
 //! librdkafka is built with what they need. (The mock cluster speaks neither
 //! TLS nor SASL, so no handshake is made here.)
@@ -8,7 +8,7 @@ use sparklet::source::KafkaSource;
 
 use crate::support::repo_path;
 
-fn seed_security(ca: &str) -> Vec<String> {
+fn original_security(ca: &str) -> Vec<String> {
     [
         "security.protocol=SASL_SSL".to_string(),
         "sasl.mechanisms=SCRAM-SHA-512".into(),
@@ -33,7 +33,7 @@ fn kafka_config(options: Vec<String>) -> Result<sparklet::config::KafkaConfig> {
 #[test]
 fn sasl_ssl_scram_with_a_ca_file_is_accepted_by_both_clients() -> Result<()> {
     let ca = repo_path("tests/fixtures/tls/test-ca.crt");
-    let kafka = kafka_config(seed_security(ca.to_str().unwrap()))?;
+    let kafka = kafka_config(original_security(ca.to_str().unwrap()))?;
     KafkaSource::try_new(&kafka, "q")?;
     let producer: rdkafka::producer::BaseProducer = sparklet::kafka::producer_config(&kafka, "q", true).create()?;
     drop(producer);
@@ -42,7 +42,7 @@ fn sasl_ssl_scram_with_a_ca_file_is_accepted_by_both_clients() -> Result<()> {
 
 #[test]
 fn a_missing_ca_file_is_an_error_naming_the_setting() -> Result<()> {
-    let kafka = kafka_config(seed_security("/nonexistent/YandexCA.crt"))?;
+    let kafka = kafka_config(original_security("/nonexistent/YandexCA.crt"))?;
     let err = KafkaSource::try_new(&kafka, "q").err().expect("creation must fail").to_string();
     assert!(err.starts_with("kafka: creating the input consumer"), "{err}");
     assert!(err.contains("ssl.ca.location") || err.contains("YandexCA.crt"), "{err}");

@@ -56,7 +56,7 @@ async fn sql_files_give_the_expected_output_for_every_fixture() -> Result<()> {
 }
 
 #[tokio::test]
-async fn output_columns_follow_the_seed_order_whatever_the_sql_order() -> Result<()> {
+async fn output_columns_follow_the_output_format_order_whatever_the_sql_order() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(
         dir.path().join("10_out.sql"),
@@ -65,7 +65,7 @@ async fn output_columns_follow_the_seed_order_whatever_the_sql_order() -> Result
     )?;
     let pipeline = SqlPipeline::load(dir.path())?;
     let fixture: Value = serde_json::from_str(&std::fs::read_to_string(repo_path(
-        "tests/fixtures/transform/seed_message_fans_out_to_subscribers.json",
+        "tests/fixtures/transform/example_message_fans_out_to_subscribers.json",
     ))?)?;
     let rows = run_fixture(&pipeline, &fixture).await?;
     let keys: Vec<&String> = rows[0].as_object().context("row")?.keys().collect();

@@ -25,7 +25,7 @@ async fn start_error(job: &Job, extra: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_sql_file_fails_at_start_naming_the_file() -> Result<()> {
     let job = Job::new(1).await?;
-    job.kafka.produce(&job.input, 0, &[seed_message()])?;
+    job.kafka.produce(&job.input, 0, &[example_message()])?;
     let sql = tempfile::tempdir()?;
     copy_sql(sql.path())?;
     std::fs::write(sql.path().join("20_feedback.sql"), "SELECT client_id FROM no_such_table")?;

@@ -1,6 +1,6 @@
 //! Shared test fixtures: an in-process Kafka (librdkafka's mock cluster, real
 //! wire protocol on a TCP port), a private Postgres schema per test, and the
-//! seed's messages.
+//! example messages of the input format.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +16,8 @@ use tokio_postgres::{Client, NoTls};
 pub const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 pub const CAMPAIGN: &str = "123e4567-e89b-12d3-a456-426614174003";
 
-/// The seed's example campaign (valid from 2022 to 2054).
-pub fn seed_message() -> Value {
+/// The example campaign of the input format (valid from 2022 to 2054).
+pub fn example_message() -> Value {
     serde_json::json!({
         "restaurant_id": RESTAURANT,
         "adv_campaign_id": CAMPAIGN,
@@ -32,7 +32,7 @@ pub fn seed_message() -> Value {
 
 /// A campaign of `restaurant` valid from `start` to `end` (epoch seconds).
 pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
-    let mut m = seed_message();
+    let mut m = example_message();
     m["restaurant_id"] = restaurant.into();
     m["adv_campaign_id"] = id.into();
     m["adv_campaign_datetime_start"] = start.into();
@@ -105,7 +105,7 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<(String, Value
         .collect()
 }
 
-/// A private schema in the `test` database, with the seed's tables.
+/// A private schema in the `test` database, with the job's tables.
 pub struct Db {
     pub url: String,
     /// Also the `application_name` of every connection made with `url`.
