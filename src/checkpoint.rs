@@ -179,7 +179,7 @@ impl CheckpointStore {
             Ok(partition) => Ok((partition, offset)),
             Err(_) => Err(Error::CheckpointFormat {
                 path: path.clone(),
-                message: format!("'{partition}' is not a partition id"),
+                source: serde::de::Error::custom(format!("'{partition}' is not a partition id")),
             }),
         };
         offsets.into_iter().map(parse).collect::<Result<_>>().map(Some)
@@ -242,7 +242,7 @@ pub fn is_checkpoint(dir: &Path) -> bool {
 /// fsync of the parent directory.
 pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::CheckpointFormat { path: path.to_path_buf(), message: e.to_string() })?;
+        .map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })?;
     write_bytes_atomic(path, &bytes)
 }
 
@@ -264,8 +264,7 @@ pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(io_err("reading", path))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::CheckpointFormat { path: path.to_path_buf(), message: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -325,7 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
         fs::write(dir.path().join("sources/0"), r#"{"version":"1","offsets":{"x":3}}"#).unwrap();
-        let err = store.initial_offsets().unwrap_err().to_string();
+        let err = store.initial_offsets().unwrap_err().chain().to_string();
         assert!(err.contains("sources/0") && err.contains("'x'"), "{err}");
     }
 

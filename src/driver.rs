@@ -200,7 +200,7 @@ impl Driver {
             }
             tokio::time::sleep(backoff(attempt)).await;
             if let Err(e) = self.runner.reconnect().await {
-                tracing::warn!(cause = %e, "reconnecting the sinks failed; retrying the batch anyway");
+                tracing::warn!(cause = %e.chain(), "reconnecting the sinks failed; retrying the batch anyway");
             }
         }
     }
@@ -238,7 +238,7 @@ impl Driver {
         self.summary.last_batch_id = Some(progress.batch_id);
         if let Some(path) = &self.config.progress_json {
             if let Err(e) = progress.append_json(path) {
-                tracing::warn!(cause = %e, "writing the progress record failed");
+                tracing::warn!(cause = %e.chain(), "writing the progress record failed");
             }
         }
         self.purge(progress.batch_id);
@@ -253,7 +253,7 @@ impl Driver {
             .purge_before(keep_from)
             .and_then(|_| subscribers::purge_snapshots(&checkpoint.snapshots_dir(), &keep));
         if let Err(e) = result {
-            tracing::warn!(cause = %e, "cleaning the checkpoint failed");
+            tracing::warn!(cause = %e.chain(), "cleaning the checkpoint failed");
         }
     }
 

@@ -1,11 +1,17 @@
 //! The library's error type: one variant per component that can fail.
 //!
-//! Every variant names the component and keeps its cause in the message, so a
-//! log line alone says what failed and where. [`Error::is_retryable`] tells the
-//! driver whether running the same batch again can help (a broker or database
-//! that went away) or not (a broken SQL file, a bad option).
+//! Every variant names the component; its cause, where there is one, is kept
+//! typed as the error's `source()` and is not repeated in its own message, so
+//! a chain prints each cause once. Logs print the whole chain with
+//! [`Error::chain`]. [`Error::is_retryable`] tells the driver whether running
+//! the same trigger again can help; it answers yes only for an allowlist of
+//! transient failures (timeouts, transport, a broker or coordinator not
+//! available, a Postgres connection lost, a serialization failure).
 
+use std::fmt;
 use std::path::PathBuf;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -18,7 +24,7 @@ pub enum Error {
     Config { option: String, message: String },
 
     /// Reading or writing the checkpoint directory failed.
-    #[error("checkpoint: {action} {path}: {source}")]
+    #[error("checkpoint: {action} {path}")]
     CheckpointIo {
         action: &'static str,
         path: PathBuf,
@@ -27,15 +33,29 @@ pub enum Error {
     },
 
     /// A checkpoint file exists but cannot be understood.
-    #[error("checkpoint: {path} is not a valid sparklet checkpoint file: {message}")]
-    CheckpointFormat { path: PathBuf, message: String },
+    #[error("checkpoint: {path} is not a valid sparklet checkpoint file")]
+    CheckpointFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 
-    /// A SQL file is missing, unreadable or does not plan.
+    /// A SQL file or directory is missing, unreadable or empty, or the
+    /// subscribers query failed.
     #[error("sql: {path}: {message}")]
     Sql { path: PathBuf, message: String },
 
-    /// DataFusion failed while running the transform.
-    #[error("transform: {context}: {source}")]
+    /// DataFusion could not plan or run a SQL file.
+    #[error("sql: {path}: {action} failed")]
+    SqlStep {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+
+    /// DataFusion failed while setting up the transform.
+    #[error("transform: {context}")]
     Transform {
         context: String,
         #[source]
@@ -47,24 +67,28 @@ pub enum Error {
     OutputSchema { path: PathBuf, message: String },
 
     /// Talking to Kafka failed.
-    #[error("kafka: {context}: {source}")]
+    #[error("kafka: {context}")]
     Kafka {
         context: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: KafkaError,
     },
 
     /// No bootstrap server answered at start.
     #[error("kafka: cannot reach bootstrap servers {servers}: {cause}")]
     KafkaUnreachable { servers: String, cause: String },
 
-    /// Kafka answered, but not in a way sparklet can work with.
+    /// A Kafka step did not finish in time (the broker may be away).
+    #[error("kafka: {0}")]
+    KafkaTimeout(String),
+
+    /// Kafka answered, but not in a way sparklet can work with (a topic that
+    /// does not exist, a client without group metadata).
     #[error("kafka: {0}")]
     KafkaState(String),
 
-    /// Talking to Postgres failed. (tokio-postgres words only the kind of
-    /// failure; the server's message or the I/O or TLS cause is its source.)
-    #[error("postgres: {context}: {}", with_causes(.source))]
+    /// Talking to Postgres failed.
+    #[error("postgres: {context}")]
     Postgres {
         context: String,
         #[source]
@@ -72,12 +96,16 @@ pub enum Error {
     },
 
     /// Building or encoding Arrow data failed.
-    #[error("arrow: {context}: {source}")]
+    #[error("arrow: {context}")]
     Arrow {
         context: String,
         #[source]
         source: arrow::error::ArrowError,
     },
+
+    /// The output could not be encoded for Postgres' binary COPY.
+    #[error("postgres: encoding rows for COPY")]
+    CopyEncoding(#[source] crate::sink::copy::CopyError),
 
     /// A background task died.
     #[error("runtime: {0}")]
@@ -85,20 +113,25 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether running the same batch again may succeed.
-    ///
-    /// Connection-level failures of Kafka or Postgres are worth a retry; bad
-    /// input, bad SQL, a bad checkpoint or a bad option are not.
+    /// Whether running the same trigger again may succeed: only transient
+    /// failures of Kafka or Postgres (see the module docs). A topic that does
+    /// not exist, an authentication failure, a fenced producer, a constraint
+    /// violation, bad SQL or a bad checkpoint are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Kafka { source, .. } => kafka_retryable(source),
+            Error::KafkaTimeout(_) => true,
             Error::Postgres { source, .. } => postgres_retryable(source),
-            Error::KafkaState(_) => true,
             _ => false,
         }
     }
 
-    pub(crate) fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+    /// The error and each of its causes, `: `-separated, for logs.
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+
+    pub(crate) fn kafka(context: impl Into<String>, source: KafkaError) -> Self {
         Error::Kafka { context: context.into(), source }
     }
 
@@ -119,40 +152,115 @@ impl Error {
     }
 }
 
-fn kafka_retryable(err: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::error::KafkaError as K;
-    match err {
-        K::ClientCreation(_) | K::ClientConfig(..) => false,
-        K::Transaction(e) => e.is_retriable() || e.txn_requires_abort(),
-        _ => true,
+/// Displays an error followed by each of its causes (see [`Error::chain`]).
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }
 
-/// `err` followed by each of its causes, `: `-separated.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
+/// Kafka failures a retry can fix: the transport, timeouts, a broker, leader
+/// or coordinator that is (for now) not available.
+fn kafka_retryable(err: &KafkaError) -> bool {
+    if let KafkaError::Transaction(e) = err {
+        return !e.is_fatal() && (e.is_retriable() || e.txn_requires_abort());
     }
-    text
+    use RDKafkaErrorCode as C;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::MessageTimedOut
+                | C::OperationTimedOut
+                | C::TimedOutQueue
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::BrokerNotAvailable
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::CoordinatorLoadInProgress
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::WaitingForCoordinator
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::ConcurrentTransactions
+                | C::Retry
+        )
+    )
 }
 
+/// Postgres failures a retry can fix: a lost or refused connection, and the
+/// SQLSTATEs of an overloaded or restarting server and of a transaction that
+/// lost a serialization race.
 fn postgres_retryable(err: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
     if err.is_closed() {
         return true;
     }
     match err.code() {
-        // No SQLSTATE: the connection itself failed (refused, reset, timed out).
-        None => true,
+        // No SQLSTATE: retry when the transport failed (refused, reset).
+        None => has_io_cause(err),
         Some(code) => {
-            let class = &code.code()[..2];
-            // 08: connection exception, 53: insufficient resources,
-            // 57: operator intervention (e.g. admin shutdown), 40: rollback.
-            matches!(class, "08" | "53" | "57" | "40") || code == &SqlState::T_R_SERIALIZATION_FAILURE
+            let code = code.code();
+            // 08: connection exception; 53: insufficient resources;
+            // 57P01..57P03: admin/crash shutdown, cannot connect now;
+            // 40001: serialization failure; 40P01: deadlock detected.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
         }
+    }
+}
+
+fn has_io_cause(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let err = Error::CheckpointIo { action: "writing", path: "/cp/offsets/3".into(), source: io };
+        assert_eq!(err.to_string(), "checkpoint: writing /cp/offsets/3");
+        assert_eq!(err.chain().to_string(), "checkpoint: writing /cp/offsets/3: permission denied");
+    }
+
+    #[test]
+    fn only_transient_kafka_failures_are_retryable() {
+        let k = |code| Error::kafka("x", KafkaError::MessageProduction(code));
+        assert!(k(RDKafkaErrorCode::BrokerTransportFailure).is_retryable());
+        assert!(k(RDKafkaErrorCode::RequestTimedOut).is_retryable());
+        assert!(Error::KafkaTimeout("reading".into()).is_retryable());
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::Authentication,
+            RDKafkaErrorCode::Fenced,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ] {
+            assert!(!k(code).is_retryable(), "{code:?}");
+        }
+        assert!(!Error::KafkaState("input topic 'x' does not exist".into()).is_retryable());
+        assert!(!Error::config("--trigger", "bad").is_retryable());
     }
 }

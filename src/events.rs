@@ -130,7 +130,7 @@ impl BatchFailed<'_> {
             batch_id = self.batch_id,
             attempt = self.attempt,
             retryable = self.retryable,
-            error = %self.error,
+            error = %self.error.chain(),
             "batch failed"
         );
         bump(&COUNTERS.batches_failed, 1);

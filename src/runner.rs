@@ -86,7 +86,7 @@ impl BatchRunner {
         match load_subscribers(&self.config, &self.checkpoint).await {
             Ok(fresh) => self.subscribers = fresh,
             Err(e) => tracing::warn!(
-                cause = %e,
+                cause = %e.chain(),
                 age_s = self.subscribers.age().as_secs(),
                 "reloading the subscribers cache failed; keeping the current version"
             ),

@@ -97,7 +97,7 @@ pub fn read_committed(config: &ClientConfig, topic: &str, timeout: Duration) -> 
             None => {}
         }
     }
-    Err(Error::KafkaState(format!("timed out after {timeout:?} reading '{topic}'")))
+    Err(Error::KafkaTimeout(format!("timed out after {timeout:?} reading '{topic}'")))
 }
 
 fn end_offsets(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>> {

@@ -130,8 +130,8 @@ fn step_name(path: &Path) -> Option<String> {
     valid.then(|| name.to_string())
 }
 
-fn sql_err(step: &SqlStep, action: &str, e: DataFusionError) -> Error {
-    Error::Sql { path: step.path.clone(), message: format!("{action} failed: {e}") }
+fn sql_err(step: &SqlStep, action: &'static str, source: DataFusionError) -> Error {
+    Error::SqlStep { path: step.path.clone(), action, source }
 }
 
 /// Picks the sink columns by name, in the output format's order, casting where needed.

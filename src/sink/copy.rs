@@ -23,6 +23,24 @@ pub fn write_trailer(out: &mut BytesMut) {
     out.put_i16(-1);
 }
 
+/// Why a batch cannot be encoded (the output's schema rules these out, so
+/// each is a bug or a changed schema, never bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0} columns are more than COPY's 32767")]
+    TooManyColumns(usize),
+    #[error("column {0} has NULLs")]
+    Nulls(String),
+    #[error("column {column} has type {data_type}, which sparklet does not encode")]
+    Type { column: String, data_type: DataType },
+}
+
+impl From<CopyError> for Error {
+    fn from(e: CopyError) -> Self {
+        Error::CopyEncoding(e)
+    }
+}
+
 /// One column, typed once per batch rather than once per value.
 enum Column<'a> {
     Text(&'a arrow::array::StringArray),
@@ -34,7 +52,7 @@ enum Column<'a> {
 /// without nulls (the sink's schema guarantees both).
 pub fn write_rows(batch: &RecordBatch, start: usize, end: usize, out: &mut BytesMut) -> Result<()> {
     let columns = typed_columns(batch)?;
-    let count = i16::try_from(columns.len()).map_err(|_| Error::Runtime("too many columns for COPY".into()))?;
+    let count = i16::try_from(columns.len()).map_err(|_| CopyError::TooManyColumns(columns.len()))?;
     for row in start..end {
         out.put_i16(count);
         for column in &columns {
@@ -65,16 +83,13 @@ fn typed_columns(batch: &RecordBatch) -> Result<Vec<Column<'_>>> {
         .zip(batch.schema().fields())
         .map(|(array, field)| {
             if array.null_count() > 0 {
-                return Err(Error::Runtime(format!("COPY: column {} has NULLs", field.name())));
+                return Err(CopyError::Nulls(field.name().clone()).into());
             }
             match array.data_type() {
                 DataType::Utf8 => Ok(Column::Text(array.as_string::<i32>())),
                 DataType::Int64 => Ok(Column::Int8(array.as_primitive::<Int64Type>())),
                 DataType::Int32 => Ok(Column::Int4(array.as_primitive::<Int32Type>())),
-                other => Err(Error::Runtime(format!(
-                    "COPY: column {} has type {other}, which sparklet does not encode",
-                    field.name()
-                ))),
+                other => Err(CopyError::Type { column: field.name().clone(), data_type: other.clone() }.into()),
             }
         })
         .collect()

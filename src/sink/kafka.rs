@@ -37,7 +37,7 @@ const KEY_COLUMN: usize = 7;
 pub struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    first_error: Mutex<Option<KafkaError>>,
     log: KafkaLog,
 }
 
@@ -73,7 +73,7 @@ impl ProducerContext for DeliveryCounter {
             Err((err, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| err.to_string());
+                    first.get_or_insert_with(|| err.clone());
                 }
             }
         }
@@ -214,7 +214,7 @@ impl KafkaSink {
         let reported = || counter.delivered.load(Ordering::Relaxed) + counter.failed.load(Ordering::Relaxed);
         while reported() < sent {
             if Instant::now() > deadline {
-                return Err(Error::KafkaState(format!(
+                return Err(Error::KafkaTimeout(format!(
                     "timed out after {:?} awaiting delivery of {} output messages to '{}'",
                     self.timeout,
                     sent - reported(),
@@ -231,11 +231,12 @@ impl KafkaSink {
         let failed = counter.failed.load(Ordering::Relaxed);
         let delivered = counter.delivered.load(Ordering::Relaxed);
         if failed > 0 || delivered != sent {
-            let first = counter.first_error.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
-            return Err(Error::KafkaState(format!(
-                "{failed} of {sent} output messages to '{}' failed ({delivered} delivered): {first}",
-                self.topic
-            )));
+            let context =
+                format!("{failed} of {sent} output messages to '{}' failed ({delivered} delivered)", self.topic);
+            return Err(match counter.first_error.lock().ok().and_then(|f| f.clone()) {
+                Some(first) => Error::kafka(context, first),
+                None => Error::KafkaTimeout(context),
+            });
         }
         Ok(())
     }

@@ -97,7 +97,7 @@ fn scan(
     let mut newest = None;
     loop {
         if Instant::now() > deadline {
-            return Err(Error::KafkaState(format!(
+            return Err(Error::KafkaTimeout(format!(
                 "timed out reading output {topic}[{partition}] {start}..{end} for batch markers"
             )));
         }

@@ -188,7 +188,7 @@ impl KafkaSource {
             .values()
             .map(|(r, raw)| format!("[{}] {}..{} ({} read)", r.partition, r.start, r.end, raw.len()))
             .collect();
-        Error::KafkaState(format!(
+        Error::KafkaTimeout(format!(
             "timed out after {:?} without progress reading {} partitions {}",
             self.timeout,
             self.topic,

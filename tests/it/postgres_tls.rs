@@ -31,7 +31,7 @@ async fn database_certificate_not_signed_by_the_given_ca_is_refused() -> Result<
     let config = PostgresConfig::parse(&base_url())?.with_ca_file(Some(ca))?;
     let err = match sparklet::postgres::connect(&config, "a TLS test").await {
         Ok(_) => panic!("a self-signed server certificate must not verify"),
-        Err(e) => e.to_string(),
+        Err(e) => e.chain().to_string(),
     };
     assert!(err.contains(&config.target()) && err.contains("certificate verify failed"), "{err}");
     Ok(())
