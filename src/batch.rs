@@ -4,7 +4,14 @@
 //! checkpoint (`offsets/N`) as is, so a replay reads exactly the same messages
 //! with exactly the same `now`.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
+
+/// Current time in epoch milliseconds: a batch's timestamp, a commit's time.
+pub fn epoch_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 /// Sequence number of a micro-batch within one query, starting at 0.
 pub type BatchId = u64;

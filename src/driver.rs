@@ -1,32 +1,23 @@
-//! The micro-batch loop. Each trigger runs six named steps:
+//! The trigger loop: when batches run, how failures are retried, when the
+//! run stops. The batches themselves are [`crate::query::Query`]'s.
 //!
-//! 1. **plan**: end offsets from the broker, ranges from where the last batch
-//!    ended, capped by `--max-offsets-per-trigger`; no new data, no batch;
-//! 2. **log offsets**: write `offsets/N` (write-ahead), with `now` and the
-//!    subscribers snapshot pinned;
-//! 3. **read**: exactly those ranges, decoded to one Arrow batch;
-//! 4. **transform**: the SQL files, collected once ("persist");
-//! 5. **write**: both sinks concurrently, each in one transaction with its marker;
-//! 6. **commit**: write `commits/N`.
-//!
-//! On start, `offsets/N` without `commits/N` is replayed first with the same
-//! plan; each sink is asked whether it already holds the batch and only the
-//! missing writes are redone. Shutdown is checked between batches only, so a
-//! batch in flight always finishes and commits.
+//! Each trigger is: plan (the query's next batch, or none), then run it (log
+//! offsets, read, transform, write, commit). A batch the last run left
+//! unfinished is replayed first. A retryable failure anywhere in a trigger
+//! (planning included) is retried with back-off after reconnecting the sinks;
+//! a batch that failed after its write-ahead is retried as a replay of the
+//! same plan. Shutdown is watched while starting, between batches and during
+//! a back-off, never inside a batch, so a batch in flight always finishes.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::batch::{BatchId, BatchPlan};
-use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, Trigger};
 use crate::error::Result;
 use crate::events;
 use crate::progress::BatchProgress;
-use crate::runner::BatchRunner;
-use crate::source::plan::{self, Watermarks};
-use crate::subscribers;
+use crate::query::{Attempt, Query};
 
 /// Wait between planning rounds that found no new data with `--trigger 0s`.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -40,6 +31,8 @@ pub struct RunSummary {
     pub output_rows: u64,
     pub malformed_rows: u64,
     pub last_batch_id: Option<BatchId>,
+    /// Attempts that failed (and were retried, or ended the run).
+    pub failed_attempts: u64,
 }
 
 /// Runs the query described by `config` until `shutdown` resolves, or until
@@ -50,226 +43,194 @@ pub struct RunSummary {
 /// nothing has been planned yet; once batches run, it stops between them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
     tokio::pin!(shutdown);
-    let mut driver = tokio::select! {
+    let policy = Policy { trigger: config.trigger, max_retries: config.max_retries };
+    let query = tokio::select! {
         biased;
         _ = &mut shutdown => {
             tracing::info!("shutdown requested while starting; nothing was planned");
             return Ok(RunSummary::default());
         }
-        driver = Driver::start(config) => driver?,
+        query = Query::start(config) => query?,
     };
-    driver.run(shutdown).await
+    Driver::new(policy, query).run(shutdown).await
 }
 
-/// The state of a running query between batches.
-pub struct Driver {
-    config: Config,
-    runner: BatchRunner,
-    /// Where each partition's next batch starts.
-    next_starts: HashMap<i32, i64>,
-    next_batch_id: BatchId,
-    /// A batch planned by an earlier run and not committed: run first.
-    pending: Option<BatchPlan>,
+/// What the driver needs of a query; [`Query`] in production, a scripted
+/// stand-in in the driver's tests.
+#[allow(async_fn_in_trait)]
+pub trait Batches {
+    fn id(&self) -> &str;
+    /// A batch an earlier run planned and did not commit.
+    fn take_pending(&mut self) -> Option<BatchPlan>;
+    /// The next batch, or `None` when there is no new data.
+    async fn next_plan(&mut self) -> Result<Option<BatchPlan>>;
+    /// Runs a batch to its commit.
+    async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress>;
+    /// Re-creates the connections after a failure.
+    async fn reconnect(&mut self) -> Result<()>;
+}
+
+impl Batches for Query {
+    fn id(&self) -> &str {
+        Query::id(self)
+    }
+
+    fn take_pending(&mut self) -> Option<BatchPlan> {
+        Query::take_pending(self)
+    }
+
+    async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
+        Query::next_plan(self).await
+    }
+
+    async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
+        Query::run(self, plan, attempt).await
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        Query::reconnect(self).await
+    }
+}
+
+/// When batches run and how often a failure is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub trigger: Trigger,
+    pub max_retries: u32,
+}
+
+/// How one trigger ended.
+enum Triggered {
+    /// A batch committed.
+    Batch(BatchProgress),
+    /// No new data.
+    Idle,
+    /// Shutdown during a back-off: stop now (a failed batch is replayed at
+    /// the next start).
+    Stopped,
+}
+
+/// The trigger loop around a query.
+pub struct Driver<B> {
+    policy: Policy,
+    batches: B,
     summary: RunSummary,
 }
 
-impl Driver {
-    /// Loads SQL, checkpoint and subscribers and connects both sinks; any of
-    /// them failing stops here with an error naming it.
-    pub async fn start(config: Config) -> Result<Self> {
-        let runner = BatchRunner::start(&config).await?;
-        let resume = runner.checkpoint().resume()?;
-        let mut driver = Driver {
-            summary: RunSummary { query_id: runner.checkpoint().query_id().to_string(), ..Default::default() },
-            config,
-            runner,
-            next_starts: HashMap::new(),
-            next_batch_id: 0,
-            pending: resume.pending,
-        };
-        if let Some(last) = &resume.last_committed {
-            driver.advance_past(last);
-        }
-        Ok(driver)
+impl<B: Batches> Driver<B> {
+    pub fn new(policy: Policy, batches: B) -> Self {
+        let summary = RunSummary { query_id: batches.id().to_string(), ..Default::default() };
+        Driver { policy, batches, summary }
     }
 
-    /// The trigger loop, after the replay of a batch the last run left.
-    pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    /// Runs triggers until shutdown, or the end of `once` / `available-now`.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
         tokio::pin!(shutdown);
-        if let Some(pending) = self.pending.take() {
-            tracing::info!(batch_id = pending.batch_id, "replaying the batch the last run did not commit");
-            let progress = self.run_with_retries(&pending, true, None).await?;
-            self.record(&progress);
-            self.advance_past(&pending);
+        let mut pending = self.batches.take_pending();
+        if let Some(plan) = &pending {
+            tracing::info!(batch_id = plan.batch_id, "replaying the batch the last run did not commit");
         }
-        if self.next_batch_id == 0 {
-            self.next_starts = self.initial_offsets().await?;
-        }
-        let limit = match self.config.trigger {
-            Trigger::AvailableNow => Some(self.highs().await?),
-            _ => None,
-        };
         let mut next_trigger = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                // Shutdown wins over a due trigger: stop between batches.
-                biased;
-                _ = &mut shutdown => break,
-                _ = tokio::time::sleep_until(next_trigger) => {}
-            }
-            let trigger_started = Instant::now();
-            self.runner.refresh_subscribers_if_stale(self.config.subscribers_refresh).await;
-            let planning = Instant::now();
-            let Some((plan, latest)) = self.plan(limit.as_ref()).await? else {
-                if !matches!(self.config.trigger, Trigger::ProcessingTime(_)) {
-                    break;
+            if pending.is_none() {
+                tokio::select! {
+                    // Shutdown wins over a due trigger: stop between batches.
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep_until(next_trigger) => {}
                 }
-                next_trigger = tokio::time::Instant::now() + self.interval().max(IDLE_POLL);
-                continue;
-            };
-            let planned = planning.elapsed();
-            let mut progress = self.run_with_retries(&plan, false, Some(&latest)).await?;
-            progress.duration_ms.latest_offset = crate::progress::ms(planned);
-            progress.duration_ms.trigger_execution += progress.duration_ms.latest_offset;
-            self.record(&progress);
-            self.advance_past(&plan);
-            if self.config.trigger == Trigger::Once {
-                break;
             }
-            next_trigger = (trigger_started + self.interval()).into();
+            let started = tokio::time::Instant::now();
+            // The last run's batch does not count as `once`'s one batch.
+            let from_last_run = pending.is_some();
+            match self.trigger(pending.take(), &mut shutdown).await? {
+                Triggered::Stopped => break,
+                Triggered::Idle if self.is_continuous() => {
+                    next_trigger = tokio::time::Instant::now() + self.interval().max(IDLE_POLL);
+                }
+                Triggered::Idle => break,
+                Triggered::Batch(progress) => {
+                    self.record(&progress);
+                    if self.policy.trigger == Trigger::Once && !from_last_run {
+                        break;
+                    }
+                    next_trigger = started + self.interval();
+                }
+            }
         }
-        Ok(self.summary.clone())
+        Ok(self.summary)
     }
 
-    /// Step 1: the next batch's plan, or `None` when there is no new data.
-    async fn plan(&mut self, limit: Option<&HashMap<i32, i64>>) -> Result<Option<(BatchPlan, Vec<(i32, i64)>)>> {
-        let mut marks = self.runner.source().watermarks().await?;
-        let latest: Vec<(i32, i64)> = marks.iter().map(|w| (w.partition, w.high)).collect();
-        if let Some(limit) = limit {
-            for w in &mut marks {
-                w.high = w.high.min(limit.get(&w.partition).copied().unwrap_or(w.low));
-            }
-        }
-        let (starts, losses) = plan::start_offsets(Some(&self.next_starts), self.config.starting_offsets, &marks);
-        for loss in losses {
-            events::DataLossDetected {
-                topic: self.runner.source().topic(),
-                partition: loss.partition,
-                expected: loss.expected,
-                earliest_available: loss.earliest_available,
-            }
-            .emit();
-        }
-        let ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
-        if ranges.iter().all(|r| r.is_empty()) {
-            return Ok(None);
-        }
-        let plan = BatchPlan {
-            batch_id: self.next_batch_id,
-            batch_timestamp_ms: epoch_ms(),
-            topic: self.runner.source().topic().to_string(),
-            ranges,
-            subscribers_snapshot: self.runner.subscribers().id.clone(),
-        };
-        Ok(Some((plan, latest)))
-    }
-
-    /// Runs one batch; retryable failures are retried with back-off after
-    /// reconnecting the sinks, and recovery then checks each sink's marker.
-    async fn run_with_retries(
+    /// One trigger: plan (unless a plan is given) and run; a retryable
+    /// failure is retried with back-off, as a replay once a plan exists.
+    async fn trigger(
         &mut self,
-        plan: &BatchPlan,
-        replay: bool,
-        latest: Option<&[(i32, i64)]>,
-    ) -> Result<BatchProgress> {
-        let mut attempt = 0;
+        mut plan: Option<BatchPlan>,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<Triggered> {
+        let mut attempt = if plan.is_some() { Attempt::Replay } else { Attempt::New };
+        let mut failures = 0;
         loop {
-            let result = match attempt {
-                0 if !replay => self.runner.run_new(plan, latest).await,
-                _ => self.runner.run_replay(plan).await,
+            let result = match plan.as_ref() {
+                Some(p) => self.batches.run(p, attempt).await,
+                None => match self.batches.next_plan().await {
+                    Ok(None) => return Ok(Triggered::Idle),
+                    Ok(Some(p)) => self.batches.run(plan.insert(p), Attempt::New).await,
+                    Err(e) => Err(e),
+                },
             };
             let error = match result {
-                Ok(progress) => return Ok(progress),
+                Ok(progress) => return Ok(Triggered::Batch(progress)),
                 Err(error) => error,
             };
-            attempt += 1;
-            let retryable = error.is_retryable() && attempt <= self.config.max_retries;
-            events::BatchFailed { batch_id: plan.batch_id, attempt, retryable, error: &error }.emit();
+            failures += 1;
+            self.summary.failed_attempts += 1;
+            let retryable = error.is_retryable() && failures <= self.policy.max_retries;
+            let batch_id = plan.as_ref().map(|p| p.batch_id);
+            events::TriggerFailed { batch_id, attempt: failures, retryable, error: &error }.emit();
             if !retryable {
                 return Err(error);
             }
-            tokio::time::sleep(backoff(attempt)).await;
-            if let Err(e) = self.runner.reconnect().await {
-                tracing::warn!(cause = %e.chain(), "reconnecting the sinks failed; retrying the batch anyway");
+            tokio::select! {
+                biased;
+                _ = &mut *shutdown => {
+                    tracing::info!(batch_id = ?batch_id, "shutdown during a retry back-off; the next start replays the batch");
+                    return Ok(Triggered::Stopped);
+                }
+                _ = tokio::time::sleep(backoff(failures)) => {}
             }
+            if let Err(e) = self.batches.reconnect().await {
+                tracing::warn!(cause = %e.chain(), "reconnecting the sinks failed; retrying anyway");
+            }
+            attempt = Attempt::Replay;
         }
-    }
-
-    /// Start offsets of a new query: from `sources/0`, or resolved now from
-    /// `--starting-offsets` and recorded there.
-    async fn initial_offsets(&mut self) -> Result<HashMap<i32, i64>> {
-        if let Some(offsets) = self.runner.checkpoint().initial_offsets()? {
-            return Ok(offsets);
-        }
-        let marks: Vec<Watermarks> = self.runner.source().watermarks().await?;
-        let (starts, _) = plan::start_offsets(None, self.config.starting_offsets, &marks);
-        let starts: HashMap<i32, i64> = starts.into_iter().collect();
-        self.runner.checkpoint().write_initial_offsets(&starts)?;
-        Ok(starts)
-    }
-
-    /// High watermarks now: the end of `available-now`.
-    async fn highs(&self) -> Result<HashMap<i32, i64>> {
-        let marks = self.runner.source().watermarks().await?;
-        Ok(marks.iter().map(|w| (w.partition, w.high)).collect())
-    }
-
-    fn advance_past(&mut self, plan: &BatchPlan) {
-        self.next_starts.extend(plan.end_offsets());
-        self.next_batch_id = plan.batch_id + 1;
     }
 
     fn record(&mut self, progress: &BatchProgress) {
-        events::BatchCommitted { progress }.emit();
         self.summary.batches += 1;
         self.summary.input_rows += progress.num_input_rows;
         self.summary.output_rows += progress.num_output_rows;
         self.summary.malformed_rows += progress.num_malformed_rows;
         self.summary.last_batch_id = Some(progress.batch_id);
-        if let Some(path) = &self.config.progress_json {
-            if let Err(e) = progress.append_json(path) {
-                tracing::warn!(cause = %e.chain(), "writing the progress record failed");
-            }
-        }
-        self.purge(progress.batch_id);
     }
 
-    /// Drops checkpoint files and snapshots no longer needed for a replay.
-    fn purge(&self, committed: BatchId) {
-        let checkpoint: &CheckpointStore = self.runner.checkpoint();
-        let keep_from = (committed + 1).saturating_sub(self.config.min_batches_to_retain);
-        let keep = HashSet::from([self.runner.subscribers().id.clone()]);
-        let result = checkpoint
-            .purge_before(keep_from)
-            .and_then(|_| subscribers::purge_snapshots(&checkpoint.snapshots_dir(), &keep));
-        if let Err(e) = result {
-            tracing::warn!(cause = %e.chain(), "cleaning the checkpoint failed");
-        }
+    /// Whether the run goes on when there is no new data.
+    fn is_continuous(&self) -> bool {
+        matches!(self.policy.trigger, Trigger::ProcessingTime(_))
     }
 
     fn interval(&self) -> Duration {
-        match self.config.trigger {
+        match self.policy.trigger {
             Trigger::ProcessingTime(d) => d,
             _ => Duration::ZERO,
         }
     }
 }
 
-/// Current time in epoch milliseconds.
-pub fn epoch_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+/// 0.5 s, 1 s, 2 s, ... at most 30 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(500 * 2u64.saturating_pow(failures.saturating_sub(1))).min(Duration::from_secs(30))
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500 * 2u64.saturating_pow(attempt.saturating_sub(1))).min(Duration::from_secs(30))
-}
+#[cfg(test)]
+mod tests;

@@ -116,22 +116,24 @@ impl SinkWriteSkipped<'_> {
     }
 }
 
-/// A batch failed; it will be retried if the error is retryable.
-pub struct BatchFailed<'a> {
-    pub batch_id: u64,
+/// A trigger (planning, or a batch) failed; it is retried if the error is
+/// retryable and retries are left.
+pub struct TriggerFailed<'a> {
+    /// The batch, once planned.
+    pub batch_id: Option<u64>,
     pub attempt: u32,
     pub retryable: bool,
     pub error: &'a crate::error::Error,
 }
 
-impl BatchFailed<'_> {
+impl TriggerFailed<'_> {
     pub fn emit(&self) {
         tracing::error!(
-            batch_id = self.batch_id,
+            batch_id = ?self.batch_id,
             attempt = self.attempt,
             retryable = self.retryable,
             error = %self.error.chain(),
-            "batch failed"
+            "trigger failed"
         );
         bump(&COUNTERS.batches_failed, 1);
     }

@@ -9,8 +9,12 @@
 //!   settings and their TLS connector in [`config::PostgresConfig`].
 //! - [`error`]: the error type; every variant names its component and says
 //!   whether a retry can help.
-//! - [`driver`]: the trigger loop (plan, log offsets, run, commit) and recovery.
-//! - [`runner`]: one batch through its steps (read, transform, write, commit).
+//! - [`driver`]: the trigger loop: trigger policy, retries with back-off
+//!   (planning included), shutdown and the run summary; nothing else.
+//! - [`query`]: one query's components and offset state;
+//!   [`query::Query::next_plan`] plans a batch and [`query::Query::run`] takes
+//!   it through log offsets, read, transform, write and commit, as a new
+//!   batch or a replay ([`query::Attempt`]).
 //! - [`batch`]: a batch's id, timestamp and offset ranges ([`batch::BatchPlan`]).
 //! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically.
 //! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning
@@ -46,7 +50,7 @@ pub mod kafka;
 pub mod kafka_log;
 pub mod postgres;
 pub mod progress;
-pub mod runner;
+pub mod query;
 pub mod schema;
 pub mod sink;
 pub mod source;

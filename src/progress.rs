@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::batch::BatchPlan;
 use crate::error::{Error, Result};
+use crate::subscribers::Subscribers;
 
 /// Time spent in each phase of a batch, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -90,7 +91,48 @@ pub struct BatchProgress {
     pub subscribers: SubscribersProgress,
 }
 
+/// What a finished batch did, for [`BatchProgress::new`].
+pub struct BatchReport<'a> {
+    pub plan: &'a BatchPlan,
+    pub replayed: bool,
+    pub input_rows: u64,
+    pub malformed_rows: u64,
+    pub output_rows: u64,
+    pub durations: DurationMs,
+    /// Time since the previous batch of this run started (input rate).
+    pub since_last_trigger: Option<Duration>,
+    /// Time the batch took (processing rate).
+    pub elapsed: Duration,
+    /// High watermarks when the batch was planned (none for a replay).
+    pub latest: Option<Vec<(i32, i64)>>,
+    pub sinks: [SinkProgress; 2],
+    pub subscribers: &'a Subscribers,
+}
+
 impl BatchProgress {
+    /// The progress record of a batch of query `id`.
+    pub fn new(id: &str, r: BatchReport<'_>) -> Self {
+        BatchProgress {
+            id: id.to_string(),
+            batch_id: r.plan.batch_id,
+            timestamp: rfc3339_ms(r.plan.batch_timestamp_ms),
+            replayed: r.replayed,
+            num_input_rows: r.input_rows,
+            num_malformed_rows: r.malformed_rows,
+            num_output_rows: r.output_rows,
+            input_rows_per_second: r.since_last_trigger.map_or(0.0, |s| rate(r.input_rows, s)),
+            processed_rows_per_second: rate(r.input_rows, r.elapsed),
+            duration_ms: r.durations,
+            sources: vec![source_progress(r.plan, r.latest.as_deref(), r.input_rows)],
+            sinks: r.sinks.into(),
+            subscribers: SubscribersProgress {
+                snapshot: r.subscribers.id.clone(),
+                num_rows: r.subscribers.num_rows() as u64,
+                age_ms: ms(r.subscribers.age()),
+            },
+        }
+    }
+
     /// A one-line human summary; every rate says what it counts.
     pub fn summary(&self) -> String {
         let sinks: Vec<String> = self
@@ -143,7 +185,7 @@ pub fn offsets_json(topic: &str, offsets: impl Iterator<Item = (i32, i64)>) -> B
 }
 
 /// The source part of a batch's progress.
-pub fn source_progress(plan: &BatchPlan, latest: Option<&[(i32, i64)]>, rows: u64) -> SourceProgress {
+fn source_progress(plan: &BatchPlan, latest: Option<&[(i32, i64)]>, rows: u64) -> SourceProgress {
     SourceProgress {
         description: format!("KafkaV2[Assign[{}]]", plan.topic),
         start_offset: offsets_json(&plan.topic, plan.ranges.iter().map(|r| (r.partition, r.start))),

@@ -20,6 +20,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::batch::BatchPlan;
@@ -27,10 +28,10 @@ use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka_log::KafkaLog;
 use crate::sink::{kafka_marker, Sink};
-use crate::source::{blocking, KafkaSource};
+use crate::source::blocking;
 
-/// Index of `client_id` in [`crate::schema::OUTPUT_FIELDS`]: the message key.
-const KEY_COLUMN: usize = 7;
+/// The column whose value is each message's key.
+const KEY_COLUMN: &str = "client_id";
 
 /// Counts delivery reports, so a batch can check that every message landed;
 /// routes the producer's logs (see [`crate::kafka_log`]).
@@ -95,7 +96,8 @@ impl DeliveryCounter {
 #[derive(Clone)]
 pub struct KafkaSink {
     producer: ThreadedProducer<DeliveryCounter>,
-    source: KafkaSource,
+    /// The input consumer's group, whose offsets each transaction commits.
+    group: Arc<ConsumerGroupMetadata>,
     topic: String,
     timeout: Duration,
     /// Exactly-once: one transaction per batch, with the input offsets.
@@ -110,7 +112,7 @@ impl KafkaSink {
     pub async fn try_new(
         kafka: &KafkaConfig,
         query_id: &str,
-        source: KafkaSource,
+        group: ConsumerGroupMetadata,
         transactional: bool,
     ) -> Result<Self> {
         let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::producer_config(kafka, query_id, transactional)
@@ -119,7 +121,7 @@ impl KafkaSink {
         let timeout = kafka.timeout;
         let sink = KafkaSink {
             producer,
-            source,
+            group: Arc::new(group),
             topic: kafka.output_topic.clone(),
             timeout,
             transactional,
@@ -164,9 +166,8 @@ impl KafkaSink {
         }
         self.await_deliveries(sent)?;
         let offsets = self.input_offsets(plan)?;
-        let group = self.source.group_metadata()?;
         self.producer
-            .send_offsets_to_transaction(&offsets, &group, self.timeout)
+            .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
             .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
         self.producer
             .commit_transaction(self.timeout)
@@ -182,7 +183,10 @@ impl KafkaSink {
     /// Encodes a batch as JSON lines and sends one message per line.
     fn send_batch(&self, plan: &BatchPlan, batch: &RecordBatch) -> Result<u64> {
         let json = encode_json_lines(batch)?;
-        let keys = batch.column(KEY_COLUMN).as_string::<i32>();
+        let keys = batch
+            .column_by_name(KEY_COLUMN)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| Error::Runtime(format!("the output has no text column {KEY_COLUMN} for the message key")))?;
         let batch_id = plan.batch_id.to_string();
         let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let mut sent = 0u64;

@@ -177,14 +177,13 @@ async fn lost_database_connection_is_retried_and_nothing_is_duplicated() -> Resu
     assert!(job.db.terminate_other_connections().await? >= 1, "the sink's connection was cut");
     job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "after", 0, i64::MAX / 2)])?;
     wait_for_rows(&job, 4).await?;
-    running.stop().await?;
+    let summary = running.stop().await?;
     let mut ids: Vec<String> =
         job.db.feedback().await?.iter().map(|r| r["adv_campaign_id"].as_str().unwrap().to_string()).collect();
     ids.sort();
     assert_eq!(ids, ["after", "after", "before", "before"]);
     assert_eq!(job.output_messages()?.len(), 4);
-    let failed = sparklet::events::counters().batches_failed.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(failed >= 1, "the cut connection failed a batch, which was retried");
+    assert!(summary.failed_attempts >= 1, "the cut connection failed a batch, which was retried");
     Ok(())
 }
 

@@ -1,0 +1,255 @@
+//! The trigger loop on a scripted query, in paused tokio time: when batches
+//! start, how failures back off, when the run stops.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::error::Error;
+use crate::progress::{DurationMs, SubscribersProgress};
+
+/// What the scripted query does on each call of `next_plan`.
+enum Step {
+    Batch,
+    Idle,
+    PlanFails,
+    /// The batch fails this many times (retryably) before it commits.
+    BatchFailsTimes(u32),
+}
+
+#[derive(Default)]
+struct Script {
+    steps: VecDeque<Step>,
+    pending: Option<BatchPlan>,
+    next_id: BatchId,
+    failures_left: u32,
+    /// (time since start, what happened) for every call.
+    calls: Vec<(Duration, String)>,
+    start: Option<Instant>,
+    /// A batch takes this long.
+    batch_time: Duration,
+}
+
+impl Script {
+    fn new(steps: Vec<Step>) -> Self {
+        Script { steps: steps.into(), start: Some(Instant::now()), ..Default::default() }
+    }
+
+    fn log(&mut self, what: String) {
+        let at = self.start.map(|s| s.elapsed()).unwrap_or_default();
+        self.calls.push((at, what));
+    }
+}
+
+fn plan(id: BatchId) -> BatchPlan {
+    BatchPlan { batch_id: id, batch_timestamp_ms: 0, topic: "in".into(), ranges: vec![], subscribers_snapshot: "s".into() }
+}
+
+fn progress(id: BatchId) -> BatchProgress {
+    BatchProgress {
+        id: "q".into(),
+        batch_id: id,
+        timestamp: String::new(),
+        replayed: false,
+        num_input_rows: 1,
+        num_malformed_rows: 0,
+        num_output_rows: 2,
+        input_rows_per_second: 0.0,
+        processed_rows_per_second: 0.0,
+        duration_ms: DurationMs::default(),
+        sources: vec![],
+        sinks: vec![],
+        subscribers: SubscribersProgress::default(),
+    }
+}
+
+fn transient() -> Error {
+    Error::KafkaTimeout("the broker did not answer".into())
+}
+
+impl Batches for Script {
+    fn id(&self) -> &str {
+        "q"
+    }
+
+    fn take_pending(&mut self) -> Option<BatchPlan> {
+        self.pending.take()
+    }
+
+    async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
+        match self.steps.pop_front() {
+            None | Some(Step::Idle) => {
+                self.log("idle".into());
+                Ok(None)
+            }
+            Some(Step::PlanFails) => {
+                self.log("plan failed".into());
+                Err(transient())
+            }
+            Some(step) => {
+                self.failures_left = if let Step::BatchFailsTimes(n) = step { n } else { 0 };
+                self.next_id += 1;
+                self.log(format!("plan {}", self.next_id - 1));
+                Ok(Some(plan(self.next_id - 1)))
+            }
+        }
+    }
+
+    async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
+        tokio::time::sleep(self.batch_time).await;
+        self.log(format!("run {} {attempt:?}", plan.batch_id));
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(transient());
+        }
+        Ok(progress(plan.batch_id))
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        self.log("reconnect".into());
+        Ok(())
+    }
+}
+
+fn policy(trigger: Trigger) -> Policy {
+    Policy { trigger, max_retries: 3 }
+}
+
+/// Runs the driver over `script` until `stop_after`, returning the calls.
+async fn drive(trigger: Trigger, script: Script, stop_after: Duration) -> (Result<RunSummary>, Vec<(Duration, String)>) {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let driver = Driver::new(policy(trigger), Recorder { script, calls: calls.clone() });
+    let result = driver.run(tokio::time::sleep(stop_after)).await;
+    let calls = calls.lock().unwrap().clone();
+    (result, calls)
+}
+
+/// Hands the script's log back out after the driver consumed it.
+struct Recorder {
+    script: Script,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(Duration, String)>>>,
+}
+
+impl Recorder {
+    fn sync(&self) {
+        *self.calls.lock().unwrap() = self.script.calls.clone();
+    }
+}
+
+impl Batches for Recorder {
+    fn id(&self) -> &str {
+        "q"
+    }
+    fn take_pending(&mut self) -> Option<BatchPlan> {
+        self.script.take_pending()
+    }
+    async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
+        let r = self.script.next_plan().await;
+        self.sync();
+        r
+    }
+    async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
+        let r = self.script.run(plan, attempt).await;
+        self.sync();
+        r
+    }
+    async fn reconnect(&mut self) -> Result<()> {
+        let r = self.script.reconnect().await;
+        self.sync();
+        r
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_start_every_interval_and_idle_polls_wait_the_interval() {
+    let script = Script::new(vec![Step::Batch, Step::Idle, Step::Batch]);
+    let (result, calls) = drive(Trigger::ProcessingTime(secs(5.0)), script, secs(12.0)).await;
+    let summary = result.unwrap();
+    assert_eq!(summary.batches, 2);
+    let plans: Vec<_> = calls.iter().filter(|(_, w)| w.starts_with("plan") || w == "idle").collect();
+    assert_eq!(plans[0].0, secs(0.0));
+    assert_eq!(plans[1], &(secs(5.0), "idle".to_string()));
+    assert_eq!(plans[2], &(secs(10.0), "plan 1".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_interval_polls_every_100ms_when_idle() {
+    let script = Script::new(vec![Step::Idle, Step::Idle, Step::Batch]);
+    let (result, calls) = drive(Trigger::ProcessingTime(Duration::ZERO), script, secs(1.0)).await;
+    assert_eq!(result.unwrap().batches, 1);
+    let times: Vec<Duration> = calls.iter().take(3).map(|(t, _)| *t).collect();
+    assert_eq!(times, [secs(0.0), secs(0.1), secs(0.2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_backs_off_and_is_replayed_not_replanned() {
+    let script = Script::new(vec![Step::BatchFailsTimes(2)]);
+    let (result, calls) = drive(Trigger::Once, script, secs(60.0)).await;
+    let summary = result.unwrap();
+    assert_eq!((summary.batches, summary.failed_attempts), (1, 2));
+    let names: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(names, ["plan 0", "run 0 New", "reconnect", "run 0 Replay", "reconnect", "run 0 Replay"]);
+    assert_eq!(calls[2].0, secs(0.5), "first back-off 0.5 s");
+    assert_eq!(calls[4].0, secs(1.5), "second back-off 1 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_plan_is_retried_like_a_failed_batch() {
+    let script = Script::new(vec![Step::PlanFails, Step::Batch]);
+    let (result, calls) = drive(Trigger::Once, script, secs(60.0)).await;
+    assert_eq!(result.unwrap().batches, 1);
+    let names: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(names, ["plan failed", "reconnect", "plan 0", "run 0 New"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_run_out_and_the_error_ends_the_run() {
+    let script = Script::new(vec![Step::BatchFailsTimes(10)]);
+    let (result, calls) = drive(Trigger::ProcessingTime(secs(1.0)), script, secs(600.0)).await;
+    assert!(result.unwrap_err().is_retryable());
+    assert_eq!(calls.iter().filter(|(_, w)| w.starts_with("run")).count(), 4, "one try and max_retries = 3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_the_batch_in_flight_finish_then_stops() {
+    let mut script = Script::new(vec![Step::Batch, Step::Batch, Step::Batch]);
+    script.batch_time = secs(3.0);
+    // Shutdown at 1 s, during the first batch.
+    let (result, calls) = drive(Trigger::ProcessingTime(Duration::ZERO), script, secs(1.0)).await;
+    assert_eq!(result.unwrap().batches, 1);
+    assert_eq!(calls.last().unwrap(), &(secs(3.0), "run 0 New".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_a_back_off_stops_without_waiting_it_out() {
+    let script = Script::new(vec![Step::BatchFailsTimes(5)]);
+    // Back-offs: 0.5 s, 1 s, 2 s; shutdown at 1 s, inside the second.
+    let (result, calls) = drive(Trigger::ProcessingTime(Duration::ZERO), script, secs(1.0)).await;
+    let summary = result.unwrap();
+    assert_eq!((summary.batches, summary.failed_attempts), (0, 2));
+    assert!(calls.last().unwrap().0 <= secs(1.0), "{calls:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_runs_batch_is_replayed_first_and_once_then_plans_its_own() {
+    let mut script = Script::new(vec![Step::Batch]);
+    script.pending = Some(plan(7));
+    script.next_id = 8;
+    let (result, calls) = drive(Trigger::Once, script, secs(60.0)).await;
+    assert_eq!(result.unwrap().last_batch_id, Some(8));
+    let names: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(names, ["run 7 Replay", "plan 8", "run 8 New"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn available_now_stops_when_no_data_is_left() {
+    let script = Script::new(vec![Step::Batch, Step::Batch, Step::Idle, Step::Batch]);
+    let (result, _) = drive(Trigger::AvailableNow, script, secs(600.0)).await;
+    assert_eq!(result.unwrap().batches, 2);
+}

@@ -1,0 +1,146 @@
+//! Where a query's offsets stand and how the next batch is planned.
+//!
+//! [`OffsetState`] is read from the checkpoint at start (the last committed
+//! batch's ends, a pending batch), resolves the start offsets of a new query
+//! once (`sources/0`), caps an `available-now` run at the high watermarks of
+//! its first trigger, and moves on after each commit. Planning asks the
+//! broker for watermarks; the arithmetic is [`crate::source::plan`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use crate::batch::{epoch_ms, BatchId, BatchPlan};
+use crate::checkpoint::CheckpointStore;
+use crate::config::Trigger;
+use crate::error::Result;
+use crate::events;
+use crate::source::plan::{self, Watermarks};
+use crate::subscribers;
+
+use super::Query;
+
+/// A query's offsets between batches.
+#[derive(Debug, Default)]
+pub struct OffsetState {
+    /// Where each partition's next batch starts; `None` until known.
+    next_starts: Option<HashMap<i32, i64>>,
+    next_batch_id: BatchId,
+    /// A planned batch without a commit, to run before anything else.
+    pending: Option<BatchPlan>,
+    /// `available-now`: the high watermarks of the first trigger.
+    limit: Option<HashMap<i32, i64>>,
+    /// Watermarks and planning time of the batch planned last (progress).
+    last_planned: Option<(BatchId, Vec<(i32, i64)>, u64)>,
+}
+
+impl OffsetState {
+    /// Reads where the checkpoint stands.
+    pub fn resume(checkpoint: &CheckpointStore) -> Result<Self> {
+        let resume = checkpoint.resume()?;
+        let mut state = OffsetState { pending: resume.pending, ..Default::default() };
+        if let Some(last) = &resume.last_committed {
+            state.advance_past(last);
+        }
+        Ok(state)
+    }
+
+    pub fn take_pending(&mut self) -> Option<BatchPlan> {
+        self.pending.take()
+    }
+
+    /// Moves past a committed batch.
+    pub fn advance_past(&mut self, plan: &BatchPlan) {
+        self.next_starts.get_or_insert_with(HashMap::new).extend(plan.end_offsets());
+        self.next_batch_id = plan.batch_id + 1;
+    }
+
+    /// The high watermarks seen when `plan` was planned (none for a replay).
+    pub fn latest_for(&self, plan: &BatchPlan) -> Option<Vec<(i32, i64)>> {
+        self.last_planned.as_ref().filter(|(id, ..)| *id == plan.batch_id).map(|(_, latest, _)| latest.clone())
+    }
+
+    /// Milliseconds spent planning `plan` (zero for a replay).
+    pub fn planning_ms(&self, plan: &BatchPlan) -> u64 {
+        self.last_planned.as_ref().filter(|(id, ..)| *id == plan.batch_id).map_or(0, |(.., ms)| *ms)
+    }
+
+    /// Drops checkpoint files and snapshots no replay needs any more
+    /// (Spark's `minBatchesToRetain`); a failure is logged, not fatal.
+    pub fn purge(&self, checkpoint: &CheckpointStore, committed: BatchId, retain: u64, current_snapshot: &str) {
+        let keep_from = (committed + 1).saturating_sub(retain);
+        let keep = HashSet::from([current_snapshot.to_string()]);
+        let result = checkpoint
+            .purge_before(keep_from)
+            .and_then(|_| subscribers::purge_snapshots(&checkpoint.snapshots_dir(), &keep));
+        if let Err(e) = result {
+            tracing::warn!(cause = %e.chain(), "cleaning the checkpoint failed");
+        }
+    }
+}
+
+impl Query {
+    /// Step 1, plan: the next batch's ranges from where the last one ended to
+    /// the high watermarks (capped by `--max-offsets-per-trigger` and, for
+    /// `available-now`, by the first trigger's watermarks), with `now` and
+    /// the subscribers snapshot pinned. `None` when there is no new data.
+    pub async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
+        self.refresh_subscribers_if_stale().await;
+        let started = Instant::now();
+        let mut marks = self.source.watermarks().await?;
+        let latest: Vec<(i32, i64)> = marks.iter().map(|w| (w.partition, w.high)).collect();
+        self.prepare(&marks)?;
+        if let Some(limit) = &self.offsets.limit {
+            for w in &mut marks {
+                w.high = w.high.min(limit.get(&w.partition).copied().unwrap_or(w.low));
+            }
+        }
+        let (starts, losses) =
+            plan::start_offsets(self.offsets.next_starts.as_ref(), self.config.starting_offsets, &marks);
+        for loss in losses {
+            events::DataLossDetected {
+                topic: self.source.topic(),
+                partition: loss.partition,
+                expected: loss.expected,
+                earliest_available: loss.earliest_available,
+            }
+            .emit();
+        }
+        let ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
+        if ranges.iter().all(|r| r.is_empty()) {
+            return Ok(None);
+        }
+        let plan = BatchPlan {
+            batch_id: self.offsets.next_batch_id,
+            batch_timestamp_ms: epoch_ms(),
+            topic: self.source.topic().to_string(),
+            ranges,
+            subscribers_snapshot: self.subscribers.id.clone(),
+        };
+        let planning_ms = crate::progress::ms(started.elapsed());
+        self.offsets.last_planned = Some((plan.batch_id, latest, planning_ms));
+        Ok(Some(plan))
+    }
+
+    /// On the first plan of a run: the start offsets of a new query (from
+    /// `sources/0`, or resolved from `--starting-offsets` and recorded there,
+    /// so `latest` means the same after a restart), and the end of an
+    /// `available-now` run.
+    fn prepare(&mut self, marks: &[Watermarks]) -> Result<()> {
+        if self.offsets.next_starts.is_none() {
+            let starts = match self.checkpoint.initial_offsets()? {
+                Some(starts) => starts,
+                None => {
+                    let (starts, _) = plan::start_offsets(None, self.config.starting_offsets, marks);
+                    let starts: HashMap<i32, i64> = starts.into_iter().collect();
+                    self.checkpoint.write_initial_offsets(&starts)?;
+                    starts
+                }
+            };
+            self.offsets.next_starts = Some(starts);
+        }
+        if self.config.trigger == Trigger::AvailableNow && self.offsets.limit.is_none() {
+            self.offsets.limit = Some(marks.iter().map(|w| (w.partition, w.high)).collect());
+        }
+        Ok(())
+    }
+}
