@@ -3,25 +3,18 @@
 //! the output topic as a `read_committed` consumer (the only correct way to
 //! read it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::ClientConfig;
 
+use crate::batch::OffsetRange;
 use crate::error::{Error, Result};
+use crate::kafka::send_when_room;
 
-/// Client settings for `bootstrap` plus `--kafka-option` pairs (see
-/// [`crate::config::parse_kafka_options`]).
-pub fn client_config(bootstrap: &str, options: &[(String, String)]) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (key, value) in options {
-        config.set(key, value);
-    }
-    config
-}
+pub use crate::kafka::client_config;
 
 /// Splits a line in kcat's `-K:` form, `key:{json}`, into key and value; a
 /// line that starts with `{` has no key.
@@ -49,22 +42,13 @@ pub fn generated_campaign(i: usize, restaurants: usize, campaign_id: &str, now: 
 
 /// Produces `(key, value)` pairs to `topic` and waits until all are delivered.
 pub fn produce(config: &ClientConfig, topic: &str, messages: &[(Option<String>, String)]) -> Result<usize> {
-    let producer: BaseProducer = config.create().map_err(|e| Error::kafka("creating a producer", e))?;
+    let producer: ThreadedProducer<_> = config.create().map_err(|e| Error::kafka("creating a producer", e))?;
     for (key, value) in messages {
         let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).payload(value.as_str());
         if let Some(key) = key {
             record = record.key(key.as_str());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) if is_queue_full(&e) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = back;
-                }
-                Err((e, _)) => return Err(Error::kafka(format!("producing to '{topic}'"), e)),
-            }
-        }
+        send_when_room(&producer, record).map_err(|e| Error::kafka(format!("producing to '{topic}'"), e))?;
     }
     producer.flush(Duration::from_secs(30)).map_err(|e| Error::kafka(format!("flushing to '{topic}'"), e))?;
     Ok(messages.len())
@@ -78,48 +62,21 @@ pub fn read_committed(config: &ClientConfig, topic: &str, timeout: Duration) -> 
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create().map_err(|e| Error::kafka("creating a consumer", e))?;
-    let ends = end_offsets(&consumer, topic, timeout)?;
-    let mut tpl = TopicPartitionList::new();
-    for (p, _) in &ends {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(|e| Error::kafka("assigning", e))?;
+    let mut ranges = Vec::new();
+    for partition in crate::kafka::topic_partitions(&consumer, topic, timeout)? {
+        let (start, end) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| Error::kafka(format!("offsets of '{topic}'[{partition}]"), e))?;
+        ranges.push(OffsetRange { partition, start, end });
     }
-    consumer.assign(&tpl).map_err(|e| Error::kafka(format!("assigning '{topic}'"), e))?;
-    let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => out.push((
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                m.payload().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
-            )),
-            Some(Err(e)) => return Err(Error::kafka(format!("reading '{topic}'"), e)),
-            None if reached(&consumer, topic, &ends)? => return Ok(out),
-            None => {}
-        }
-    }
-    Err(Error::KafkaTimeout(format!("timed out after {timeout:?} reading '{topic}'")))
-}
-
-fn end_offsets(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>> {
-    let partitions = crate::kafka::topic_partitions(consumer, topic, timeout)?;
-    partitions
-        .into_iter()
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, timeout)
-                .map_err(|e| Error::kafka(format!("end offset of '{topic}'[{p}]"), e))?;
-            Ok((p, high))
-        })
-        .collect()
-}
-
-fn reached(consumer: &BaseConsumer, topic: &str, ends: &[(i32, i64)]) -> Result<bool> {
-    let positions = consumer.position().map_err(|e| Error::kafka("reading positions", e))?;
-    Ok(ends.iter().all(|(p, end)| *end == 0 || crate::kafka::position_reached(&positions, topic, *p, *end)))
-}
-
-fn is_queue_full(e: &rdkafka::error::KafkaError) -> bool {
-    matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull))
+    crate::kafka::read_ranges(&consumer, topic, &ranges, timeout, |m| {
+        out.push((
+            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            m.payload().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+        ))
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]

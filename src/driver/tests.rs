@@ -44,7 +44,13 @@ impl Script {
 }
 
 fn plan(id: BatchId) -> BatchPlan {
-    BatchPlan { batch_id: id, batch_timestamp_ms: 0, topic: "in".into(), ranges: vec![], subscribers_snapshot: "s".into() }
+    BatchPlan {
+        batch_id: id,
+        batch_timestamp_ms: 0,
+        topic: "in".into(),
+        ranges: vec![],
+        subscribers_snapshot: "s".into(),
+    }
 }
 
 fn progress(id: BatchId) -> BatchProgress {
@@ -118,7 +124,11 @@ fn policy(trigger: Trigger) -> Policy {
 }
 
 /// Runs the driver over `script` until `stop_after`, returning the calls.
-async fn drive(trigger: Trigger, script: Script, stop_after: Duration) -> (Result<RunSummary>, Vec<(Duration, String)>) {
+async fn drive(
+    trigger: Trigger,
+    script: Script,
+    stop_after: Duration,
+) -> (Result<RunSummary>, Vec<(Duration, String)>) {
     let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let driver = Driver::new(policy(trigger), Recorder { script, calls: calls.clone() });
     let result = driver.run(tokio::time::sleep(stop_after)).await;

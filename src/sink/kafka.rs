@@ -10,92 +10,30 @@
 //! fences a zombie and aborts (or completes) a transaction a crash left open.
 //! Consumers of the output topic must use `isolation.level=read_committed`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::json::LineDelimitedWriter;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::kafka_log::KafkaLog;
+use crate::sink::deliveries::Deliveries;
 use crate::sink::{kafka_marker, Sink};
 use crate::source::blocking;
 
 /// The column whose value is each message's key.
 const KEY_COLUMN: &str = "client_id";
 
-/// Counts delivery reports, so a batch can check that every message landed;
-/// routes the producer's logs (see [`crate::kafka_log`]).
-pub struct DeliveryCounter {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<KafkaError>>,
-    log: KafkaLog,
-}
-
-impl Default for DeliveryCounter {
-    fn default() -> Self {
-        DeliveryCounter {
-            delivered: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            first_error: Mutex::new(None),
-            log: KafkaLog::new("output producer"),
-        }
-    }
-}
-
-impl ClientContext for DeliveryCounter {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        self.log.log(level, fac, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(&error, reason);
-    }
-}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((err, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut first) = self.first_error.lock() {
-                    first.get_or_insert_with(|| err.clone());
-                }
-            }
-        }
-    }
-}
-
-impl DeliveryCounter {
-    fn reset(&self) {
-        self.delivered.store(0, Ordering::Relaxed);
-        self.failed.store(0, Ordering::Relaxed);
-        if let Ok(mut first) = self.first_error.lock() {
-            *first = None;
-        }
-    }
-}
-
 /// Writes batches to the output topic, exactly once per batch. Cloning shares
 /// the producer.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: ThreadedProducer<Deliveries>,
     /// The input consumer's group, whose offsets each transaction commits.
     group: Arc<ConsumerGroupMetadata>,
     topic: String,
@@ -115,8 +53,8 @@ impl KafkaSink {
         group: ConsumerGroupMetadata,
         transactional: bool,
     ) -> Result<Self> {
-        let producer: ThreadedProducer<DeliveryCounter> = crate::kafka::producer_config(kafka, query_id, transactional)
-            .create_with_context(DeliveryCounter::default())
+        let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(kafka, query_id, transactional)
+            .create_with_context(Deliveries::default())
             .map_err(|e| Error::kafka("creating the output producer", e))?;
         let timeout = kafka.timeout;
         let sink = KafkaSink {
@@ -142,8 +80,7 @@ impl KafkaSink {
 
     /// Sends, awaits and commits; blocking, run off the async runtime.
     fn write_blocking(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
-        let counter = self.producer.context();
-        counter.reset();
+        self.producer.context().reset();
         if !self.transactional {
             let sent = self.send_all(plan, rows)?;
             self.await_deliveries(sent)?;
@@ -191,58 +128,36 @@ impl KafkaSink {
         let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let mut sent = 0u64;
         for (row, payload) in lines.enumerate() {
-            let mut record = BaseRecord::to(&self.topic)
+            let record = BaseRecord::to(&self.topic)
                 .key(keys.value(row))
                 .payload(payload)
                 .headers(kafka_marker::headers(&self.query_id, &batch_id));
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(Error::kafka(format!("sending to '{}'", self.topic), e)),
-                }
-            }
+            crate::kafka::send_when_room(&self.producer, record)
+                .map_err(|e| Error::kafka(format!("sending to '{}'", self.topic), e))?;
             sent += 1;
         }
         Ok(sent)
     }
 
-    /// Waits until every sent message has its delivery report. (The
-    /// producer's own `flush` polls in 100 ms steps, a floor on batch latency.)
+    /// Waits until every sent message has its delivery report (woken by the
+    /// last one), then checks that all were delivered.
     fn await_deliveries(&self, sent: u64) -> Result<()> {
-        let counter = self.producer.context();
-        let deadline = Instant::now() + self.timeout;
-        let reported = || counter.delivered.load(Ordering::Relaxed) + counter.failed.load(Ordering::Relaxed);
-        while reported() < sent {
-            if Instant::now() > deadline {
-                return Err(Error::KafkaTimeout(format!(
-                    "timed out after {:?} awaiting delivery of {} output messages to '{}'",
-                    self.timeout,
-                    sent - reported(),
-                    self.topic
-                )));
-            }
-            std::thread::sleep(Duration::from_micros(500));
+        let reports = self.producer.context().wait_for(sent, self.timeout);
+        if reports.failed == 0 && reports.delivered == sent {
+            return Ok(());
         }
-        self.check_deliveries(sent)
-    }
-
-    fn check_deliveries(&self, sent: u64) -> Result<()> {
-        let counter = self.producer.context();
-        let failed = counter.failed.load(Ordering::Relaxed);
-        let delivered = counter.delivered.load(Ordering::Relaxed);
-        if failed > 0 || delivered != sent {
-            let context =
-                format!("{failed} of {sent} output messages to '{}' failed ({delivered} delivered)", self.topic);
-            return Err(match counter.first_error.lock().ok().and_then(|f| f.clone()) {
-                Some(first) => Error::kafka(context, first),
-                None => Error::KafkaTimeout(context),
-            });
+        let (failed, delivered, topic) = (reports.failed, reports.delivered, &self.topic);
+        match reports.first_error {
+            Some(first) => Err(Error::kafka(
+                format!("{failed} of {sent} output messages to '{topic}' failed ({delivered} delivered)"),
+                first,
+            )),
+            None => Err(Error::KafkaTimeout(format!(
+                "timed out after {:?} awaiting delivery of {} output messages to '{topic}'",
+                self.timeout,
+                sent - delivered
+            ))),
         }
-        Ok(())
     }
 
     fn input_offsets(&self, plan: &BatchPlan) -> Result<TopicPartitionList> {

@@ -13,12 +13,13 @@
 //! broker (librdkafka's mock cluster among them) stores transactional offset
 //! commits.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
+use crate::batch::OffsetRange;
 use crate::error::{Error, Result};
 use crate::kafka_log::LoggingContext;
 
@@ -89,31 +90,9 @@ fn scan(
     query_id: &str,
     timeout: Duration,
 ) -> Result<Option<u64>> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
-        .map_err(|e| Error::kafka("building the marker assignment", e))?;
-    consumer.assign(&tpl).map_err(|e| Error::kafka("assigning the marker reader", e))?;
-    let deadline = Instant::now() + timeout;
     let mut newest = None;
-    loop {
-        if Instant::now() > deadline {
-            return Err(Error::KafkaTimeout(format!(
-                "timed out reading output {topic}[{partition}] {start}..{end} for batch markers"
-            )));
-        }
-        match consumer.poll(Duration::from_millis(50)) {
-            Some(Ok(m)) if m.offset() < end => newest = newest.max(batch_of(&m, query_id)),
-            Some(Ok(_)) => break,
-            Some(Err(e)) => tracing::warn!(cause = %e, "reading batch markers, retrying"),
-            None => {
-                let position = consumer.position().map_err(|e| Error::kafka("marker reader position", e))?;
-                let reached = crate::kafka::position_reached(&position, topic, partition, end);
-                if reached {
-                    break;
-                }
-            }
-        }
-    }
+    let range = OffsetRange { partition, start, end };
+    crate::kafka::read_ranges(consumer, topic, &[range], timeout, |m| newest = newest.max(batch_of(m, query_id)))?;
     Ok(newest)
 }
 

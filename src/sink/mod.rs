@@ -7,6 +7,7 @@
 //! redoes only the one that did not.
 
 pub mod copy;
+mod deliveries;
 pub mod kafka;
 pub mod kafka_marker;
 pub mod postgres;

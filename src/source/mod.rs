@@ -11,10 +11,9 @@ pub mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -115,95 +114,18 @@ impl KafkaSource {
         Ok(out)
     }
 
+    /// Reads the ranges and returns their messages in (partition, offset) order.
     fn read_blocking(&self, ranges: &[OffsetRange]) -> Result<RawBatch> {
-        let mut pending: BTreeMap<i32, (OffsetRange, RawBatch)> =
-            ranges.iter().filter(|r| !r.is_empty()).map(|r| (r.partition, (*r, RawBatch::default()))).collect();
-        let mut done = BTreeMap::new();
-        if pending.is_empty() {
-            return Ok(RawBatch::default());
-        }
-        self.assign(pending.values().map(|(r, _)| r))?;
-        let mut deadline = Instant::now() + self.timeout;
-        while !pending.is_empty() {
-            if Instant::now() > deadline {
-                return Err(self.read_timeout(&pending));
-            }
-            match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => {
-                    let (partition, offset) = (message.partition(), message.offset());
-                    if let Some((range, raw)) = pending.get_mut(&partition) {
-                        if offset >= range.start && offset < range.end {
-                            raw.push(partition, offset, message.payload());
-                            deadline = Instant::now() + self.timeout;
-                        }
-                        if offset + 1 >= range.end {
-                            move_done(&mut pending, &mut done, partition);
-                        }
-                    }
-                }
-                // Already logged by the client's context (see crate::kafka_log).
-                Some(Err(err)) => tracing::debug!(topic = %self.topic, cause = %err, "kafka read error, retrying"),
-                // Transaction markers and compacted gaps have no message: the
-                // consumer's position tells when a range is fully read.
-                None => self.mark_done_by_position(&mut pending, &mut done)?,
-            }
-        }
-        let _ = self.consumer.unassign();
+        let mut by_partition: BTreeMap<i32, RawBatch> = BTreeMap::new();
+        crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
+            let (partition, offset) = (message.partition(), message.offset());
+            by_partition.entry(partition).or_default().push(partition, offset, message.payload());
+        })?;
         let mut out = RawBatch::default();
-        for (_, raw) in done.into_values() {
+        for raw in by_partition.into_values() {
             out.append(raw);
         }
         Ok(out)
-    }
-
-    fn assign<'a>(&self, ranges: impl Iterator<Item = &'a OffsetRange>) -> Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for r in ranges {
-            tpl.add_partition_offset(&self.topic, r.partition, Offset::Offset(r.start))
-                .map_err(|e| Error::kafka("building the assignment", e))?;
-        }
-        self.consumer.assign(&tpl).map_err(|e| Error::kafka(format!("assigning partitions of '{}'", self.topic), e))
-    }
-
-    fn mark_done_by_position(
-        &self,
-        pending: &mut BTreeMap<i32, (OffsetRange, RawBatch)>,
-        done: &mut BTreeMap<i32, (OffsetRange, RawBatch)>,
-    ) -> Result<()> {
-        let positions =
-            self.consumer.position().map_err(|e: KafkaError| Error::kafka("reading the consumer position", e))?;
-        let reached: Vec<i32> = pending
-            .iter()
-            .filter(|(p, (r, _))| crate::kafka::position_reached(&positions, &self.topic, **p, r.end))
-            .map(|(p, _)| *p)
-            .collect();
-        for partition in reached {
-            move_done(pending, done, partition);
-        }
-        Ok(())
-    }
-
-    fn read_timeout(&self, pending: &BTreeMap<i32, (OffsetRange, RawBatch)>) -> Error {
-        let missing: Vec<String> = pending
-            .values()
-            .map(|(r, raw)| format!("[{}] {}..{} ({} read)", r.partition, r.start, r.end, raw.len()))
-            .collect();
-        Error::KafkaTimeout(format!(
-            "timed out after {:?} without progress reading {} partitions {}",
-            self.timeout,
-            self.topic,
-            missing.join(", ")
-        ))
-    }
-}
-
-fn move_done(
-    pending: &mut BTreeMap<i32, (OffsetRange, RawBatch)>,
-    done: &mut BTreeMap<i32, (OffsetRange, RawBatch)>,
-    partition: i32,
-) {
-    if let Some(entry) = pending.remove(&partition) {
-        done.insert(partition, entry);
     }
 }
 

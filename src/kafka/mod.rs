@@ -9,11 +9,18 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{redact, KafkaConfig};
 use crate::error::{Error, Result};
 use crate::kafka_log::LoggingContext;
+
+mod ranges;
+
+pub use ranges::read_ranges;
 
 /// How long one metadata request of the start-up check may take before the
 /// check looks at what librdkafka reported and tries again.
@@ -31,14 +38,43 @@ pub fn transactional_id(query_id: &str) -> String {
     format!("sparklet-{query_id}")
 }
 
-/// Base settings: bootstrap servers plus the user's options.
+/// Base settings of every client: bootstrap servers plus the user's options.
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    client_config(&kafka.bootstrap_servers, &kafka.options)
+}
+
+/// Base settings for `bootstrap` plus `--kafka-option` pairs (see
+/// [`crate::config::parse_kafka_options`]).
+pub fn client_config(bootstrap: &str, options: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (key, value) in &kafka.options {
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in options {
         config.set(key, value);
     }
     config
+}
+
+/// Sends `record`, waiting while the producer's queue is full (the one
+/// back-off for QueueFull, shared by the sink and the tools).
+pub fn send_when_room<'a, C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'a, K, P, C::DeliveryOpaque>,
+) -> std::result::Result<(), KafkaError>
+where
+    C: ProducerContext + 'static,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// Settings of the consumer that reads planned ranges with `assign()`.
