@@ -102,7 +102,7 @@ pub struct Policy {
 /// How one trigger ended.
 enum Triggered {
     /// A batch committed.
-    Batch(BatchProgress),
+    Batch(Box<BatchProgress>),
     /// No new data.
     Idle,
     /// Shutdown during a back-off: stop now (a failed batch is replayed at
@@ -180,7 +180,7 @@ impl<B: Batches> Driver<B> {
                 },
             };
             let error = match result {
-                Ok(progress) => return Ok(Triggered::Batch(progress)),
+                Ok(progress) => return Ok(Triggered::Batch(Box::new(progress))),
                 Err(error) => error,
             };
             failures += 1;

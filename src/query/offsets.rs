@@ -29,8 +29,16 @@ pub struct OffsetState {
     pending: Option<BatchPlan>,
     /// `available-now`: the high watermarks of the first trigger.
     limit: Option<HashMap<i32, i64>>,
-    /// Watermarks and planning time of the batch planned last (progress).
-    last_planned: Option<(BatchId, Vec<(i32, i64)>, u64)>,
+    /// The batch planned last, for its progress record.
+    last_planned: Option<Planned>,
+}
+
+/// What planning saw: the high watermarks and how long it took.
+#[derive(Debug)]
+struct Planned {
+    batch_id: BatchId,
+    latest: Vec<(i32, i64)>,
+    planning_ms: u64,
 }
 
 impl OffsetState {
@@ -56,12 +64,16 @@ impl OffsetState {
 
     /// The high watermarks seen when `plan` was planned (none for a replay).
     pub fn latest_for(&self, plan: &BatchPlan) -> Option<Vec<(i32, i64)>> {
-        self.last_planned.as_ref().filter(|(id, ..)| *id == plan.batch_id).map(|(_, latest, _)| latest.clone())
+        self.planned(plan).map(|p| p.latest.clone())
     }
 
     /// Milliseconds spent planning `plan` (zero for a replay).
     pub fn planning_ms(&self, plan: &BatchPlan) -> u64 {
-        self.last_planned.as_ref().filter(|(id, ..)| *id == plan.batch_id).map_or(0, |(.., ms)| *ms)
+        self.planned(plan).map_or(0, |p| p.planning_ms)
+    }
+
+    fn planned(&self, plan: &BatchPlan) -> Option<&Planned> {
+        self.last_planned.as_ref().filter(|p| p.batch_id == plan.batch_id)
     }
 
     /// Drops checkpoint files and snapshots no replay needs any more
@@ -117,7 +129,7 @@ impl Query {
             subscribers_snapshot: self.subscribers.id.clone(),
         };
         let planning_ms = crate::progress::ms(started.elapsed());
-        self.offsets.last_planned = Some((plan.batch_id, latest, planning_ms));
+        self.offsets.last_planned = Some(Planned { batch_id: plan.batch_id, latest, planning_ms });
         Ok(Some(plan))
     }
 
