@@ -1,15 +1,15 @@
-//! Named crash points for the exactly-once tests.
+//! Named crash points for the exactly-once tests: a test-only facility.
 //!
-//! When the environment variable `SPARKLET_CRASH_AT` names a point, the
-//! process aborts there at once (no destructors, no flushing, like `kill -9`).
-//! `SPARKLET_CRASH_AT=after-pg-commit@2` aborts the second time the point is
-//! reached. Unset (the normal case), a point costs one atomic load.
+//! Only a build with the `crash-points` feature acts on them (`cargo test`
+//! turns it on; `cargo build`, `cargo run` and `cargo install` do not, so the
+//! binary users run ignores `SPARKLET_CRASH_AT` and a point compiles to
+//! nothing). With the feature, when the environment variable
+//! `SPARKLET_CRASH_AT` names a point, the process aborts there at once (no
+//! destructors, no flushing, like `kill -9`);
+//! `SPARKLET_CRASH_AT=after-pg-commit@2` aborts the second time.
 //!
-//! Points: `after-write-ahead`, `pg-mid-copy`, `after-pg-commit`,
-//! `kafka-mid-transaction`, `after-kafka-commit`, `before-commit-log`.
-
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+//! [`POINTS`] is the one list: the exactly-once test crashes at each of them,
+//! and a unit test checks that every point in the code is in the list.
 
 /// Names of all crash points, for tests and docs.
 pub const POINTS: &[&str] = &[
@@ -21,11 +21,20 @@ pub const POINTS: &[&str] = &[
     "before-commit-log",
 ];
 
-static TARGET: OnceLock<Option<(String, u32)>> = OnceLock::new();
-static HITS: AtomicU32 = AtomicU32::new(0);
+/// Does nothing: this build has no crash points.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn point(_name: &str) {}
 
 /// Aborts the process if `SPARKLET_CRASH_AT` names this point (and hit count).
+#[cfg(feature = "crash-points")]
 pub fn point(name: &str) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+
+    static TARGET: OnceLock<Option<(String, u32)>> = OnceLock::new();
+    static HITS: AtomicU32 = AtomicU32::new(0);
+
     let target = TARGET.get_or_init(|| {
         let raw = std::env::var("SPARKLET_CRASH_AT").ok()?;
         let (point, nth) = match raw.split_once('@') {
@@ -39,5 +48,36 @@ pub fn point(name: &str) {
             eprintln!("sparklet: crash point {name} reached, aborting (SPARKLET_CRASH_AT)");
             std::process::abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::POINTS;
+
+    /// Every `crash::point("...")` in the source is in [`POINTS`], so the
+    /// exactly-once test (which crashes at each listed point) covers it.
+    #[test]
+    fn every_point_in_the_code_is_listed() {
+        let mut found = Vec::new();
+        let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("crash.rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for part in text.split("crash::point(\"").skip(1) {
+                        found.push(part.split('"').next().unwrap().to_string());
+                    }
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        let mut listed: Vec<String> = POINTS.iter().map(|p| p.to_string()).collect();
+        listed.sort();
+        assert_eq!(found, listed);
     }
 }

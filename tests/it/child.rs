@@ -52,3 +52,15 @@ pub fn signal(child: &Child, name: &str) -> Result<()> {
     ensure!(status.success(), "kill -{name} failed");
     Ok(())
 }
+
+/// Prints the child's log if the test fails (panics) while this is alive;
+/// a passing test prints nothing.
+pub struct LogOnFailure<'a>(pub &'a Job);
+
+impl Drop for LogOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("child log:\n{}", child_log(self.0));
+        }
+    }
+}
