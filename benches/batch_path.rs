@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench batch_path`
 
+#[path = "../src/tools.rs"]
+mod tools;
+
 use std::hint::black_box;
 
 use arrow::array::RecordBatch;
@@ -22,7 +25,7 @@ const SUBSCRIBERS_PER_RESTAURANT: usize = 10;
 fn payloads(n: usize) -> RawBatch {
     let mut raw = RawBatch::default();
     for i in 0..n {
-        let json = sparklet::tools::generated_campaign(i, RESTAURANTS, &format!("campaign-{i}"), NOW);
+        let json = tools::generated_campaign(i, RESTAURANTS, &format!("campaign-{i}"), NOW);
         raw.push(0, i as i64, Some(json.as_bytes()));
     }
     raw

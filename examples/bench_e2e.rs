@@ -10,6 +10,9 @@
 //! Scenarios: one large batch with exactly-once, the same with at-least-once
 //! (the cost of exactly-once), and a run of tiny batches (latency floor).
 
+#[path = "../src/tools.rs"]
+mod tools;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -112,11 +115,11 @@ fn produce(
     let messages: Vec<(Option<String>, String)> = (0..n)
         .map(|i| {
             let id = format!("campaign-{i}-{}", uuid::Uuid::new_v4().simple());
-            (Some(format!("message_{i}")), sparklet::tools::generated_campaign(i, restaurants, &id, now))
+            (Some(format!("message_{i}")), tools::generated_campaign(i, restaurants, &id, now))
         })
         .collect();
-    let config = sparklet::tools::client_config(&cluster.bootstrap_servers(), &[("linger.ms".into(), "5".into())]);
-    sparklet::tools::produce(&config, topic, &messages)?;
+    let config = tools::client_config(&cluster.bootstrap_servers(), &[("linger.ms".into(), "5".into())]);
+    tools::produce(&config, topic, &messages)?;
     Ok(())
 }
 

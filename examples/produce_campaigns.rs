@@ -12,11 +12,14 @@
 //!     --kafka-option ssl.ca.location=/usr/local/share/ca-certificates/Yandex/YandexCA.crt
 //! ```
 
+#[path = "../src/tools.rs"]
+mod tools;
+
 use std::io::BufRead;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sparklet::tools::parse_key_value;
+use tools::parse_key_value;
 
 /// Produce campaign messages in kcat's key:value form.
 #[derive(Parser)]
@@ -38,9 +41,9 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let options = sparklet::config::parse_kafka_options(&args.kafka_options)?;
-    let config = sparklet::tools::client_config(&args.bootstrap_servers, &options);
+    let config = tools::client_config(&args.bootstrap_servers, &options);
     let lines: Vec<String> = if args.example {
-        vec![sparklet::demo::EXAMPLE_LINE.to_string()]
+        vec![tools::EXAMPLE_LINE.to_string()]
     } else {
         std::io::stdin().lock().lines().collect::<Result<_, _>>().context("reading standard input")?
     };
@@ -52,7 +55,7 @@ fn main() -> Result<()> {
             (key.map(str::to_string), value.to_string())
         })
         .collect();
-    let sent = sparklet::tools::produce(&config, &args.topic, &messages)?;
+    let sent = tools::produce(&config, &args.topic, &messages)?;
     eprintln!("produced {sent} messages to {}", args.topic);
     Ok(())
 }

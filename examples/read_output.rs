@@ -6,6 +6,9 @@
 //! cargo run --example read_output -- --bootstrap-servers HOST:9092 --topic promotions_out
 //! ```
 
+#[path = "../src/tools.rs"]
+mod tools;
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -31,8 +34,8 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let options = sparklet::config::parse_kafka_options(&args.kafka_options)?;
-    let config = sparklet::tools::client_config(&args.bootstrap_servers, &options);
-    let messages = sparklet::tools::read_committed(&config, &args.topic, Duration::from_secs(args.timeout_secs))?;
+    let config = tools::client_config(&args.bootstrap_servers, &options);
+    let messages = tools::read_committed(&config, &args.topic, Duration::from_secs(args.timeout_secs))?;
     for (key, value) in &messages {
         println!("{}:{value}", key.as_deref().unwrap_or(""));
     }

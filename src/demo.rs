@@ -1,4 +1,5 @@
-//! `sparklet demo`: the whole job on one machine. An in-process Kafka
+//! `sparklet demo`: the whole job on one machine (part of the binary, not of
+//! the library). An in-process Kafka
 //! (librdkafka's mock cluster, real wire protocol on a local port), sample
 //! subscribers in the local Postgres (schema `sparklet_demo`), the example
 //! campaign of the message format plus generated ones, a few micro-batches, then a sample of both
@@ -10,8 +11,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
 use serde_json::json;
 
-use crate::cli::DemoArgs;
-use crate::error::{Error, Result};
+use anyhow::{bail, Context, Result};
+use sparklet::cli::DemoArgs;
+use sparklet::config::PostgresConfig;
+
 use crate::tools;
 
 const SCHEMA: &str = "sparklet_demo";
@@ -19,16 +22,12 @@ const INPUT: &str = "promotions_in";
 const OUTPUT: &str = "promotions_out";
 const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
-/// The example input line of the message format (README, "The job"), in
-/// kcat's `key:value` form.
-pub const EXAMPLE_LINE: &str = r#"first_message:{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
-
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<()> {
-    let cluster = MockCluster::new(1).map_err(|e| Error::kafka("starting the in-process Kafka", e))?;
+pub(crate) async fn run(args: DemoArgs) -> Result<()> {
+    let cluster = MockCluster::new(1).context("starting the in-process Kafka")?;
     let bootstrap = cluster.bootstrap_servers();
-    cluster.create_topic(INPUT, 3, 1).map_err(|e| Error::kafka("creating the input topic", e))?;
-    cluster.create_topic(OUTPUT, 1, 1).map_err(|e| Error::kafka("creating the output topic", e))?;
+    cluster.create_topic(INPUT, 3, 1).context("creating the input topic")?;
+    cluster.create_topic(OUTPUT, 1, 1).context("creating the output topic")?;
     println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}");
 
     reset_checkpoint(&args)?;
@@ -40,7 +39,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("== produced {} campaigns (the example message first, one malformed)", messages.len());
 
     let config = demo_config(&bootstrap, &url, &args)?;
-    let summary = crate::run(config, std::future::pending()).await?;
+    let summary = sparklet::run(config, std::future::pending()).await?;
     println!(
         "== {} batches: {} messages in, {} malformed, {} rows out to each sink",
         summary.batches, summary.input_rows, summary.malformed_rows, summary.output_rows
@@ -50,23 +49,24 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 /// Demo schema with the job's tables, emptied, plus sample subscribers.
 async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
-    let admin = crate::config::PostgresConfig::parse(&args.database_url)?;
+    let admin = PostgresConfig::parse(&args.database_url)?;
     println!("== writing to Postgres {} (schema {SCHEMA}; --database-url to choose another)", admin.target());
-    let db = crate::postgres::connect(&admin, "the demo").await?;
+    let db = sparklet::postgres::connect(&admin, "the demo").await?;
     db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         .await
-        .map_err(|e| Error::postgres(format!("creating schema {SCHEMA}"), e))?;
-    let url = crate::config::url_with_search_path(&args.database_url, SCHEMA);
-    let db = crate::postgres::connect(&crate::config::PostgresConfig::parse(&url)?, "the demo").await?;
-    let ddl = crate::transform::read_sql_file(&args.sql_dir.join("schema.sql"))?;
-    let mut setup = format!("{ddl};\n{};\n", crate::sink::postgres::MARKER_DDL);
-    setup.push_str("TRUNCATE subscribers_restaurants, subscribers_feedback, sparklet_commits;\n");
+        .with_context(|| format!("creating schema {SCHEMA}"))?;
+    let url = sparklet::config::url_with_search_path(&args.database_url, SCHEMA);
+    let db = sparklet::postgres::connect(&PostgresConfig::parse(&url)?, "the demo").await?;
+    let schema_file = args.sql_dir.join("schema.sql");
+    let ddl = std::fs::read_to_string(&schema_file).with_context(|| format!("reading {}", schema_file.display()))?;
+    let mut setup = format!("{ddl};\n");
+    setup.push_str("TRUNCATE subscribers_restaurants, subscribers_feedback;\nDROP TABLE IF EXISTS sparklet_commits;\n");
     for (client, restaurant) in sample_subscribers() {
         setup.push_str(&format!(
             "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ('{client}', '{restaurant}');\n"
         ));
     }
-    db.batch_execute(&setup).await.map_err(|e| Error::postgres(format!("preparing schema {SCHEMA}"), e))?;
+    db.batch_execute(&setup).await.with_context(|| format!("preparing schema {SCHEMA}"))?;
     println!("== Postgres {}: schema {SCHEMA} with {} subscriptions", admin.target(), sample_subscribers().len());
     Ok(url)
 }
@@ -79,25 +79,22 @@ fn reset_checkpoint(args: &DemoArgs) -> Result<()> {
     if !dir.exists() || is_empty_dir(dir) {
         return Ok(());
     }
-    if !crate::checkpoint::is_checkpoint(dir) {
-        return Err(Error::config(
-            "--checkpoint-dir",
-            format!(
-                "{} is neither empty nor a sparklet checkpoint; the demo empties its checkpoint directory, \
-                 so give it a new or empty one",
-                dir.display()
-            ),
-        ));
+    if !sparklet::checkpoint::is_checkpoint(dir) {
+        bail!(
+            "option --checkpoint-dir: {} is neither empty nor a sparklet checkpoint; the demo empties its \
+             checkpoint directory, so give it a new or empty one",
+            dir.display()
+        );
     }
-    std::fs::remove_dir_all(dir).map_err(crate::checkpoint::io_err("emptying", dir))
+    std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))
 }
 
 fn is_empty_dir(dir: &std::path::Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
-fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Config> {
-    let run = crate::cli::RunArgs {
+fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::Config> {
+    let run = sparklet::cli::RunArgs {
         bootstrap_servers: bootstrap.to_string(),
         input_topic: INPUT.into(),
         output_topic: OUTPUT.into(),
@@ -116,7 +113,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<crate::Con
         progress_json: None,
         min_batches_to_retain: 100,
     };
-    crate::Config::try_from(run)
+    Ok(sparklet::Config::try_from(run)?)
 }
 
 fn sample_subscribers() -> Vec<(String, String)> {
@@ -134,7 +131,7 @@ fn sample_subscribers() -> Vec<(String, String)> {
 /// started), and one malformed message.
 fn sample_campaigns(n: usize) -> Vec<(Option<String>, String)> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let (key, value) = tools::parse_key_value(EXAMPLE_LINE);
+    let (key, value) = tools::parse_key_value(tools::EXAMPLE_LINE);
     let mut out = vec![(key.map(str::to_string), value.to_string())];
     for i in 0..n {
         let (start, end) = match i % 3 {
@@ -166,7 +163,7 @@ async fn print_samples(client: &ClientConfig, url: &str) -> Result<()> {
     for (key, value) in messages.iter().take(3) {
         println!("  key={} value={value}", key.as_deref().unwrap_or("-"));
     }
-    let db = crate::postgres::connect(&crate::config::PostgresConfig::parse(url)?, "the demo").await?;
+    let db = sparklet::postgres::connect(&PostgresConfig::parse(url)?, "the demo").await?;
     let rows = db
         .query(
             "SELECT count(*) OVER (), adv_campaign_id, client_id, trigger_datetime_created, feedback IS NULL
@@ -174,7 +171,7 @@ async fn print_samples(client: &ClientConfig, url: &str) -> Result<()> {
             &[&EXAMPLE_RESTAURANT],
         )
         .await
-        .map_err(|e| Error::postgres("reading the demo's feedback rows", e))?;
+        .context("reading the demo's feedback rows")?;
     let total: i64 = rows.first().map(|r| r.get(0)).unwrap_or(0);
     println!("== {SCHEMA}.subscribers_feedback: {total} rows; first 3:");
     for r in &rows {

@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
 /// What the driver needs of a query; [`Query`] in production, a scripted
 /// stand-in in the driver's tests.
 #[allow(async_fn_in_trait)]
-pub trait Batches {
+pub(crate) trait Batches {
     fn id(&self) -> &str;
     /// A batch an earlier run planned and did not commit.
     fn take_pending(&mut self) -> Option<BatchPlan>;
@@ -94,7 +94,7 @@ impl Batches for Query {
 
 /// When batches run and how often a failure is retried.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub trigger: Trigger,
     pub max_retries: u32,
 }
@@ -111,20 +111,20 @@ enum Triggered {
 }
 
 /// The trigger loop around a query.
-pub struct Driver<B> {
+pub(crate) struct Driver<B> {
     policy: Policy,
     batches: B,
     summary: RunSummary,
 }
 
 impl<B: Batches> Driver<B> {
-    pub fn new(policy: Policy, batches: B) -> Self {
+    pub(crate) fn new(policy: Policy, batches: B) -> Self {
         let summary = RunSummary { query_id: batches.id().to_string(), ..Default::default() };
         Driver { policy, batches, summary }
     }
 
     /// Runs triggers until shutdown, or the end of `once` / `available-now`.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
         tokio::pin!(shutdown);
         let mut pending = self.batches.take_pending();
         if let Some(plan) = &pending {

@@ -38,7 +38,7 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 /// A message that could not be decoded into a campaign.
-pub struct MalformedMessage<'a> {
+pub(crate) struct MalformedMessage<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -46,7 +46,7 @@ pub struct MalformedMessage<'a> {
 }
 
 impl MalformedMessage<'_> {
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::warn!(
             topic = self.topic,
             partition = self.partition,
@@ -59,7 +59,7 @@ impl MalformedMessage<'_> {
 }
 
 /// Offsets that were deleted from the input topic before sparklet read them.
-pub struct DataLossDetected<'a> {
+pub(crate) struct DataLossDetected<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub expected: i64,
@@ -67,7 +67,7 @@ pub struct DataLossDetected<'a> {
 }
 
 impl DataLossDetected<'_> {
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::error!(
             topic = self.topic,
             partition = self.partition,
@@ -81,14 +81,14 @@ impl DataLossDetected<'_> {
 }
 
 /// The subscribers cache was (re)loaded.
-pub struct SubscribersLoaded<'a> {
+pub(crate) struct SubscribersLoaded<'a> {
     pub snapshot: &'a str,
     pub rows: usize,
     pub elapsed_ms: u128,
 }
 
 impl SubscribersLoaded<'_> {
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             snapshot = self.snapshot,
             rows = self.rows,
@@ -100,13 +100,13 @@ impl SubscribersLoaded<'_> {
 }
 
 /// A sink already held a replayed batch, so it was not written again.
-pub struct SinkWriteSkipped<'a> {
+pub(crate) struct SinkWriteSkipped<'a> {
     pub sink: &'a str,
     pub batch_id: u64,
 }
 
 impl SinkWriteSkipped<'_> {
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::info!(
             sink = self.sink,
             batch_id = self.batch_id,
@@ -118,7 +118,7 @@ impl SinkWriteSkipped<'_> {
 
 /// A trigger (planning, or a batch) failed; it is retried if the error is
 /// retryable and retries are left.
-pub struct TriggerFailed<'a> {
+pub(crate) struct TriggerFailed<'a> {
     /// The batch, once planned.
     pub batch_id: Option<u64>,
     pub attempt: u32,
@@ -127,7 +127,7 @@ pub struct TriggerFailed<'a> {
 }
 
 impl TriggerFailed<'_> {
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         tracing::error!(
             batch_id = ?self.batch_id,
             attempt = self.attempt,
@@ -140,12 +140,12 @@ impl TriggerFailed<'_> {
 }
 
 /// A batch is in both sinks and its commit is recorded.
-pub struct BatchCommitted<'a> {
+pub(crate) struct BatchCommitted<'a> {
     pub progress: &'a crate::progress::BatchProgress,
 }
 
 impl BatchCommitted<'_> {
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         let p = self.progress;
         tracing::info!(
             batch_id = p.batch_id,

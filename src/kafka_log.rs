@@ -27,7 +27,7 @@ const REPEAT_EVERY: Duration = Duration::from_secs(60);
 
 /// Per-client log routing and the client's last connection failure.
 #[derive(Debug)]
-pub struct KafkaLog {
+pub(crate) struct KafkaLog {
     /// Which client this is (`input consumer`, `output producer`, ...).
     client: &'static str,
     last_failure: Mutex<Option<String>>,
@@ -36,7 +36,7 @@ pub struct KafkaLog {
 }
 
 /// A client context that only routes logs (for consumers).
-pub struct LoggingContext(pub KafkaLog);
+pub(crate) struct LoggingContext(pub KafkaLog);
 
 impl ClientContext for LoggingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -51,18 +51,18 @@ impl ClientContext for LoggingContext {
 impl ConsumerContext for LoggingContext {}
 
 impl LoggingContext {
-    pub fn new(client: &'static str) -> Self {
+    pub(crate) fn new(client: &'static str) -> Self {
         LoggingContext(KafkaLog::new(client))
     }
 }
 
 impl KafkaLog {
-    pub fn new(client: &'static str) -> Self {
+    pub(crate) fn new(client: &'static str) -> Self {
         KafkaLog { client, last_failure: Mutex::new(None), all_down: AtomicBool::new(false) }
     }
 
     /// A librdkafka log line.
-    pub fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    pub(crate) fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         let text = normalise(message);
         if matches!(fac, "FAIL" | "ERROR") {
             self.remember_failure(&text);
@@ -84,7 +84,7 @@ impl KafkaLog {
     }
 
     /// A librdkafka error event (librdkafka keeps retrying after most).
-    pub fn error(&self, error: &KafkaError, reason: &str) {
+    pub(crate) fn error(&self, error: &KafkaError, reason: &str) {
         let text = normalise(reason);
         let code = error.rdkafka_error_code();
         if matches!(code, Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown))
@@ -102,13 +102,13 @@ impl KafkaLog {
     }
 
     /// The cause of the last connection failure, e.g. `connection refused`.
-    pub fn last_failure(&self) -> Option<String> {
+    pub(crate) fn last_failure(&self) -> Option<String> {
         self.last_failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// Whether every broker was tried and none answered (librdkafka's
     /// "all brokers down"), as opposed to a broker that is merely slow.
-    pub fn all_brokers_down(&self) -> bool {
+    pub(crate) fn all_brokers_down(&self) -> bool {
         self.all_down.load(Ordering::Relaxed)
     }
 

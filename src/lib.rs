@@ -31,33 +31,35 @@
 //! - [`postgres`]: Postgres connections (TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
 //! - [`crash`]: named crash points for the exactly-once tests.
-//! - [`demo`]: the whole job on one machine with an in-process Kafka.
-//! - [`tools`]: generate and produce campaigns, read the output topic (demo,
-//!   examples, benchmarks).
+//!
+//! Not in the library: `sparklet demo` (`src/demo.rs`) and the client tools
+//! that generate, produce and read campaigns (`src/tools.rs`) belong to the
+//! binary; the examples, benches and tests compile `src/tools.rs` as their
+//! own module.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(unreachable_pub)]
 
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod crash;
-pub mod demo;
-pub mod driver;
+pub(crate) mod driver;
 pub mod error;
-pub mod events;
+pub(crate) mod events;
 pub mod kafka;
-pub mod kafka_log;
+pub(crate) mod kafka_log;
 pub mod postgres;
-pub mod progress;
-pub mod query;
+pub(crate) mod progress;
+pub(crate) mod query;
 pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod subscribers;
-pub mod tools;
 pub mod transform;
 
 pub use config::Config;
 pub use driver::{run, RunSummary};
 pub use error::{Error, Result};
+pub use events::{counters, Counters};

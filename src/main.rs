@@ -9,6 +9,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
+mod tools;
+
 use anyhow::Context;
 use clap::Parser;
 use sparklet::cli::{Cli, Command};
@@ -39,7 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = sparklet::run(config, shutdown_signal()).await?;
             tracing::info!(batches = summary.batches, output_rows = summary.output_rows, "stopped");
         }
-        Command::Demo(args) => sparklet::demo::run(args).await.context("demo failed")?,
+        Command::Demo(args) => demo::run(args).await.context("demo failed")?,
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::subscribers::Subscribers;
 /// Time spent in each phase of a batch, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DurationMs {
+pub(crate) struct DurationMs {
     /// Asking the broker for end offsets and planning ranges.
     pub latest_offset: u64,
     /// Writing `offsets/N`.
@@ -40,7 +40,7 @@ pub struct DurationMs {
 /// Offsets and row count of the input topic in this batch.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SourceProgress {
+pub(crate) struct SourceProgress {
     pub description: String,
     /// `{"topic": {"partition": offset}}`, as Spark prints it.
     pub start_offset: BTreeMap<String, BTreeMap<String, i64>>,
@@ -53,7 +53,7 @@ pub struct SourceProgress {
 /// What a sink did with the batch.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SinkProgress {
+pub(crate) struct SinkProgress {
     pub description: String,
     pub num_output_rows: u64,
     /// The batch was already committed in this sink (replay) and not rewritten.
@@ -63,7 +63,7 @@ pub struct SinkProgress {
 /// The subscribers snapshot the batch joined with.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SubscribersProgress {
+pub(crate) struct SubscribersProgress {
     pub snapshot: String,
     pub num_rows: u64,
     pub age_ms: u64,
@@ -72,7 +72,7 @@ pub struct SubscribersProgress {
 /// Progress of one batch.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct BatchProgress {
+pub(crate) struct BatchProgress {
     /// The query id (checkpoint `metadata`).
     pub id: String,
     pub batch_id: u64,
@@ -92,7 +92,7 @@ pub struct BatchProgress {
 }
 
 /// What a finished batch did, for [`BatchProgress::new`].
-pub struct BatchReport<'a> {
+pub(crate) struct BatchReport<'a> {
     pub plan: &'a BatchPlan,
     pub replayed: bool,
     pub input_rows: u64,
@@ -111,7 +111,7 @@ pub struct BatchReport<'a> {
 
 impl BatchProgress {
     /// The progress record of a batch of query `id`.
-    pub fn new(id: &str, r: BatchReport<'_>) -> Self {
+    pub(crate) fn new(id: &str, r: BatchReport<'_>) -> Self {
         BatchProgress {
             id: id.to_string(),
             batch_id: r.plan.batch_id,
@@ -134,7 +134,7 @@ impl BatchProgress {
     }
 
     /// A one-line human summary; every rate says what it counts.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let sinks: Vec<String> = self
             .sinks
             .iter()
@@ -163,7 +163,7 @@ impl BatchProgress {
     }
 
     /// Appends the record as one JSON line to `path` (`-` for stdout).
-    pub fn append_json(&self, path: &Path) -> Result<()> {
+    pub(crate) fn append_json(&self, path: &Path) -> Result<()> {
         let line = serde_json::to_string(self).map_err(|e| Error::Runtime(format!("serialising progress: {e}")))?;
         if path == Path::new("-") {
             println!("{line}");
@@ -179,7 +179,10 @@ impl BatchProgress {
 }
 
 /// `{"topic": {"partition": offset}}` from `(partition, offset)` pairs.
-pub fn offsets_json(topic: &str, offsets: impl Iterator<Item = (i32, i64)>) -> BTreeMap<String, BTreeMap<String, i64>> {
+pub(crate) fn offsets_json(
+    topic: &str,
+    offsets: impl Iterator<Item = (i32, i64)>,
+) -> BTreeMap<String, BTreeMap<String, i64>> {
     let partitions = offsets.map(|(p, o)| (p.to_string(), o)).collect();
     BTreeMap::from([(topic.to_string(), partitions)])
 }
@@ -196,7 +199,7 @@ fn source_progress(plan: &BatchPlan, latest: Option<&[(i32, i64)]>, rows: u64) -
 }
 
 /// `1 message`, `2 messages`: a count that agrees in number.
-pub fn count(n: u64, noun: &str) -> String {
+pub(crate) fn count(n: u64, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -205,18 +208,18 @@ pub fn count(n: u64, noun: &str) -> String {
 }
 
 /// RFC 3339 rendering of epoch milliseconds.
-pub fn rfc3339_ms(epoch_ms: i64) -> String {
+pub(crate) fn rfc3339_ms(epoch_ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(epoch_ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Milliseconds in a duration, saturating.
-pub fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Rows per second, zero for an empty interval.
-pub fn rate(rows: u64, d: Duration) -> f64 {
+pub(crate) fn rate(rows: u64, d: Duration) -> f64 {
     if d.is_zero() {
         0.0
     } else {

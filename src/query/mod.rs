@@ -29,11 +29,11 @@ use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
 use crate::transform::SqlPipeline;
 
-pub use offsets::OffsetState;
+pub(crate) use offsets::OffsetState;
 
 /// How a plan is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// Planned just now: written ahead to `offsets/N`, then run; no sink can
     /// hold it yet.
     New,
@@ -43,7 +43,7 @@ pub enum Attempt {
 }
 
 /// The components of a running query and where its offsets stand.
-pub struct Query {
+pub(crate) struct Query {
     config: Config,
     checkpoint: CheckpointStore,
     source: KafkaSource,
@@ -59,7 +59,7 @@ impl Query {
     /// Checks the SQL files, opens the checkpoint, loads the subscribers,
     /// checks that Kafka answers and connects both sinks, in that order, so
     /// the first broken one is named. Reads where the checkpoint stands.
-    pub async fn start(config: Config) -> Result<Self> {
+    pub(crate) async fn start(config: Config) -> Result<Self> {
         let pipeline = SqlPipeline::load(&config.sql_dir)?;
         pipeline.validate().await?;
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
@@ -81,18 +81,18 @@ impl Query {
     }
 
     /// The query id (`metadata`).
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.checkpoint.query_id()
     }
 
     /// A batch the last run planned and did not commit: run it first.
-    pub fn take_pending(&mut self) -> Option<BatchPlan> {
+    pub(crate) fn take_pending(&mut self) -> Option<BatchPlan> {
         self.offsets.take_pending()
     }
 
     /// Re-creates both sinks after a failure (a broken producer, a closed
     /// connection).
-    pub async fn reconnect(&mut self) -> Result<()> {
+    pub(crate) async fn reconnect(&mut self) -> Result<()> {
         let (postgres, kafka) = connect_sinks(&self.config, self.checkpoint.query_id(), &self.source).await?;
         self.postgres = postgres;
         self.kafka = kafka;
@@ -101,7 +101,7 @@ impl Query {
 
     /// Runs one batch through its steps and records it as committed. Every
     /// log line of the batch carries its id (the `batch` span).
-    pub async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
+    pub(crate) async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
         let span = tracing::info_span!("batch", batch_id = plan.batch_id, replay = attempt == Attempt::Replay);
         self.run_steps(plan, attempt).instrument(span).await
     }

@@ -21,7 +21,7 @@ use super::Query;
 
 /// A query's offsets between batches.
 #[derive(Debug, Default)]
-pub struct OffsetState {
+pub(crate) struct OffsetState {
     /// Where each partition's next batch starts; `None` until known.
     next_starts: Option<HashMap<i32, i64>>,
     next_batch_id: BatchId,
@@ -43,7 +43,7 @@ struct Planned {
 
 impl OffsetState {
     /// Reads where the checkpoint stands.
-    pub fn resume(checkpoint: &CheckpointStore) -> Result<Self> {
+    pub(crate) fn resume(checkpoint: &CheckpointStore) -> Result<Self> {
         let resume = checkpoint.resume()?;
         let mut state = OffsetState { pending: resume.pending, ..Default::default() };
         if let Some(last) = &resume.last_committed {
@@ -52,23 +52,23 @@ impl OffsetState {
         Ok(state)
     }
 
-    pub fn take_pending(&mut self) -> Option<BatchPlan> {
+    pub(crate) fn take_pending(&mut self) -> Option<BatchPlan> {
         self.pending.take()
     }
 
     /// Moves past a committed batch.
-    pub fn advance_past(&mut self, plan: &BatchPlan) {
+    pub(crate) fn advance_past(&mut self, plan: &BatchPlan) {
         self.next_starts.get_or_insert_with(HashMap::new).extend(plan.end_offsets());
         self.next_batch_id = plan.batch_id + 1;
     }
 
     /// The high watermarks seen when `plan` was planned (none for a replay).
-    pub fn latest_for(&self, plan: &BatchPlan) -> Option<Vec<(i32, i64)>> {
+    pub(crate) fn latest_for(&self, plan: &BatchPlan) -> Option<Vec<(i32, i64)>> {
         self.planned(plan).map(|p| p.latest.clone())
     }
 
     /// Milliseconds spent planning `plan` (zero for a replay).
-    pub fn planning_ms(&self, plan: &BatchPlan) -> u64 {
+    pub(crate) fn planning_ms(&self, plan: &BatchPlan) -> u64 {
         self.planned(plan).map_or(0, |p| p.planning_ms)
     }
 
@@ -78,7 +78,7 @@ impl OffsetState {
 
     /// Drops checkpoint files and snapshots no replay needs any more
     /// (Spark's `minBatchesToRetain`); a failure is logged, not fatal.
-    pub fn purge(&self, checkpoint: &CheckpointStore, committed: BatchId, retain: u64, current_snapshot: &str) {
+    pub(crate) fn purge(&self, checkpoint: &CheckpointStore, committed: BatchId, retain: u64, current_snapshot: &str) {
         let keep_from = (committed + 1).saturating_sub(retain);
         let keep = HashSet::from([current_snapshot.to_string()]);
         let result = checkpoint
@@ -95,7 +95,7 @@ impl Query {
     /// the high watermarks (capped by `--max-offsets-per-trigger` and, for
     /// `available-now`, by the first trigger's watermarks), with `now` and
     /// the subscribers snapshot pinned. `None` when there is no new data.
-    pub async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
+    pub(crate) async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
         self.refresh_subscribers_if_stale().await;
         let started = Instant::now();
         let mut marks = self.source.watermarks().await?;

@@ -15,7 +15,7 @@ use crate::kafka_log::KafkaLog;
 
 /// Delivery reports of the current batch.
 #[derive(Debug, Default, Clone)]
-pub struct Reports {
+pub(super) struct Reports {
     pub delivered: u64,
     pub failed: u64,
     /// The first failure's cause.
@@ -31,7 +31,7 @@ impl Reports {
 }
 
 /// Counts delivery reports; see the module docs.
-pub struct Deliveries {
+pub(super) struct Deliveries {
     reports: Mutex<Reports>,
     all_reported: Condvar,
     log: KafkaLog,
@@ -49,13 +49,13 @@ impl Default for Deliveries {
 
 impl Deliveries {
     /// Starts counting a new batch.
-    pub fn reset(&self) {
+    pub(super) fn reset(&self) {
         *self.lock() = Reports::default();
     }
 
     /// Blocks until `sent` reports arrived, or `timeout` passed; returns the
     /// reports either way (fewer than `sent` means it timed out).
-    pub fn wait_for(&self, sent: u64, timeout: Duration) -> Reports {
+    pub(super) fn wait_for(&self, sent: u64, timeout: Duration) -> Reports {
         let deadline = Instant::now() + timeout;
         let mut reports = self.lock();
         reports.awaited = sent;

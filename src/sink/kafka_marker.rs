@@ -23,21 +23,21 @@ use crate::batch::OffsetRange;
 use crate::error::{Error, Result};
 use crate::kafka_log::LoggingContext;
 
-pub const QUERY_HEADER: &str = "sparklet.query";
-pub const BATCH_HEADER: &str = "sparklet.batch";
+pub(crate) const QUERY_HEADER: &str = "sparklet.query";
+pub(crate) const BATCH_HEADER: &str = "sparklet.batch";
 
 /// First window of offsets read back from the end of a partition.
 const FIRST_WINDOW: i64 = 256;
 
 /// The headers of every message of a batch (`batch_id` in decimal).
-pub fn headers(query_id: &str, batch_id: &str) -> OwnedHeaders {
+pub(crate) fn headers(query_id: &str, batch_id: &str) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(2)
         .insert(Header { key: QUERY_HEADER, value: Some(query_id) })
         .insert(Header { key: BATCH_HEADER, value: Some(batch_id) })
 }
 
 /// The newest batch id of `query_id` committed in `topic`, if any.
-pub fn latest_committed_batch(
+pub(crate) fn latest_committed_batch(
     consumer_config: &ClientConfig,
     topic: &str,
     query_id: &str,

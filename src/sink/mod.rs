@@ -9,8 +9,8 @@
 pub mod copy;
 mod deliveries;
 pub mod kafka;
-pub mod kafka_marker;
-pub mod postgres;
+pub(crate) mod kafka_marker;
+pub(crate) mod postgres;
 
 use arrow::array::RecordBatch;
 

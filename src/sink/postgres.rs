@@ -17,10 +17,10 @@ use crate::schema::OUTPUT_FIELDS;
 use crate::sink::{copy, Sink};
 
 /// The job's target table.
-pub const FEEDBACK_TABLE: &str = "subscribers_feedback";
+pub(crate) const FEEDBACK_TABLE: &str = "subscribers_feedback";
 
 /// Sparklet's marker table, created if missing.
-pub const MARKER_DDL: &str = "CREATE TABLE IF NOT EXISTS sparklet_commits (
+pub(crate) const MARKER_DDL: &str = "CREATE TABLE IF NOT EXISTS sparklet_commits (
     query_id text NOT NULL,
     batch_id bigint NOT NULL,
     num_rows bigint NOT NULL,
@@ -32,7 +32,7 @@ pub const MARKER_DDL: &str = "CREATE TABLE IF NOT EXISTS sparklet_commits (
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// Writes batches into `subscribers_feedback`.
-pub struct PostgresSink {
+pub(crate) struct PostgresSink {
     client: Client,
     query_id: String,
     target: String,
@@ -43,7 +43,7 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// Connects, creates the marker table and checks that the feedback table
     /// exists with the columns sparklet writes.
-    pub async fn connect(config: &PostgresConfig, query_id: &str, markers: bool) -> Result<Self> {
+    pub(crate) async fn connect(config: &PostgresConfig, query_id: &str, markers: bool) -> Result<Self> {
         let client = crate::postgres::connect(config, "the feedback sink").await?;
         let target = config.target();
         client

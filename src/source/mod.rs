@@ -7,7 +7,7 @@
 //! [`crate::sink::kafka`]), which is also what lag tools read.
 
 pub mod decode;
-pub mod plan;
+pub(crate) mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -19,7 +19,7 @@ pub struct Watermarks {
 
 /// A partition whose next offset to read was deleted before it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataLoss {
+pub(crate) struct DataLoss {
     pub partition: i32,
     pub expected: i64,
     pub earliest_available: i64,
@@ -29,7 +29,7 @@ pub struct DataLoss {
 /// otherwise `--starting-offsets` for a new query, earliest for a partition
 /// added later (Spark's rule). Offsets already deleted are skipped and
 /// reported as [`DataLoss`].
-pub fn start_offsets(
+pub(crate) fn start_offsets(
     previous_ends: Option<&HashMap<i32, i64>>,
     starting: StartingOffsets,
     watermarks: &[Watermarks],
@@ -56,7 +56,7 @@ pub fn start_offsets(
 /// `cap` offsets in total, shared in proportion to each partition's backlog
 /// (as Spark's `maxOffsetsPerTrigger`). Every partition gets a range, empty
 /// ones included.
-pub fn ranges(starts: &[(i32, i64)], watermarks: &[Watermarks], cap: Option<u64>) -> Vec<OffsetRange> {
+pub(crate) fn ranges(starts: &[(i32, i64)], watermarks: &[Watermarks], cap: Option<u64>) -> Vec<OffsetRange> {
     let highs: HashMap<i32, i64> = watermarks.iter().map(|w| (w.partition, w.high)).collect();
     let mut ranges: Vec<OffsetRange> = starts
         .iter()

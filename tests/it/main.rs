@@ -14,3 +14,5 @@ mod security;
 mod sql_files;
 mod startup_errors;
 mod support;
+#[path = "../../src/tools.rs"]
+mod tools;

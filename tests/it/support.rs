@@ -98,8 +98,8 @@ impl Kafka {
 
 /// Reads every committed message of `topic`, all partitions, from the start.
 pub fn read_committed(bootstrap: &str, topic: &str) -> Result<Vec<(String, Value)>> {
-    let config = sparklet::tools::client_config(bootstrap, &[]);
-    sparklet::tools::read_committed(&config, topic, Duration::from_secs(20))?
+    let config = crate::tools::client_config(bootstrap, &[]);
+    crate::tools::read_committed(&config, topic, Duration::from_secs(20))?
         .into_iter()
         .map(|(key, value)| Ok((key.unwrap_or_default(), serde_json::from_str(&value)?)))
         .collect()
