@@ -14,24 +14,25 @@ mod tools;
 
 use anyhow::Context;
 use clap::Parser;
-use sparklet::cli::{Cli, Command};
+use sparklet::cli::{Cli, Command, LogFormat};
 
 /// How long blocking Kafka calls may keep the process alive after the run
 /// ended (e.g. a start-up check interrupted by Ctrl-C).
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    let format = cli.log_format;
+    init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => return report(anyhow::Error::new(e).context("starting the async runtime")),
+        Err(e) => return report(anyhow::Error::new(e).context("starting the async runtime"), format),
     };
     let result = runtime.block_on(run(cli));
     runtime.shutdown_timeout(EXIT_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(e),
+        Err(e) => report(e, format),
     }
 }
 
@@ -47,23 +48,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`; colours only on a terminal and
-/// never with `NO_COLOR` set.
-fn init_logging() {
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into()),
-        )
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs to stderr, filtered by `RUST_LOG`: text with colours only on a
+/// terminal and never with `NO_COLOR` set, or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            logs.with_ansi(colour).init()
+        }
+    }
 }
 
-/// Prints `sparklet: <error>: <cause>: ...`, each cause once: a cause whose
-/// text the message already holds is not repeated.
-fn report(error: anyhow::Error) -> ExitCode {
+/// Prints `sparklet: <error>: <cause>: ...` (a JSON log line with `--log-format
+/// json`), each cause once: a cause whose text the message already holds is
+/// not repeated.
+fn report(error: anyhow::Error, format: LogFormat) -> ExitCode {
     let mut message = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -74,7 +77,10 @@ fn report(error: anyhow::Error) -> ExitCode {
             message.push_str(&text);
         }
     }
-    eprintln!("sparklet: {message}");
+    match format {
+        LogFormat::Json => tracing::error!(error = %message, "sparklet stopped"),
+        LogFormat::Text => eprintln!("sparklet: {message}"),
+    }
     ExitCode::FAILURE
 }
 

@@ -48,12 +48,35 @@ async fn unreachable_kafka_fails_fast_naming_servers_and_cause_once() -> Result<
     let expected = format!("kafka: cannot reach bootstrap servers {servers}: connection refused");
     ensure!(log.matches(&expected).count() == 1, "expected '{expected}' once:\n{log}");
     ensure!(!log.contains("backtrace") && !log.contains("Caused by"), "{log}");
+    ensure!(!log.contains('\x1b'), "no colour codes when stderr is a file:\n{log}");
     let lines = lines_without_time(&log);
     let mut unique = lines.clone();
     unique.sort();
     unique.dedup();
     ensure!(unique.len() == lines.len(), "a line was printed twice:\n{log}");
     ensure!(!job.checkpoint.path().join("offsets/0").exists(), "nothing planned");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_one_json_object_per_line() -> Result<()> {
+    let job = Job::new(1).await?;
+    let servers = format!("127.0.0.1:{}", closed_port()?);
+    let out = Command::new(env!("CARGO_BIN_EXE_sparklet"))
+        .args(with_bootstrap(&job, &servers, &["--trigger", "once", "--log-format", "json"]))
+        .env("RUST_LOG", "info")
+        .output()?;
+    ensure!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}: {stderr}"))?;
+    ensure!(lines.len() >= 2, "{stderr}");
+    ensure!(lines.iter().all(|l| l["level"].is_string() && l["fields"].is_object()), "{stderr}");
+    let last = &lines[lines.len() - 1]["fields"];
+    ensure!(last["error"].as_str().is_some_and(|e| e.contains("cannot reach bootstrap servers")), "{stderr}");
     Ok(())
 }
 
