@@ -24,13 +24,15 @@
 //! - [`schema`]: the input and output message formats of the job.
 //! - [`sink`]: the Kafka and Postgres sinks, transactional with markers;
 //!   [`sink::copy`] encodes binary COPY from Arrow.
-//! - [`kafka`]: librdkafka settings, the start-up reachability check, a
-//!   topic's partitions, reader positions.
+//! - [`kafka`]: librdkafka settings, the start-up reachability check, the
+//!   one loop that reads offset ranges with `assign()` ([`kafka::read_ranges`]),
+//!   a topic's partitions, the QueueFull back-off.
 //! - [`kafka_log`]: librdkafka's logs and errors through `tracing`, each
 //!   distinct message once (then at most once a minute).
 //! - [`postgres`]: Postgres connections (TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
-//! - [`crash`]: named crash points for the exactly-once tests.
+//! - [`crash`]: named crash points for the exactly-once tests (test-only: the
+//!   `crash-points` feature, which `cargo test` enables).
 //!
 //! Not in the library: `sparklet demo` (`src/demo.rs`) and the client tools
 //! that generate, produce and read campaigns (`src/tools.rs`) belong to the
