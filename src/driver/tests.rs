@@ -2,6 +2,7 @@
 //! start, how failures back off, when the run stops.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,8 +26,9 @@ struct Script {
     pending: Option<BatchPlan>,
     next_id: BatchId,
     failures_left: u32,
-    /// (time since start, what happened) for every call.
-    calls: Vec<(Duration, String)>,
+    /// (time since start, what happened) for every call; shared, since the
+    /// driver consumes the script.
+    calls: Arc<Mutex<Vec<(Duration, String)>>>,
     start: Option<Instant>,
     /// A batch takes this long.
     batch_time: Duration,
@@ -39,7 +41,7 @@ impl Script {
 
     fn log(&mut self, what: String) {
         let at = self.start.map(|s| s.elapsed()).unwrap_or_default();
-        self.calls.push((at, what));
+        self.calls.lock().unwrap().push((at, what));
     }
 }
 
@@ -129,47 +131,10 @@ async fn drive(
     script: Script,
     stop_after: Duration,
 ) -> (Result<RunSummary>, Vec<(Duration, String)>) {
-    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let driver = Driver::new(policy(trigger), Recorder { script, calls: calls.clone() });
-    let result = driver.run(tokio::time::sleep(stop_after)).await;
+    let calls = script.calls.clone();
+    let result = Driver::new(policy(trigger), script).run(tokio::time::sleep(stop_after)).await;
     let calls = calls.lock().unwrap().clone();
     (result, calls)
-}
-
-/// Hands the script's log back out after the driver consumed it.
-struct Recorder {
-    script: Script,
-    calls: std::sync::Arc<std::sync::Mutex<Vec<(Duration, String)>>>,
-}
-
-impl Recorder {
-    fn sync(&self) {
-        *self.calls.lock().unwrap() = self.script.calls.clone();
-    }
-}
-
-impl Batches for Recorder {
-    fn id(&self) -> &str {
-        "q"
-    }
-    fn take_pending(&mut self) -> Option<BatchPlan> {
-        self.script.take_pending()
-    }
-    async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
-        let r = self.script.next_plan().await;
-        self.sync();
-        r
-    }
-    async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
-        let r = self.script.run(plan, attempt).await;
-        self.sync();
-        r
-    }
-    async fn reconnect(&mut self) -> Result<()> {
-        let r = self.script.reconnect().await;
-        self.sync();
-        r
-    }
 }
 
 fn secs(s: f64) -> Duration {

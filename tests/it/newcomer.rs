@@ -114,24 +114,7 @@ async fn sigterm_while_waiting_for_kafka_stops_at_once() -> Result<()> {
 
 #[test]
 fn bad_option_prints_one_line_without_backtrace() -> Result<()> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sparklet"))
-        .args([
-            "run",
-            "--bootstrap-servers",
-            "127.0.0.1:9",
-            "--input-topic",
-            "in",
-            "--output-topic",
-            "out",
-            "--database-url",
-            "postgres://127.0.0.1/x",
-            "--checkpoint-dir",
-            "/tmp/unused",
-            "--kafka-timeout",
-            "0s",
-        ])
-        .env("RUST_BACKTRACE", "1")
-        .output()?;
+    let out = crate::startup_errors::run_with_bad_option(&["--kafka-timeout", "0s"])?;
     ensure!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(stderr.trim().lines().count() == 1, "one line:\n{stderr}");

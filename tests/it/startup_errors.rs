@@ -78,25 +78,20 @@ async fn missing_feedback_table_fails_at_start_naming_it() -> Result<()> {
     Ok(())
 }
 
+/// Runs `sparklet run` with otherwise valid options plus `extra`, which must
+/// make it stop before connecting; returns its output.
+pub(crate) fn run_with_bad_option(extra: &[&str]) -> Result<std::process::Output> {
+    let base = ["run", "--bootstrap-servers", "127.0.0.1:9", "--input-topic", "in", "--output-topic", "out"];
+    let more = ["--database-url", "postgres://127.0.0.1/x", "--checkpoint-dir", "/tmp/unused"];
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_sparklet"))
+        .args(base.iter().chain(&more).chain(extra))
+        .env("RUST_BACKTRACE", "1")
+        .output()?)
+}
+
 #[test]
 fn bad_option_value_exits_non_zero_naming_the_option() -> Result<()> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparklet"))
-        .args([
-            "run",
-            "--bootstrap-servers",
-            "127.0.0.1:9",
-            "--input-topic",
-            "in",
-            "--output-topic",
-            "out",
-            "--database-url",
-            "postgres://127.0.0.1/x",
-            "--checkpoint-dir",
-            "/tmp/unused",
-            "--trigger",
-            "soonish",
-        ])
-        .output()?;
+    let out = run_with_bad_option(&["--trigger", "soonish"])?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--trigger") && stderr.contains("soonish"), "{stderr}");
