@@ -62,11 +62,6 @@ impl BatchPlan {
         self.batch_timestamp_ms.div_euclid(1000)
     }
 
-    /// Total number of offsets the batch covers.
-    pub fn num_offsets(&self) -> i64 {
-        self.ranges.iter().map(OffsetRange::len).sum()
-    }
-
     /// The end offset of every partition, i.e. where the next batch starts.
     pub fn end_offsets(&self) -> Vec<(i32, i64)> {
         self.ranges.iter().map(|r| (r.partition, r.end)).collect()
@@ -90,7 +85,6 @@ mod tests {
             subscribers_snapshot: "s".into(),
         };
         assert_eq!(plan.now_seconds(), 1_659_304_828);
-        assert_eq!(plan.num_offsets(), 4);
         assert_eq!(plan.end_offsets(), vec![(0, 9), (1, 2)]);
     }
 }

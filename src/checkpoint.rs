@@ -109,11 +109,6 @@ impl CheckpointStore {
         &self.query_id
     }
 
-    /// The directory this store writes to.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Finds the last committed batch and a pending one, if any.
     pub fn resume(&self) -> Result<Resume> {
         let Some(latest) = self.latest_id("offsets")? else {

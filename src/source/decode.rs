@@ -66,11 +66,6 @@ impl RawBatch {
         self.positions.is_empty()
     }
 
-    /// Total payload bytes.
-    pub fn num_bytes(&self) -> usize {
-        self.bytes.len()
-    }
-
     fn payloads(&self) -> impl Iterator<Item = Option<&[u8]>> {
         let mut start = 0;
         self.ends.iter().map(move |end| {
