@@ -118,8 +118,9 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_KAFKA_TIMEOUT", default_value = "30s")]
     pub kafka_timeout: String,
 
-    /// How many times a batch that failed on a retryable error (broker or
-    /// database unreachable) is run again before sparklet exits.
+    /// How many times a trigger (planning or its batch) that failed on a
+    /// transient error (a timeout, a broker or database away, a lost
+    /// connection) is retried, with back-off, before sparklet exits.
     #[arg(long, env = "SPARKLET_MAX_RETRIES", default_value_t = 5)]
     pub max_retries: u32,
 
