@@ -84,6 +84,7 @@ impl DataLossDetected<'_> {
 pub(crate) struct SubscribersLoaded<'a> {
     pub snapshot: &'a str,
     pub rows: usize,
+    pub duplicates_dropped: usize,
     pub elapsed_ms: u128,
 }
 
@@ -92,6 +93,7 @@ impl SubscribersLoaded<'_> {
         tracing::info!(
             snapshot = self.snapshot,
             rows = self.rows,
+            duplicates_dropped = self.duplicates_dropped,
             elapsed_ms = self.elapsed_ms as u64,
             "subscribers cache loaded"
         );

@@ -67,6 +67,8 @@ pub(crate) struct SubscribersProgress {
     pub snapshot: String,
     pub num_rows: u64,
     pub age_ms: u64,
+    /// Repeated (client, restaurant) pairs left out of the cache.
+    pub duplicates_dropped: u64,
 }
 
 /// Progress of one batch.
@@ -129,6 +131,7 @@ impl BatchProgress {
                 snapshot: r.subscribers.id.clone(),
                 num_rows: r.subscribers.num_rows() as u64,
                 age_ms: ms(r.subscribers.age()),
+                duplicates_dropped: r.subscribers.duplicates_dropped as u64,
             },
         }
     }
@@ -245,7 +248,7 @@ mod tests {
             duration_ms: DurationMs::default(),
             sources: Vec::new(),
             sinks: vec![SinkProgress { description: "kafka".into(), num_output_rows: output, skipped: false }],
-            subscribers: SubscribersProgress { snapshot: "s".into(), num_rows: subscribers, age_ms: 0 },
+            subscribers: SubscribersProgress { snapshot: "s".into(), num_rows: subscribers, ..Default::default() },
         }
     }
 

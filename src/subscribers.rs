@@ -33,6 +33,9 @@ pub struct Subscribers {
     pub id: String,
     /// When this version was read from Postgres (or from its snapshot).
     pub loaded_at: Instant,
+    /// Repeated (client, restaurant) pairs left out when this version was
+    /// loaded: a favourite saved twice must not notify twice.
+    pub duplicates_dropped: usize,
 }
 
 impl Subscribers {
@@ -50,7 +53,7 @@ impl Subscribers {
         let batch = RecordBatch::try_new(crate::schema::subscribers(), columns)
             .map_err(|e| Error::arrow("building the subscribers table", e))?;
         let id = format!("{:016x}-{}", hasher.finish(), batch.num_rows());
-        Ok(Subscribers { batch, id, loaded_at: Instant::now() })
+        Ok(Subscribers { batch, id, loaded_at: Instant::now(), duplicates_dropped: 0 })
     }
 
     /// Number of (client, restaurant) rows.
@@ -78,19 +81,35 @@ pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribe
             missing_table_hint(&e, sql_dir)
         ),
     })?;
-    let mut clients = Vec::with_capacity(rows.len());
-    let mut restaurants = Vec::with_capacity(rows.len());
+    let mut pairs = Vec::with_capacity(rows.len());
     for row in &rows {
         let pair =
             row.try_get::<_, String>("client_id").and_then(|c| Ok((c, row.try_get::<_, String>("restaurant_id")?)));
-        let (client_id, restaurant_id) = pair.map_err(|e| Error::Sql {
+        pairs.push(pair.map_err(|e| Error::Sql {
             path: path.clone(),
             message: format!("must return non-null text columns client_id and restaurant_id: {e}"),
-        })?;
-        clients.push(client_id);
-        restaurants.push(restaurant_id);
+        })?);
     }
-    Subscribers::from_rows(clients, restaurants)
+    drop(rows);
+    let (pairs, duplicates_dropped) = distinct(pairs);
+    let (clients, restaurants) = pairs.into_iter().unzip();
+    let mut subscribers = Subscribers::from_rows(clients, restaurants)?;
+    subscribers.duplicates_dropped = duplicates_dropped;
+    Ok(subscribers)
+}
+
+/// The pairs without repeats (first occurrence kept, order kept) and the
+/// number of repeats left out. `subscribers_restaurants` has no unique key on
+/// (client_id, restaurant_id), so a favourite saved twice appears twice.
+fn distinct(pairs: Vec<(String, String)>) -> (Vec<(String, String)>, usize) {
+    let keep: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+        pairs.iter().map(|(c, r)| seen.insert((c.as_str(), r.as_str()))).collect()
+    };
+    let total = pairs.len();
+    let kept: Vec<(String, String)> = pairs.into_iter().zip(keep).filter(|(_, k)| *k).map(|(p, _)| p).collect();
+    let dropped = total - kept.len();
+    (kept, dropped)
 }
 
 /// Saves `subs` under `dir` unless a snapshot with its id is already there.
@@ -119,7 +138,7 @@ pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
     }
     let batch = arrow::compute::concat_batches(&crate::schema::subscribers(), &batches)
         .map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
-    Ok(Subscribers { batch, id: id.to_string(), loaded_at: Instant::now() })
+    Ok(Subscribers { batch, id: id.to_string(), loaded_at: Instant::now(), duplicates_dropped: 0 })
 }
 
 /// Deletes snapshots whose id is not in `keep`.
@@ -189,6 +208,14 @@ mod tests {
             rows.iter().map(|r| r.1.to_string()).collect(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_pair_saved_twice_is_kept_once() {
+        let p = |c: &str, r: &str| (c.to_string(), r.to_string());
+        let (kept, dropped) = distinct(vec![p("c1", "r1"), p("c2", "r1"), p("c1", "r1"), p("c1", "r2")]);
+        assert_eq!(kept, vec![p("c1", "r1"), p("c2", "r1"), p("c1", "r2")]);
+        assert_eq!(dropped, 1);
     }
 
     #[test]

@@ -257,8 +257,13 @@ async fn load_subscribers(config: &Config, checkpoint: &CheckpointStore) -> Resu
     let started = Instant::now();
     let subs = subscribers::load(&config.postgres, &config.sql_dir).await?;
     subscribers::save_snapshot(&checkpoint.snapshots_dir(), &subs)?;
-    events::SubscribersLoaded { snapshot: &subs.id, rows: subs.num_rows(), elapsed_ms: started.elapsed().as_millis() }
-        .emit();
+    events::SubscribersLoaded {
+        snapshot: &subs.id,
+        rows: subs.num_rows(),
+        duplicates_dropped: subs.duplicates_dropped,
+        elapsed_ms: started.elapsed().as_millis(),
+    }
+    .emit();
     Ok(subs)
 }
 

@@ -215,6 +215,24 @@ async fn subscribers_cache_is_reloaded_every_refresh_interval() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_favourite_saved_twice_notifies_once() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &["c1", "c2", "c1"]).await?;
+    job.kafka.produce(&job.input, 0, &[example_message()])?;
+    let progress = job.checkpoint.path().join("progress.jsonl");
+    job.run_available_now(&["--progress-json", progress.to_str().unwrap()]).await?;
+    let mut clients: Vec<String> =
+        job.db.feedback().await?.iter().map(|r| r["client_id"].as_str().unwrap().to_string()).collect();
+    clients.sort();
+    assert_eq!(clients, ["c1", "c2"]);
+    assert_eq!(job.output_messages()?.len(), 2);
+    let record: Value = serde_json::from_str(std::fs::read_to_string(&progress)?.lines().next().unwrap())?;
+    assert_eq!(record["subscribers"]["numRows"], 2);
+    assert_eq!(record["subscribers"]["duplicatesDropped"], 1);
+    Ok(())
+}
+
 async fn wait_for_rows(job: &Job, n: usize) -> Result<()> {
     for _ in 0..200 {
         if job.db.feedback().await?.len() >= n {
