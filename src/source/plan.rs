@@ -54,8 +54,10 @@ pub(crate) fn start_offsets(
 
 /// Ranges from each start to the partition's high watermark, with at most
 /// `cap` offsets in total, shared in proportion to each partition's backlog
-/// (as Spark's `maxOffsetsPerTrigger`). Every partition gets a range, empty
-/// ones included.
+/// (as Spark's `maxOffsetsPerTrigger`). Every partition with a backlog gets
+/// at least one offset, so a small cap never starves a partition (Spark's
+/// rule; the total may then exceed the cap by up to one offset per
+/// partition). Every partition gets a range, empty ones included.
 pub(crate) fn ranges(starts: &[(i32, i64)], watermarks: &[Watermarks], cap: Option<u64>) -> Vec<OffsetRange> {
     let highs: HashMap<i32, i64> = watermarks.iter().map(|w| (w.partition, w.high)).collect();
     let mut ranges: Vec<OffsetRange> = starts
@@ -73,8 +75,8 @@ pub(crate) fn ranges(starts: &[(i32, i64)], watermarks: &[Watermarks], cap: Opti
     if backlog <= cap {
         return ranges;
     }
-    let mut granted: Vec<i64> =
-        ranges.iter().map(|r| ((r.len() as i128 * cap as i128) / backlog as i128) as i64).collect();
+    let share = |r: &OffsetRange| ((r.len() as i128 * cap as i128) / backlog as i128) as i64;
+    let mut granted: Vec<i64> = ranges.iter().map(|r| share(r).max(1).min(r.len())).collect();
     // Hand out what integer division left over, one offset at a time.
     let mut left = cap - granted.iter().sum::<i64>();
     while left > 0 {
@@ -138,7 +140,19 @@ mod tests {
         let r = ranges(&[(0, 0), (1, 0), (2, 0)], &[w(0, 0, 90), w(1, 0, 10), w(2, 0, 0)], Some(10));
         let lens: Vec<i64> = r.iter().map(OffsetRange::len).collect();
         assert_eq!(lens, vec![9, 1, 0]);
-        let r = ranges(&[(0, 0), (1, 0)], &[w(0, 0, 1), w(1, 0, 1)], Some(1));
-        assert_eq!(r.iter().map(OffsetRange::len).sum::<i64>(), 1);
+        let r = ranges(&[(0, 0), (1, 0)], &[w(0, 0, 100), w(1, 0, 100)], Some(11));
+        assert_eq!(r.iter().map(OffsetRange::len).sum::<i64>(), 11);
+    }
+
+    #[test]
+    fn a_small_cap_never_starves_a_partition() {
+        let marks = [w(0, 0, 1000), w(1, 0, 5), w(2, 0, 5), w(3, 0, 0)];
+        let mut starts = vec![(0, 0), (1, 0), (2, 0), (3, 0)];
+        for _ in 0..3 {
+            let r = ranges(&starts, &marks, Some(2));
+            let lens: Vec<i64> = r.iter().map(OffsetRange::len).collect();
+            assert_eq!(lens, vec![1, 1, 1, 0], "every partition with a backlog moves");
+            starts = r.iter().map(|r| (r.partition, r.end)).collect();
+        }
     }
 }
