@@ -32,6 +32,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another process owns the checkpoint directory.
+    #[error(
+        "checkpoint: {dir} is in use by another sparklet process ({holder}); stop it first, or give this query another --checkpoint-dir"
+    )]
+    CheckpointInUse { dir: PathBuf, holder: String },
+
+    /// A file that is only ever created already exists: another process wrote
+    /// it, so this one no longer owns the query.
+    #[error(
+        "checkpoint: {path} already exists; another process wrote it, so this one does not own the query any more"
+    )]
+    CheckpointConflict { path: PathBuf },
+
     /// A checkpoint file exists but cannot be understood.
     #[error("checkpoint: {path} is not a valid sparklet checkpoint file")]
     CheckpointFormat {

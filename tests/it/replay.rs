@@ -34,6 +34,7 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
         subscribers_snapshot: subs.id.clone(),
     })?;
 
+    drop(store); // the run takes the checkpoint's lock
     let summary = job.run_available_now(&[]).await?;
     assert_eq!(summary.last_batch_id, Some(1), "batch 0 replayed, then batch 1 for offset 1");
     let messages = job.output_messages()?;
@@ -49,6 +50,6 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
     let rows = job.db.feedback().await?;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["trigger_datetime_created"] == t0));
-    assert!(store.read_commit(0)?.is_some());
+    assert!(CheckpointStore::open(job.checkpoint.path())?.read_commit(0)?.is_some());
     Ok(())
 }

@@ -60,3 +60,30 @@ async fn restarts_at_every_stage_of_a_query() -> Result<()> {
     assert_exactly_once(&job, &expected_pairs(&all, &clients)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_checkpoint_exits_naming_the_first() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    let mut first = spawn(&job, &["--trigger", "1s"], None)?;
+    let _log = LogOnFailure(&job);
+    for _ in 0..500 {
+        if child_log(&job).contains("query started") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second =
+        std::process::Command::new(env!("CARGO_BIN_EXE_sparklet")).args(job.args(&["--trigger", "1s"])).output()?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    ensure!(!second.status.success(), "{stderr}");
+    ensure!(stderr.contains("is in use by another sparklet process"), "{stderr}");
+    ensure!(stderr.contains(&format!("pid {}", first.id())), "names the holder: {stderr}");
+    ensure!(first.try_wait()?.is_none(), "the first instance runs on");
+    signal(&first, "TERM")?;
+    ensure!(wait(&mut first, Duration::from_secs(30))?.success());
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "after", 0, FOREVER)])?;
+    run_ok(&job, &["--trigger", "available-now"])?;
+    assert_exactly_once(&job, &expected_pairs(&["after".into()], &["c1".to_string()])).await?;
+    Ok(())
+}

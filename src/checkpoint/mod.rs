@@ -10,7 +10,9 @@
 //!
 //! Every file is versioned and written atomically (tmp file, fsync, rename,
 //! fsync of the directory), so a crash leaves either the old state or the new
-//! one, never half a file. On start, `offsets/N` without `commits/N` means
+//! one, never half a file. `metadata` and `offsets/N` are created, never
+//! replaced. One process owns the directory at a time (`.lock`, see
+//! [`lock`]). On start, `offsets/N` without `commits/N` means
 //! batch N was planned but not finished: it is run again with the same plan.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +24,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::batch::{BatchId, BatchPlan};
 use crate::error::{Error, Result};
+
+mod lock;
+
+use lock::DirLock;
 
 /// Versioned content of `metadata`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -78,16 +84,21 @@ pub struct Resume {
     pub pending: Option<BatchPlan>,
 }
 
-/// Reads and writes one query's checkpoint directory.
+/// Reads and writes one query's checkpoint directory, which it owns (holds
+/// its lock) for as long as it lives.
 #[derive(Debug)]
 pub struct CheckpointStore {
     dir: PathBuf,
     query_id: String,
+    _lock: DirLock,
 }
 
 impl CheckpointStore {
-    /// Opens `dir`, creating it and a new query id if it is empty.
+    /// Opens `dir`, creating it and a new query id if it is empty. Fails at
+    /// once, naming the holder, if another process owns the directory.
     pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let lock = DirLock::acquire(dir)?;
         for sub in ["offsets", "commits", "snapshots", "sources"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
@@ -98,10 +109,10 @@ impl CheckpointStore {
             id
         } else {
             let id = uuid::Uuid::new_v4().to_string();
-            write_atomic(&meta_path, &MetadataFile::V1 { id: id.clone() })?;
+            write_new(&meta_path, &MetadataFile::V1 { id: id.clone() })?;
             id
         };
-        Ok(CheckpointStore { dir: dir.to_path_buf(), query_id })
+        Ok(CheckpointStore { dir: dir.to_path_buf(), query_id, _lock: lock })
     }
 
     /// The query id from `metadata`: stable across restarts.
@@ -124,9 +135,10 @@ impl CheckpointStore {
         Ok(Resume { last_committed, pending: Some(self.read_offsets(latest)?) })
     }
 
-    /// Write-ahead: records the plan of a batch before it runs.
+    /// Write-ahead: records the plan of a batch before it runs. An existing
+    /// `offsets/N` is never overwritten: a plan, once written, is the batch.
     pub fn write_offsets(&self, plan: &BatchPlan) -> Result<()> {
-        write_atomic(&self.offsets_path(plan.batch_id), &OffsetsFile::V1(plan.clone()))
+        write_new(&self.offsets_path(plan.batch_id), &OffsetsFile::V1(plan.clone()))
     }
 
     /// Reads the plan of batch `id`.
@@ -228,9 +240,29 @@ pub fn is_checkpoint(dir: &Path) -> bool {
     let only_ours = entries.filter_map(|e| e.ok()).all(|e| {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        CHECKPOINT_ENTRIES.contains(&name.as_ref()) || (name.starts_with('.') && name.ends_with(".tmp"))
+        CHECKPOINT_ENTRIES.contains(&name.as_ref())
+            || name == lock::LOCK_FILE
+            || (name.starts_with('.') && name.ends_with(".tmp"))
     });
     only_ours && read_json::<MetadataFile>(&dir.join("metadata")).is_ok()
+}
+
+/// Creates `path` holding `value` as JSON, atomically, failing if it exists:
+/// tmp file, fsync, hard link into place (which refuses an existing name),
+/// fsync of the parent directory.
+fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })?;
+    let tmp = write_tmp(path, &bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::CheckpointConflict { path: path.to_path_buf() })
+        }
+        other => other.map_err(io_err("creating", path))?,
+    }
+    sync_parent(path)
 }
 
 /// Writes `value` as JSON to `path` atomically: tmp file, fsync, rename,
@@ -243,13 +275,22 @@ pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically (see [`write_atomic`]).
 pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_tmp(path, bytes)?;
+    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+    sync_parent(path)
+}
+
+/// Writes and syncs `.<name>.tmp` beside `path`; returns its path.
+fn write_tmp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
     file.write_all(bytes).map_err(io_err("writing", &tmp))?;
     file.sync_all().map_err(io_err("syncing", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+    Ok(tmp)
+}
+
+fn sync_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         let dir = fs::File::open(parent).map_err(io_err("opening", parent))?;
         dir.sync_all().map_err(io_err("syncing", parent))?;
@@ -268,143 +309,4 @@ pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::batch::OffsetRange;
-
-    fn plan(id: BatchId, end: i64) -> BatchPlan {
-        BatchPlan {
-            batch_id: id,
-            batch_timestamp_ms: 1_000 * id as i64,
-            topic: "in".into(),
-            ranges: vec![OffsetRange { partition: 0, start: 0, end }],
-            subscribers_snapshot: "snap".into(),
-        }
-    }
-
-    fn commit(id: BatchId) -> BatchCommit {
-        BatchCommit { batch_id: id, committed_at_ms: 1, num_output_rows: 2 }
-    }
-
-    #[test]
-    fn every_file_kind_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        let reopened = CheckpointStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.query_id(), store.query_id(), "metadata");
-
-        store.write_offsets(&plan(7, 42)).unwrap();
-        assert_eq!(reopened.read_offsets(7).unwrap(), plan(7, 42), "offsets/N");
-
-        store.write_commit(&commit(7)).unwrap();
-        assert_eq!(reopened.read_commit(7).unwrap(), Some(commit(7)), "commits/N");
-
-        let starts = HashMap::from([(0, 5), (1, 0), (12, 1 << 40)]);
-        store.write_initial_offsets(&starts).unwrap();
-        assert_eq!(reopened.initial_offsets().unwrap(), Some(starts), "sources/0");
-    }
-
-    #[test]
-    fn reads_sources_file_written_by_release_0_1_0() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        // Byte for byte what sparklet 0.1.0 wrote (and could not read back).
-        let old = "{\n  \"version\": \"1\",\n  \"offsets\": {\n    \"0\": 3,\n    \"2\": 0\n  }\n}";
-        fs::write(dir.path().join("sources/0"), old).unwrap();
-        assert_eq!(store.initial_offsets().unwrap(), Some(HashMap::from([(0, 3), (2, 0)])));
-    }
-
-    #[test]
-    fn sources_file_with_a_bad_partition_id_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        fs::write(dir.path().join("sources/0"), r#"{"version":"1","offsets":{"x":3}}"#).unwrap();
-        let err = store.initial_offsets().unwrap_err().chain().to_string();
-        assert!(err.contains("sources/0") && err.contains("'x'"), "{err}");
-    }
-
-    #[test]
-    fn only_a_checkpoint_is_recognised_as_one() {
-        let dir = tempfile::tempdir().unwrap();
-        CheckpointStore::open(dir.path()).unwrap();
-        assert!(is_checkpoint(dir.path()));
-        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-        assert!(!is_checkpoint(dir.path()), "a foreign file");
-        let other = tempfile::tempdir().unwrap();
-        fs::write(other.path().join("metadata"), b"{}").unwrap();
-        assert!(!is_checkpoint(other.path()), "a metadata file that is not ours");
-        assert!(!is_checkpoint(&other.path().join("absent")));
-    }
-
-    #[test]
-    fn keeps_query_id_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = CheckpointStore::open(dir.path()).unwrap();
-        let second = CheckpointStore::open(dir.path()).unwrap();
-        assert_eq!(first.query_id(), second.query_id());
-    }
-
-    #[test]
-    fn empty_checkpoint_resumes_from_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        assert_eq!(store.resume().unwrap(), Resume::default());
-    }
-
-    #[test]
-    fn offsets_without_commit_is_pending() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        store.write_offsets(&plan(0, 5)).unwrap();
-        store.write_commit(&commit(0)).unwrap();
-        store.write_offsets(&plan(1, 9)).unwrap();
-        let resume = CheckpointStore::open(dir.path()).unwrap().resume().unwrap();
-        assert_eq!(resume.last_committed, Some(plan(0, 5)));
-        assert_eq!(resume.pending, Some(plan(1, 9)));
-    }
-
-    #[test]
-    fn committed_batch_is_not_pending_and_tmp_files_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        store.write_offsets(&plan(0, 5)).unwrap();
-        store.write_commit(&commit(0)).unwrap();
-        fs::write(dir.path().join("offsets/.1.tmp"), b"{half").unwrap();
-        let resume = store.resume().unwrap();
-        assert_eq!(resume.last_committed, Some(plan(0, 5)));
-        assert_eq!(resume.pending, None);
-        assert_eq!(store.read_commit(0).unwrap(), Some(commit(0)));
-    }
-
-    #[test]
-    fn files_are_versioned_json() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        store.write_offsets(&plan(0, 5)).unwrap();
-        let text = fs::read_to_string(dir.path().join("offsets/0")).unwrap();
-        assert!(text.contains("\"version\": \"1\""), "{text}");
-        assert!(text.contains("\"batchTimestampMs\": 0"), "{text}");
-    }
-
-    #[test]
-    fn corrupt_file_names_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        fs::write(dir.path().join("offsets/0"), b"not json").unwrap();
-        let err = store.resume().unwrap_err().to_string();
-        assert!(err.contains("offsets/0"), "{err}");
-    }
-
-    #[test]
-    fn purge_keeps_recent_batches() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
-        for id in 0..5 {
-            store.write_offsets(&plan(id, id as i64)).unwrap();
-            store.write_commit(&commit(id)).unwrap();
-        }
-        store.purge_before(3).unwrap();
-        assert!(store.read_commit(2).unwrap().is_none());
-        assert_eq!(store.resume().unwrap().last_committed, Some(plan(4, 4)));
-    }
-}
+mod tests;

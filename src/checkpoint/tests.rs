@@ -1,0 +1,164 @@
+//! Unit tests of the checkpoint files: each kind round-trips, old files are
+//! read, one owner at a time.
+
+use super::*;
+use crate::batch::OffsetRange;
+
+fn plan(id: BatchId, end: i64) -> BatchPlan {
+    BatchPlan {
+        batch_id: id,
+        batch_timestamp_ms: 1_000 * id as i64,
+        topic: "in".into(),
+        ranges: vec![OffsetRange { partition: 0, start: 0, end }],
+        subscribers_snapshot: "snap".into(),
+    }
+}
+
+fn commit(id: BatchId) -> BatchCommit {
+    BatchCommit { batch_id: id, committed_at_ms: 1, num_output_rows: 2 }
+}
+
+#[test]
+fn every_file_kind_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    let id = store.query_id().to_string();
+    let starts = HashMap::from([(0, 5), (1, 0), (12, 1 << 40)]);
+    store.write_offsets(&plan(7, 42)).unwrap();
+    store.write_commit(&commit(7)).unwrap();
+    store.write_initial_offsets(&starts).unwrap();
+    drop(store);
+
+    let reopened = CheckpointStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.query_id(), id, "metadata");
+    assert_eq!(reopened.read_offsets(7).unwrap(), plan(7, 42), "offsets/N");
+    assert_eq!(reopened.read_commit(7).unwrap(), Some(commit(7)), "commits/N");
+    assert_eq!(reopened.initial_offsets().unwrap(), Some(starts), "sources/0");
+}
+
+#[test]
+fn reads_sources_file_written_by_release_0_1_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    // Byte for byte what sparklet 0.1.0 wrote (and could not read back).
+    let old = "{\n  \"version\": \"1\",\n  \"offsets\": {\n    \"0\": 3,\n    \"2\": 0\n  }\n}";
+    fs::write(dir.path().join("sources/0"), old).unwrap();
+    assert_eq!(store.initial_offsets().unwrap(), Some(HashMap::from([(0, 3), (2, 0)])));
+}
+
+#[test]
+fn sources_file_with_a_bad_partition_id_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    fs::write(dir.path().join("sources/0"), r#"{"version":"1","offsets":{"x":3}}"#).unwrap();
+    let err = store.initial_offsets().unwrap_err().chain().to_string();
+    assert!(err.contains("sources/0") && err.contains("'x'"), "{err}");
+}
+
+#[test]
+fn only_a_checkpoint_is_recognised_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    CheckpointStore::open(dir.path()).unwrap();
+    assert!(is_checkpoint(dir.path()));
+    fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    assert!(!is_checkpoint(dir.path()), "a foreign file");
+    let other = tempfile::tempdir().unwrap();
+    fs::write(other.path().join("metadata"), b"{}").unwrap();
+    assert!(!is_checkpoint(other.path()), "a metadata file that is not ours");
+    assert!(!is_checkpoint(&other.path().join("absent")));
+}
+
+#[test]
+fn keeps_query_id_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = CheckpointStore::open(dir.path()).unwrap().query_id().to_string();
+    let second = CheckpointStore::open(dir.path()).unwrap().query_id().to_string();
+    assert_eq!(first, second);
+}
+
+#[test]
+fn empty_checkpoint_resumes_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    assert_eq!(store.resume().unwrap(), Resume::default());
+}
+
+#[test]
+fn offsets_without_commit_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    store.write_offsets(&plan(0, 5)).unwrap();
+    store.write_commit(&commit(0)).unwrap();
+    store.write_offsets(&plan(1, 9)).unwrap();
+    drop(store);
+    let resume = CheckpointStore::open(dir.path()).unwrap().resume().unwrap();
+    assert_eq!(resume.last_committed, Some(plan(0, 5)));
+    assert_eq!(resume.pending, Some(plan(1, 9)));
+}
+
+#[test]
+fn committed_batch_is_not_pending_and_tmp_files_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    store.write_offsets(&plan(0, 5)).unwrap();
+    store.write_commit(&commit(0)).unwrap();
+    fs::write(dir.path().join("offsets/.1.tmp"), b"{half").unwrap();
+    let resume = store.resume().unwrap();
+    assert_eq!(resume.last_committed, Some(plan(0, 5)));
+    assert_eq!(resume.pending, None);
+    assert_eq!(store.read_commit(0).unwrap(), Some(commit(0)));
+}
+
+#[test]
+fn files_are_versioned_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    store.write_offsets(&plan(0, 5)).unwrap();
+    let text = fs::read_to_string(dir.path().join("offsets/0")).unwrap();
+    assert!(text.contains("\"version\": \"1\""), "{text}");
+    assert!(text.contains("\"batchTimestampMs\": 0"), "{text}");
+}
+
+#[test]
+fn corrupt_file_names_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    fs::write(dir.path().join("offsets/0"), b"not json").unwrap();
+    let err = store.resume().unwrap_err().to_string();
+    assert!(err.contains("offsets/0"), "{err}");
+}
+
+#[test]
+fn purge_keeps_recent_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    for id in 0..5 {
+        store.write_offsets(&plan(id, id as i64)).unwrap();
+        store.write_commit(&commit(id)).unwrap();
+    }
+    store.purge_before(3).unwrap();
+    assert!(store.read_commit(2).unwrap().is_none());
+    assert_eq!(store.resume().unwrap().last_committed, Some(plan(4, 4)));
+}
+
+#[test]
+fn a_second_owner_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = CheckpointStore::open(dir.path()).unwrap();
+    let err = CheckpointStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("in use by another sparklet process"), "{err}");
+    assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+    drop(first);
+    CheckpointStore::open(dir.path()).unwrap();
+}
+
+#[test]
+fn an_existing_plan_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    store.write_offsets(&plan(3, 5)).unwrap();
+    let err = store.write_offsets(&plan(3, 9)).unwrap_err().to_string();
+    assert!(err.contains("offsets/3") && err.contains("already exists"), "{err}");
+    assert_eq!(store.read_offsets(3).unwrap(), plan(3, 5));
+    assert!(!dir.path().join("offsets/.3.tmp").exists(), "no tmp file left");
+}
