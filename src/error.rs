@@ -45,6 +45,10 @@ pub enum Error {
     )]
     CheckpointConflict { path: PathBuf },
 
+    /// The checkpoint belongs to a query with other settings.
+    #[error("checkpoint: {0}")]
+    CheckpointMismatch(String),
+
     /// A checkpoint file exists but cannot be understood.
     #[error("checkpoint: {path} is not a valid sparklet checkpoint file")]
     CheckpointFormat {

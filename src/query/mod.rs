@@ -68,7 +68,7 @@ impl Query {
         crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
         let (postgres, kafka) = connect_sinks(&config, &query_id, &source).await?;
-        let offsets = OffsetState::resume(&checkpoint)?;
+        let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
         tracing::info!(
             query_id = %query_id,
             checkpoint = %config.checkpoint_dir.display(),

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::batch::{epoch_ms, BatchId, BatchPlan};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Trigger;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events;
 use crate::source::plan::{self, Watermarks};
 use crate::subscribers;
@@ -42,9 +42,19 @@ struct Planned {
 }
 
 impl OffsetState {
-    /// Reads where the checkpoint stands.
-    pub(crate) fn resume(checkpoint: &CheckpointStore) -> Result<Self> {
+    /// Reads where the checkpoint stands. A checkpoint whose batches read
+    /// another topic than `topic` is refused: its offsets mean nothing here.
+    pub(crate) fn resume(checkpoint: &CheckpointStore, topic: &str) -> Result<Self> {
         let resume = checkpoint.resume()?;
+        for plan in resume.last_committed.iter().chain(&resume.pending) {
+            if plan.topic != topic {
+                return Err(Error::CheckpointMismatch(format!(
+                    "batch {} of this checkpoint read topic '{}', but --input-topic is '{topic}'; \
+                     use the original topic, or a new --checkpoint-dir to start a new query",
+                    plan.batch_id, plan.topic
+                )));
+            }
+        }
         let mut state = OffsetState { pending: resume.pending, ..Default::default() };
         if let Some(last) = &resume.last_committed {
             state.advance_past(last);

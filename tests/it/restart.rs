@@ -87,3 +87,19 @@ async fn a_second_instance_on_the_same_checkpoint_exits_naming_the_first() -> Re
     assert_exactly_once(&job, &expected_pairs(&["after".into()], &["c1".to_string()])).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_another_input_topic_is_refused() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "first", 0, FOREVER)])?;
+    job.run_available_now(&[]).await?;
+    let other = unique("other_in");
+    job.kafka.create_topic(&other, 1)?;
+    let err = match job.run_available_now(&["--input-topic", &other]).await {
+        Ok(summary) => anyhow::bail!("expected a refusal, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains(&job.input) && err.contains(&other) && err.contains("--checkpoint-dir"), "{err}");
+    Ok(())
+}
