@@ -113,6 +113,12 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH", default_value = "60s")]
     pub subscribers_refresh: String,
 
+    /// How old the subscribers cache may grow while reloads fail (the
+    /// database away) before sparklet stops with an error rather than join
+    /// with stale data. Must be longer than --subscribers-refresh.
+    #[arg(long, env = "SPARKLET_SUBSCRIBERS_MAX_STALENESS", default_value = "1h")]
+    pub subscribers_max_staleness: String,
+
     /// Timeout of one Kafka request (metadata, offsets, a transaction step) and
     /// of reading a batch's ranges.
     #[arg(long, env = "SPARKLET_KAFKA_TIMEOUT", default_value = "30s")]

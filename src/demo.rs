@@ -107,6 +107,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         max_offsets_per_trigger: Some(8),
         kafka_options: Vec::new(),
         subscribers_refresh: "60s".into(),
+        subscribers_max_staleness: "1h".into(),
         kafka_timeout: "10s".into(),
         max_retries: 2,
         guarantee: "exactly-once".into(),

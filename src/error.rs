@@ -112,6 +112,12 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The subscribers cache could not be reloaded for longer than allowed.
+    #[error(
+        "subscribers: the cache is {age_s} s old and reloading it keeps failing (--subscribers-max-staleness {max}); last failure: {cause}"
+    )]
+    SubscribersStale { age_s: u64, max: String, cause: String },
+
     /// Building or encoding Arrow data failed.
     #[error("arrow: {context}")]
     Arrow {

@@ -86,6 +86,8 @@ pub struct Config {
     pub starting_offsets: StartingOffsets,
     pub max_offsets_per_trigger: Option<u64>,
     pub subscribers_refresh: Duration,
+    /// A cache older than this (reloads failing) stops the run.
+    pub subscribers_max_staleness: Duration,
     pub max_retries: u32,
     pub guarantee: Guarantee,
     pub progress_json: Option<PathBuf>,
@@ -124,6 +126,19 @@ impl TryFrom<RunArgs> for Config {
                 "must be at least 1 (a replay needs the last batch), got 0",
             ));
         }
+        let subscribers_refresh =
+            parse_bounded_duration("--subscribers-refresh", &args.subscribers_refresh, SUBSCRIBERS_REFRESH_RANGE)?;
+        let subscribers_max_staleness = parse_duration("--subscribers-max-staleness", &args.subscribers_max_staleness)?;
+        if subscribers_max_staleness <= subscribers_refresh {
+            return Err(Error::config(
+                "--subscribers-max-staleness",
+                format!(
+                    "'{}' must be longer than --subscribers-refresh ({})",
+                    args.subscribers_max_staleness.trim(),
+                    humantime::format_duration(subscribers_refresh)
+                ),
+            ));
+        }
         Ok(Config {
             kafka,
             postgres: PostgresConfig::parse(&args.database_url)?.with_ca_file(args.database_ca_file)?,
@@ -132,11 +147,8 @@ impl TryFrom<RunArgs> for Config {
             trigger: args.trigger.parse()?,
             starting_offsets: args.starting_offsets.parse()?,
             max_offsets_per_trigger: args.max_offsets_per_trigger,
-            subscribers_refresh: parse_bounded_duration(
-                "--subscribers-refresh",
-                &args.subscribers_refresh,
-                SUBSCRIBERS_REFRESH_RANGE,
-            )?,
+            subscribers_refresh,
+            subscribers_max_staleness,
             max_retries: args.max_retries,
             guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
@@ -213,12 +225,13 @@ impl Config {
         let max_offsets = self.max_offsets_per_trigger.map_or("unlimited".to_string(), |n| n.to_string());
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
-             --subscribers-refresh {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
+             --subscribers-refresh {} --subscribers-max-staleness {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
              --bootstrap-servers {} --input-topic {} --output-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
             humantime::format_duration(self.subscribers_refresh),
+            humantime::format_duration(self.subscribers_max_staleness),
             humantime::format_duration(self.kafka.timeout),
             self.max_retries,
             self.min_batches_to_retain,

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::batch::{epoch_ms, BatchPlan};
 use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events;
 use crate::progress::{self, BatchProgress, BatchReport, DurationMs, SinkProgress};
 use crate::sink::kafka::KafkaSink;
@@ -221,19 +221,33 @@ impl Query {
     /// Reloads the subscribers cache once it is older than
     /// `--subscribers-refresh`. A failed reload keeps the current version
     /// (and says so): the next batches still run, with a growing
-    /// `subscribers.ageMs` in their progress.
-    async fn refresh_subscribers_if_stale(&mut self) {
-        if self.subscribers.age() < self.config.subscribers_refresh {
-            return;
+    /// `subscribers.ageMs` in their progress, until the cache is older than
+    /// `--subscribers-max-staleness`, which stops the run.
+    async fn refresh_subscribers_if_stale(&mut self) -> Result<()> {
+        let age = self.subscribers.age();
+        if age < self.config.subscribers_refresh {
+            return Ok(());
         }
-        match load_subscribers(&self.config, &self.checkpoint).await {
-            Ok(fresh) => self.subscribers = fresh,
-            Err(e) => tracing::warn!(
-                cause = %e.chain(),
-                age_s = self.subscribers.age().as_secs(),
-                "reloading the subscribers cache failed; keeping the current version"
-            ),
+        let error = match load_subscribers(&self.config, &self.checkpoint).await {
+            Ok(fresh) => {
+                self.subscribers = fresh;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if age > self.config.subscribers_max_staleness {
+            return Err(Error::SubscribersStale {
+                age_s: age.as_secs(),
+                max: humantime::format_duration(self.config.subscribers_max_staleness).to_string(),
+                cause: error.chain().to_string(),
+            });
         }
+        tracing::warn!(
+            cause = %error.chain(),
+            age_s = age.as_secs(),
+            "reloading the subscribers cache failed; keeping the current version"
+        );
+        Ok(())
     }
 
     fn report_malformed(&self, plan: &BatchPlan, decoded: &Decoded) {

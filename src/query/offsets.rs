@@ -106,7 +106,7 @@ impl Query {
     /// `available-now`, by the first trigger's watermarks), with `now` and
     /// the subscribers snapshot pinned. `None` when there is no new data.
     pub(crate) async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
-        self.refresh_subscribers_if_stale().await;
+        self.refresh_subscribers_if_stale().await?;
         let started = Instant::now();
         let mut marks = self.source.watermarks().await?;
         let latest: Vec<(i32, i64)> = marks.iter().map(|w| (w.partition, w.high)).collect();

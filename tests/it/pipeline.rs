@@ -233,6 +233,24 @@ async fn a_favourite_saved_twice_notifies_once() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribers_cache_staler_than_allowed_stops_the_run() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &CLIENTS[..1]).await?;
+    let args = ["--trigger", "100ms", "--subscribers-refresh", "200ms", "--subscribers-max-staleness", "1s"];
+    let running = job.start(&args)?;
+    job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, "first", 0, i64::MAX / 2)])?;
+    wait_for_rows(&job, 1).await?;
+    job.db.client.batch_execute("ALTER TABLE subscribers_restaurants RENAME TO gone").await?;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let err = match running.stop().await {
+        Ok(summary) => anyhow::bail!("the run should have stopped on a stale cache: {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("--subscribers-max-staleness 1s") && err.contains("subscribers_restaurants"), "{err}");
+    Ok(())
+}
+
 async fn wait_for_rows(job: &Job, n: usize) -> Result<()> {
     for _ in 0..200 {
         if job.db.feedback().await?.len() >= n {
