@@ -30,6 +30,8 @@ pub struct RunSummary {
     pub input_rows: u64,
     pub output_rows: u64,
     pub malformed_rows: u64,
+    /// Campaigns whose end had passed at their batch's time.
+    pub expired_rows: u64,
     pub last_batch_id: Option<BatchId>,
     /// Attempts that failed (and were retried, or ended the run).
     pub failed_attempts: u64,
@@ -211,6 +213,7 @@ impl<B: Batches> Driver<B> {
         self.summary.input_rows += progress.num_input_rows;
         self.summary.output_rows += progress.num_output_rows;
         self.summary.malformed_rows += progress.num_malformed_rows;
+        self.summary.expired_rows += progress.num_expired_rows;
         self.summary.last_batch_id = Some(progress.batch_id);
     }
 

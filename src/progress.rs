@@ -84,6 +84,9 @@ pub(crate) struct BatchProgress {
     pub replayed: bool,
     pub num_input_rows: u64,
     pub num_malformed_rows: u64,
+    /// Campaigns of the batch whose end had passed at the batch's `now`
+    /// (e.g. expired while waiting in a backlog): valid input, no output.
+    pub num_expired_rows: u64,
     pub num_output_rows: u64,
     pub input_rows_per_second: f64,
     pub processed_rows_per_second: f64,
@@ -99,6 +102,7 @@ pub(crate) struct BatchReport<'a> {
     pub replayed: bool,
     pub input_rows: u64,
     pub malformed_rows: u64,
+    pub expired_rows: u64,
     pub output_rows: u64,
     pub durations: DurationMs,
     /// Time since the previous batch of this run started (input rate).
@@ -121,6 +125,7 @@ impl BatchProgress {
             replayed: r.replayed,
             num_input_rows: r.input_rows,
             num_malformed_rows: r.malformed_rows,
+            num_expired_rows: r.expired_rows,
             num_output_rows: r.output_rows,
             input_rows_per_second: r.since_last_trigger.map_or(0.0, |s| rate(r.input_rows, s)),
             processed_rows_per_second: rate(r.input_rows, r.elapsed),
@@ -147,12 +152,13 @@ impl BatchProgress {
             })
             .collect();
         format!(
-            "batch {}{}: {} in ({} malformed) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); \
+            "batch {}{}: {} in ({} malformed, {} expired) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); \
              {:.0} input messages/s processed; subscribers: {}, age {} s",
             self.batch_id,
             if self.replayed { " (replay)" } else { "" },
             count(self.num_input_rows, "message"),
             self.num_malformed_rows,
+            self.num_expired_rows,
             count(self.num_output_rows, "row"),
             sinks.join(", "),
             self.duration_ms.trigger_execution,
@@ -242,6 +248,7 @@ mod tests {
             replayed: false,
             num_input_rows: input,
             num_malformed_rows: 0,
+            num_expired_rows: 0,
             num_output_rows: output,
             input_rows_per_second: 0.0,
             processed_rows_per_second: 12.0,

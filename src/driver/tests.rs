@@ -63,6 +63,7 @@ fn progress(id: BatchId) -> BatchProgress {
         replayed: false,
         num_input_rows: 1,
         num_malformed_rows: 0,
+        num_expired_rows: 0,
         num_output_rows: 2,
         input_rows_per_second: 0.0,
         processed_rows_per_second: 0.0,

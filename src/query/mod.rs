@@ -127,6 +127,7 @@ impl Query {
         self.report_malformed(plan, &decoded);
         d.decode = progress::ms(t.elapsed());
 
+        let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
         let t = Instant::now();
         let output =
             self.pipeline.run(decoded.batch, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id).await?;
@@ -151,6 +152,7 @@ impl Query {
                 replayed: attempt == Attempt::Replay,
                 input_rows: num_input_rows,
                 malformed_rows: decoded.malformed.len() as u64,
+                expired_rows,
                 output_rows: num_output_rows,
                 durations: d,
                 since_last_trigger,

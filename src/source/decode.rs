@@ -5,7 +5,7 @@
 //! again message by message, to keep the good rows and name each bad one by
 //! partition and offset. A bad message never stops the batch.
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::json::reader::{Decoder, ReaderBuilder};
@@ -167,6 +167,16 @@ fn new_decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder> {
         .map_err(|e| Error::arrow("building the JSON decoder", e))
 }
 
+/// Campaigns of `batch` whose `adv_campaign_datetime_end` is before `now`
+/// (epoch seconds): they reach no subscriber, and the progress record says
+/// how many, whatever the SQL files filter.
+pub(crate) fn count_ended_before(batch: &RecordBatch, now: i64) -> u64 {
+    batch
+        .column_by_name("adv_campaign_datetime_end")
+        .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+        .map_or(0, |ends| ends.iter().flatten().filter(|end| *end < now).count() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +205,8 @@ mod tests {
         assert_eq!(ids.value(0), "123e4567-e89b-12d3-a456-426614174003");
         let end = out.batch.column(6).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(end.value(1), 2659207116);
+        assert_eq!(count_ended_before(&out.batch, 2659207116), 0, "the end itself is still valid");
+        assert_eq!(count_ended_before(&out.batch, 2659207117), 2);
     }
 
     #[test]

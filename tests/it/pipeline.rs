@@ -73,6 +73,7 @@ async fn expired_and_not_yet_started_campaigns_produce_nothing() -> Result<()> {
     )?;
     let summary = job.run_available_now(&[]).await?;
     assert_eq!((summary.input_rows, summary.output_rows), (3, 3));
+    assert_eq!(summary.expired_rows, 1, "the expired campaign is counted, not dropped without a trace");
     let ids: Vec<String> = job.output_messages()?.iter().map(|(_, v)| v["adv_campaign_id"].to_string()).collect();
     assert_eq!(ids, vec!["\"valid\""; 3]);
     assert!(job.db.feedback().await?.iter().all(|r| r["adv_campaign_id"] == "valid"));
