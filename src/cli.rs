@@ -109,6 +109,13 @@ pub struct RunArgs {
     #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';')]
     pub kafka_options: Vec<String>,
 
+    /// Stop when input offsets the next batch should read no longer exist
+    /// (deleted by retention, or the topic recreated), as Spark's
+    /// failOnDataLoss. With false, log, count and go on from the earliest
+    /// offset there is.
+    #[arg(long, env = "SPARKLET_FAIL_ON_DATA_LOSS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fail_on_data_loss: bool,
+
     /// How often the subscribers cache is reloaded from Postgres (e.g. 60s).
     #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH", default_value = "60s")]
     pub subscribers_refresh: String,

@@ -108,6 +108,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         kafka_options: Vec::new(),
         subscribers_refresh: "60s".into(),
         subscribers_max_staleness: "1h".into(),
+        fail_on_data_loss: true,
         kafka_timeout: "10s".into(),
         max_retries: 2,
         guarantee: "exactly-once".into(),

@@ -112,6 +112,14 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// Input offsets the next batch should read no longer exist (as Spark's
+    /// `failOnDataLoss=true`).
+    #[error(
+        "kafka: data loss in input topic '{topic}': {detail}{}; nothing was written. To skip the lost offsets and go on from the earliest ones, restart with --fail-on-data-loss false",
+        if *more > 0 { format!(" (and {more} more partitions)") } else { String::new() }
+    )]
+    DataLoss { topic: String, detail: String, more: usize },
+
     /// The subscribers cache could not be reloaded for longer than allowed.
     #[error(
         "subscribers: the cache is {age_s} s old and reloading it keeps failing (--subscribers-max-staleness {max}); last failure: {cause}"

@@ -58,23 +58,22 @@ impl MalformedMessage<'_> {
     }
 }
 
-/// Offsets that were deleted from the input topic before sparklet read them.
+/// Input offsets that can no longer be read, with `--fail-on-data-loss
+/// false` (otherwise the run stops with the same text).
 pub(crate) struct DataLossDetected<'a> {
     pub topic: &'a str,
-    pub partition: i32,
-    pub expected: i64,
-    pub earliest_available: i64,
+    pub loss: &'a crate::source::plan::DataLoss,
 }
 
 impl DataLossDetected<'_> {
     pub(crate) fn emit(&self) {
         tracing::error!(
             topic = self.topic,
-            partition = self.partition,
-            expected_offset = self.expected,
-            earliest_available = self.earliest_available,
-            lost = self.earliest_available - self.expected,
-            "input offsets were deleted before they were read (retention?); continuing from the earliest available"
+            partition = self.loss.partition,
+            expected_offset = self.loss.expected,
+            available = self.loss.available,
+            "data loss: {}; continuing from the earliest offset (--fail-on-data-loss false)",
+            self.loss
         );
         bump(&COUNTERS.data_loss, 1);
     }

@@ -86,6 +86,8 @@ pub struct Config {
     pub starting_offsets: StartingOffsets,
     pub max_offsets_per_trigger: Option<u64>,
     pub subscribers_refresh: Duration,
+    /// Stop on lost input offsets (Spark's `failOnDataLoss`).
+    pub fail_on_data_loss: bool,
     /// A cache older than this (reloads failing) stops the run.
     pub subscribers_max_staleness: Duration,
     pub max_retries: u32,
@@ -149,6 +151,7 @@ impl TryFrom<RunArgs> for Config {
             max_offsets_per_trigger: args.max_offsets_per_trigger,
             subscribers_refresh,
             subscribers_max_staleness,
+            fail_on_data_loss: args.fail_on_data_loss,
             max_retries: args.max_retries,
             guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
@@ -225,13 +228,14 @@ impl Config {
         let max_offsets = self.max_offsets_per_trigger.map_or("unlimited".to_string(), |n| n.to_string());
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
-             --subscribers-refresh {} --subscribers-max-staleness {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
+             --subscribers-refresh {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
              --bootstrap-servers {} --input-topic {} --output-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
             humantime::format_duration(self.subscribers_refresh),
             humantime::format_duration(self.subscribers_max_staleness),
+            self.fail_on_data_loss,
             humantime::format_duration(self.kafka.timeout),
             self.max_retries,
             self.min_batches_to_retain,

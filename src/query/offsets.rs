@@ -118,14 +118,15 @@ impl Query {
         }
         let (starts, losses) =
             plan::start_offsets(self.offsets.next_starts.as_ref(), self.config.starting_offsets, &marks);
-        for loss in losses {
-            events::DataLossDetected {
-                topic: self.source.topic(),
-                partition: loss.partition,
-                expected: loss.expected,
-                earliest_available: loss.earliest_available,
-            }
-            .emit();
+        if let Some(first) = losses.first().filter(|_| self.config.fail_on_data_loss) {
+            return Err(Error::DataLoss {
+                topic: self.source.topic().to_string(),
+                detail: first.to_string(),
+                more: losses.len() - 1,
+            });
+        }
+        for loss in &losses {
+            events::DataLossDetected { topic: self.source.topic(), loss }.emit();
         }
         let ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
         if ranges.iter().all(|r| r.is_empty()) {

@@ -17,18 +17,50 @@ pub struct Watermarks {
     pub high: i64,
 }
 
-/// A partition whose next offset to read was deleted before it was read.
+/// A partition whose next offset to read no longer exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DataLoss {
     pub partition: i32,
+    /// Where the next batch should have started.
     pub expected: i64,
-    pub earliest_available: i64,
+    /// The low watermark (deleted offsets) or the high one (backwards).
+    pub available: i64,
+    pub kind: LossKind,
+}
+
+/// How the offsets went missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LossKind {
+    /// Deleted (retention) before they were read.
+    Deleted,
+    /// The partition now ends before where it ended: the topic was deleted
+    /// and recreated, or an unclean leader election lost records.
+    Backwards,
+}
+
+impl std::fmt::Display for DataLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            LossKind::Deleted => write!(
+                f,
+                "partition {}: offsets {}..{} were deleted before they were read (retention?)",
+                self.partition, self.expected, self.available
+            ),
+            LossKind::Backwards => write!(
+                f,
+                "partition {}: the next offset was {} but the partition now ends at {} (topic recreated? \
+                 unclean leader election?)",
+                self.partition, self.expected, self.available
+            ),
+        }
+    }
 }
 
 /// Start offset per partition: the previous batch's end where there is one;
 /// otherwise `--starting-offsets` for a new query, earliest for a partition
-/// added later (Spark's rule). Offsets already deleted are skipped and
-/// reported as [`DataLoss`].
+/// added later (Spark's rule). Offsets already deleted, or a partition that
+/// now ends before where the last batch ended, are reported as [`DataLoss`];
+/// reading then goes on from the earliest offset there is.
 pub(crate) fn start_offsets(
     previous_ends: Option<&HashMap<i32, i64>>,
     starting: StartingOffsets,
@@ -44,10 +76,15 @@ pub(crate) fn start_offsets(
                 StartingOffsets::Latest => w.high,
             },
         };
-        if start < w.low {
-            losses.push(DataLoss { partition: w.partition, expected: start, earliest_available: w.low });
-        }
-        starts.push((w.partition, start.max(w.low)));
+        let loss = if start < w.low {
+            Some(DataLoss { partition: w.partition, expected: start, available: w.low, kind: LossKind::Deleted })
+        } else if start > w.high {
+            Some(DataLoss { partition: w.partition, expected: start, available: w.high, kind: LossKind::Backwards })
+        } else {
+            None
+        };
+        losses.extend(loss);
+        starts.push((w.partition, if loss.is_some() { w.low } else { start }));
     }
     (starts, losses)
 }
@@ -123,7 +160,15 @@ mod tests {
         let ends = HashMap::from([(0, 2)]);
         let (starts, losses) = start_offsets(Some(&ends), StartingOffsets::Latest, &[w(0, 5, 9)]);
         assert_eq!(starts, vec![(0, 5)]);
-        assert_eq!(losses, vec![DataLoss { partition: 0, expected: 2, earliest_available: 5 }]);
+        assert_eq!(losses, vec![DataLoss { partition: 0, expected: 2, available: 5, kind: LossKind::Deleted }]);
+    }
+
+    #[test]
+    fn a_partition_that_went_backwards_is_data_loss_and_restarts_at_earliest() {
+        let ends = HashMap::from([(0, 7)]);
+        let (starts, losses) = start_offsets(Some(&ends), StartingOffsets::Latest, &[w(0, 0, 3)]);
+        assert_eq!(starts, vec![(0, 0)]);
+        assert_eq!(losses, vec![DataLoss { partition: 0, expected: 7, available: 3, kind: LossKind::Backwards }]);
     }
 
     #[test]

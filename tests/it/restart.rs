@@ -103,3 +103,38 @@ async fn a_checkpoint_of_another_input_topic_is_refused() -> Result<()> {
     ensure!(err.contains(&job.input) && err.contains(&other) && err.contains("--checkpoint-dir"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_input_topic_stops_the_query_unless_data_loss_is_allowed() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    let before: Vec<_> = (0..5).map(|i| campaign(RESTAURANT, &format!("old-{i}"), 0, FOREVER)).collect();
+    job.kafka.produce(&job.input, 0, &before)?;
+    job.run_available_now(&[]).await?;
+    // The same topics on a new cluster: the input now ends at 2, before 5.
+    let recreated = Kafka::start()?;
+    recreated.create_topic(&job.input, 1)?;
+    recreated.create_topic(&job.output, 1)?;
+    recreated.produce(
+        &job.input,
+        0,
+        &[campaign(RESTAURANT, "new-0", 0, FOREVER), campaign(RESTAURANT, "new-1", 0, FOREVER)],
+    )?;
+    let bootstrap = recreated.bootstrap();
+    let err = match job.run_available_now(&["--bootstrap-servers", &bootstrap]).await {
+        Ok(summary) => anyhow::bail!("expected a data-loss stop, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("data loss") && err.contains("now ends at 2") && err.contains("--fail-on-data-loss false"),
+        "{err}"
+    );
+    ensure!(!job.checkpoint.path().join("offsets/1").exists(), "nothing planned");
+    let summary = job.run_available_now(&["--bootstrap-servers", &bootstrap, "--fail-on-data-loss", "false"]).await?;
+    ensure!(summary.input_rows == 2, "the recreated topic is read from its start: {summary:?}");
+    let out = recreated.read_committed(&job.output)?;
+    let mut ids: Vec<&str> = out.iter().map(|(_, v)| v["adv_campaign_id"].as_str().unwrap_or("")).collect();
+    ids.sort();
+    ensure!(ids == ["new-0", "new-1"], "{ids:?}");
+    Ok(())
+}
