@@ -67,7 +67,7 @@ async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
         ));
     }
     db.batch_execute(&setup).await.with_context(|| format!("preparing schema {SCHEMA}"))?;
-    println!("== Postgres {}: schema {SCHEMA} with {} subscriptions", admin.target(), sample_subscribers().len());
+    println!("== schema {SCHEMA}: the job's tables with {} subscriptions", sample_subscribers().len());
     Ok(url)
 }
 

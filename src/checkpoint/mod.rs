@@ -251,9 +251,7 @@ pub fn is_checkpoint(dir: &Path) -> bool {
 /// tmp file, fsync, hard link into place (which refuses an existing name),
 /// fsync of the parent directory.
 fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })?;
-    let tmp = write_tmp(path, &bytes)?;
+    let tmp = write_tmp(path, &to_json(path, value)?)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -268,9 +266,12 @@ fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Writes `value` as JSON to `path` atomically: tmp file, fsync, rename,
 /// fsync of the parent directory.
 pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })?;
-    write_bytes_atomic(path, &bytes)
+    write_bytes_atomic(path, &to_json(path, value)?)
+}
+
+/// `value` as the pretty JSON of a checkpoint file at `path`.
+fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })
 }
 
 /// Writes `bytes` to `path` atomically (see [`write_atomic`]).

@@ -224,7 +224,7 @@ impl Config {
     /// masked), for the start line of the log. librdkafka settings that
     /// sparklet sets itself are not shown: they are not the user's choice.
     pub fn describe(&self) -> String {
-        let options: Vec<String> = self.kafka.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
+        let options = self.kafka.shown_options();
         let max_offsets = self.max_offsets_per_trigger.map_or("unlimited".to_string(), |n| n.to_string());
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
@@ -247,9 +247,16 @@ impl Config {
     }
 }
 
+impl KafkaConfig {
+    /// The `--kafka-option` settings as `key=value`, secrets masked.
+    fn shown_options(&self) -> Vec<String> {
+        self.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect()
+    }
+}
+
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let options: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={}", redact(k, v))).collect();
+        let options = self.shown_options();
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("input_topic", &self.input_topic)

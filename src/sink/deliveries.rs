@@ -73,6 +73,21 @@ impl Deliveries {
         reports.clone()
     }
 
+    /// Counts one delivery report and wakes the writer on the last one.
+    fn report(&self, outcome: std::result::Result<(), &KafkaError>) {
+        let mut reports = self.lock();
+        match outcome {
+            Ok(()) => reports.delivered += 1,
+            Err(err) => {
+                reports.failed += 1;
+                reports.first_error.get_or_insert_with(|| err.clone());
+            }
+        }
+        if reports.awaited > 0 && reports.reported() >= reports.awaited {
+            self.all_reported.notify_all();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Reports> {
         self.reports.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -92,17 +107,7 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let mut reports = self.lock();
-        match result {
-            Ok(_) => reports.delivered += 1,
-            Err((err, _)) => {
-                reports.failed += 1;
-                reports.first_error.get_or_insert_with(|| err.clone());
-            }
-        }
-        if reports.awaited > 0 && reports.reported() >= reports.awaited {
-            self.all_reported.notify_all();
-        }
+        self.report(result.as_ref().map(|_| ()).map_err(|(err, _)| err));
     }
 }
 
@@ -118,11 +123,7 @@ mod tests {
         let reporter = std::thread::spawn(move || {
             for _ in 0..3 {
                 std::thread::sleep(Duration::from_millis(5));
-                let mut reports = counter.lock();
-                reports.delivered += 1;
-                if reports.awaited > 0 && reports.reported() >= reports.awaited {
-                    counter.all_reported.notify_all();
-                }
+                counter.report(Ok(()));
             }
         });
         let reports = deliveries.wait_for(3, Duration::from_secs(10));
