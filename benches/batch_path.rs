@@ -26,7 +26,7 @@ fn payloads(n: usize) -> RawBatch {
     let mut raw = RawBatch::default();
     for i in 0..n {
         let json = tools::generated_campaign(i, RESTAURANTS, &format!("campaign-{i}"), NOW);
-        raw.push(0, i as i64, Some(json.as_bytes()));
+        raw.push(0, i as i64, None, Some(json.as_bytes()));
     }
     raw
 }
@@ -70,12 +70,12 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     for n in [1_000usize, 10_000, 100_000] {
         let raw = payloads(n);
-        let campaigns = decode(&raw, &schema).expect("decode").batch;
+        let campaigns = decode(&raw, &schema, &Default::default()).expect("decode").batch;
         let output = transform(&rt, &pipeline, campaigns.clone(), &subs);
         let out_rows: usize = output.iter().map(|b| b.num_rows()).sum();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("decode", n), &raw, |b, raw| {
-            b.iter(|| black_box(decode(raw, &schema).expect("decode")))
+            b.iter(|| black_box(decode(raw, &schema, &Default::default()).expect("decode")))
         });
         group.bench_with_input(BenchmarkId::new("transform", n), &campaigns, |b, campaigns| {
             b.iter(|| black_box(transform(&rt, &pipeline, campaigns.clone(), &subs)))
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("decode_sql_encode", n), &raw, |b, raw| {
             b.iter(|| {
-                let campaigns = decode(raw, &schema).expect("decode").batch;
+                let campaigns = decode(raw, &schema, &Default::default()).expect("decode").batch;
                 black_box(encode_both(&transform(&rt, &pipeline, campaigns, &subs)))
             })
         });

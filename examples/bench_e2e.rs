@@ -102,6 +102,7 @@ fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::produce
     // 100k campaigns without dropping the oldest.
     cluster.create_topic(&topic, 16, 1)?;
     cluster.create_topic("bench_out", 16, 1)?;
+    cluster.create_topic(&format!("{topic}-dead-letter"), 1, 1)?;
     Ok((cluster, topic))
 }
 
@@ -177,6 +178,8 @@ fn config(
         progress.display().to_string(),
         "--kafka-timeout".into(),
         "120s".into(),
+        "--max-offsets-per-trigger".into(),
+        "unlimited".into(),
     ];
     let cli = <sparklet::cli::Cli as Parser>::try_parse_from(argv)?;
     let sparklet::cli::Command::Run(run) = cli.command else { anyhow::bail!("not a run command") };

@@ -53,6 +53,10 @@ pub struct BatchPlan {
     pub ranges: Vec<OffsetRange>,
     /// Id of the subscribers snapshot the batch joins with.
     pub subscribers_snapshot: String,
+    /// Fingerprint of the SQL files the batch was planned with (absent in
+    /// plans written before 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_fingerprint: Option<String>,
 }
 
 impl BatchPlan {
@@ -60,6 +64,18 @@ impl BatchPlan {
     /// and the one written as `trigger_datetime_created`.
     pub fn now_seconds(&self) -> i64 {
         self.batch_timestamp_ms.div_euclid(1000)
+    }
+
+    /// The non-empty ranges as `topic[p] start..end`, comma-separated, for
+    /// messages about this batch.
+    pub fn describe_ranges(&self) -> String {
+        let ranges: Vec<String> = self
+            .ranges
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("{}[{}] {}..{}", self.topic, r.partition, r.start, r.end))
+            .collect();
+        ranges.join(", ")
     }
 
     /// The end offset of every partition, i.e. where the next batch starts.
@@ -83,8 +99,10 @@ mod tests {
                 OffsetRange { partition: 1, start: 2, end: 2 },
             ],
             subscribers_snapshot: "s".into(),
+            sql_fingerprint: None,
         };
         assert_eq!(plan.now_seconds(), 1_659_304_828);
         assert_eq!(plan.end_offsets(), vec![(0, 9), (1, 2)]);
+        assert_eq!(plan.describe_ranges(), "in[0] 5..9");
     }
 }

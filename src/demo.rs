@@ -20,6 +20,7 @@ use crate::tools;
 const SCHEMA: &str = "sparklet_demo";
 const INPUT: &str = "promotions_in";
 const OUTPUT: &str = "promotions_out";
+const DEAD_LETTERS: &str = "promotions_in-dead-letter";
 const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
 /// Runs the demo.
@@ -28,7 +29,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT, 3, 1).context("creating the input topic")?;
     cluster.create_topic(OUTPUT, 1, 1).context("creating the output topic")?;
-    println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}");
+    cluster.create_topic(DEAD_LETTERS, 1, 1).context("creating the dead-letter topic")?;
+    println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}, {DEAD_LETTERS}");
 
     reset_checkpoint(&args)?;
     let url = prepare_postgres(&args).await?;
@@ -41,7 +43,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let config = demo_config(&bootstrap, &url, &args)?;
     let summary = sparklet::run(config, std::future::pending()).await?;
     println!(
-        "== {} batches: {} messages in, {} malformed, {} rows out to each sink",
+        "== {} batches: {} messages in, {} malformed (to {DEAD_LETTERS}), {} rows out to each sink",
         summary.batches, summary.input_rows, summary.malformed_rows, summary.output_rows
     );
     print_samples(&client, &url).await
@@ -104,7 +106,10 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         sql_dir: args.sql_dir.clone(),
         trigger: "available-now".into(),
         starting_offsets: "earliest".into(),
-        max_offsets_per_trigger: Some(8),
+        max_offsets_per_trigger: "8".into(),
+        on_bad_record: "dead-letter".into(),
+        dead_letter_topic: None,
+        max_record_bytes: 262_144,
         kafka_options: Vec::new(),
         subscribers_refresh: "60s".into(),
         subscribers_max_staleness: "1h".into(),

@@ -45,6 +45,12 @@ pub enum Error {
     )]
     CheckpointConflict { path: PathBuf },
 
+    /// A sink holds batches of this query that the checkpoint does not know.
+    #[error(
+        "checkpoint: {dir} knows batches of query {query_id} up to {known}, but {sink} already holds batch {held}: the checkpoint is older than the sinks (a restored backup or a copied directory?), and running it would write those batches again. Nothing was written. Restore the newest checkpoint of this query, or start a new query with a new --checkpoint-dir"
+    )]
+    CheckpointBehind { dir: PathBuf, query_id: String, known: String, sink: &'static str, held: u64 },
+
     /// The checkpoint belongs to a query with other settings.
     #[error("checkpoint: {0}")]
     CheckpointMismatch(String),
@@ -67,6 +73,19 @@ pub enum Error {
     SqlStep {
         path: PathBuf,
         action: &'static str,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+
+    /// A SQL file failed at run time on some batch's data (a failing cast,
+    /// a division by zero); nothing of that batch was written.
+    #[error(
+        "sql: {path}: failed at run time on batch {batch_id} (offsets {offsets}); nothing of the batch was written. Fix the SQL (for example TRY_CAST instead of CAST) and restart: the batch is replayed with the fixed files"
+    )]
+    SqlRuntime {
+        path: PathBuf,
+        batch_id: u64,
+        offsets: String,
         #[source]
         source: datafusion::error::DataFusionError,
     },
@@ -120,6 +139,20 @@ pub enum Error {
     )]
     DataLoss { topic: String, detail: String, more: usize },
 
+    /// `--on-bad-record fail` and a message failed validation; nothing of
+    /// the batch was written.
+    #[error(
+        "input: bad record at {topic}[{partition}] offset {offset} ({reason}: {message}); nothing of batch {batch_id} was written. To go past it, restart with --on-bad-record dead-letter (kept in the dead-letter topic) or drop"
+    )]
+    BadRecord { topic: String, partition: i32, offset: i64, reason: &'static str, message: String, batch_id: u64 },
+
+    /// A newer owner of the query took over (its Kafka producer or its
+    /// Postgres owner epoch): this process must stop, never fight back.
+    #[error(
+        "{sink}: this process was fenced by a newer owner of query {query_id}; it stops without writing (another process started on a copy of the checkpoint?)"
+    )]
+    Fenced { sink: &'static str, query_id: String },
+
     /// The subscribers cache could not be reloaded for longer than allowed.
     #[error(
         "subscribers: the cache is {age_s} s old and reloading it keeps failing (--subscribers-max-staleness {max}); last failure: {cause}"
@@ -155,6 +188,22 @@ impl Error {
             Error::Postgres { source, .. } => postgres_retryable(source),
             _ => false,
         }
+    }
+
+    /// Whether Kafka says a newer producer with the same transactional id
+    /// exists (this one must stop, never re-initialise and fence it back).
+    pub(crate) fn is_kafka_fenced(&self) -> bool {
+        let Error::Kafka { source, .. } = self else {
+            return false;
+        };
+        let code = match source {
+            KafkaError::Transaction(e) => Some(e.code()),
+            other => other.rdkafka_error_code(),
+        };
+        matches!(
+            code,
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        )
     }
 
     /// The error and each of its causes, `: `-separated, for logs.

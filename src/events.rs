@@ -11,6 +11,7 @@ pub struct Counters {
     pub batches_failed: AtomicU64,
     pub input_rows: AtomicU64,
     pub malformed_messages: AtomicU64,
+    pub dead_lettered_messages: AtomicU64,
     pub output_rows: AtomicU64,
     pub sink_writes_skipped: AtomicU64,
     pub subscribers_loads: AtomicU64,
@@ -22,6 +23,7 @@ static COUNTERS: Counters = Counters {
     batches_failed: AtomicU64::new(0),
     input_rows: AtomicU64::new(0),
     malformed_messages: AtomicU64::new(0),
+    dead_lettered_messages: AtomicU64::new(0),
     output_rows: AtomicU64::new(0),
     sink_writes_skipped: AtomicU64::new(0),
     subscribers_loads: AtomicU64::new(0),
@@ -37,24 +39,30 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
-/// A message that could not be decoded into a campaign.
-pub(crate) struct MalformedMessage<'a> {
+/// An input message that failed validation, and what `--on-bad-record`
+/// did with it.
+pub(crate) struct BadRecord<'a> {
     pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub error: &'a str,
+    pub message: &'a crate::source::decode::BadMessage,
+    pub action: crate::config::OnBadRecord,
 }
 
-impl MalformedMessage<'_> {
+impl BadRecord<'_> {
     pub(crate) fn emit(&self) {
+        let m = self.message;
         tracing::warn!(
             topic = self.topic,
-            partition = self.partition,
-            offset = self.offset,
-            error = self.error,
-            "malformed message skipped"
+            partition = m.partition,
+            offset = m.offset,
+            reason = m.refusal.reason.code(),
+            error = %m.refusal.message,
+            action = %self.action,
+            "bad record"
         );
         bump(&COUNTERS.malformed_messages, 1);
+        if self.action == crate::config::OnBadRecord::DeadLetter {
+            bump(&COUNTERS.dead_lettered_messages, 1);
+        }
     }
 }
 

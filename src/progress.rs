@@ -83,7 +83,12 @@ pub(crate) struct BatchProgress {
     /// Whether this batch was planned by an earlier run and replayed.
     pub replayed: bool,
     pub num_input_rows: u64,
+    /// Input messages refused by validation (all reasons).
     pub num_malformed_rows: u64,
+    /// Refused messages per reason code (`not_json`, `missing_field`, ...).
+    pub bad_records: BTreeMap<String, u64>,
+    /// Refused messages written to the dead-letter topic.
+    pub num_dead_lettered_rows: u64,
     /// Campaigns of the batch whose end had passed at the batch's `now`
     /// (e.g. expired while waiting in a backlog): valid input, no output.
     pub num_expired_rows: u64,
@@ -101,7 +106,9 @@ pub(crate) struct BatchReport<'a> {
     pub plan: &'a BatchPlan,
     pub replayed: bool,
     pub input_rows: u64,
-    pub malformed_rows: u64,
+    /// Refused messages per reason code.
+    pub bad_records: BTreeMap<String, u64>,
+    pub dead_lettered: u64,
     pub expired_rows: u64,
     pub output_rows: u64,
     pub durations: DurationMs,
@@ -124,7 +131,9 @@ impl BatchProgress {
             timestamp: rfc3339_ms(r.plan.batch_timestamp_ms),
             replayed: r.replayed,
             num_input_rows: r.input_rows,
-            num_malformed_rows: r.malformed_rows,
+            num_malformed_rows: r.bad_records.values().sum(),
+            bad_records: r.bad_records,
+            num_dead_lettered_rows: r.dead_lettered,
             num_expired_rows: r.expired_rows,
             num_output_rows: r.output_rows,
             input_rows_per_second: r.since_last_trigger.map_or(0.0, |s| rate(r.input_rows, s)),
@@ -152,12 +161,13 @@ impl BatchProgress {
             })
             .collect();
         format!(
-            "batch {}{}: {} in ({} malformed, {} expired) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); \
+            "batch {}{}: {} in ({} bad, {} dead-lettered, {} expired) -> {} out [{}] in {} ms (read {}, sql {}, sinks {}); \
              {:.0} input messages/s processed; subscribers: {}, age {} s",
             self.batch_id,
             if self.replayed { " (replay)" } else { "" },
             count(self.num_input_rows, "message"),
             self.num_malformed_rows,
+            self.num_dead_lettered_rows,
             self.num_expired_rows,
             count(self.num_output_rows, "row"),
             sinks.join(", "),
@@ -248,6 +258,8 @@ mod tests {
             replayed: false,
             num_input_rows: input,
             num_malformed_rows: 0,
+            bad_records: BTreeMap::new(),
+            num_dead_lettered_rows: 0,
             num_expired_rows: 0,
             num_output_rows: output,
             input_rows_per_second: 0.0,

@@ -67,6 +67,34 @@ pub(crate) fn read_committed(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(Option<String>, String)>> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let records = read_committed_records(config, topic, timeout)?;
+    Ok(records
+        .into_iter()
+        .map(|r| (r.key.as_deref().map(text), r.value.as_deref().map(text).unwrap_or_default()))
+        .collect())
+}
+
+/// A message as read back, byte for byte.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value of header `name`, as text.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        let (_, value) = self.headers.iter().find(|(k, _)| k == name)?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    }
+}
+
+/// [`read_committed`] with keys, values and headers as bytes.
+pub(crate) fn read_committed_records(config: &ClientConfig, topic: &str, timeout: Duration) -> Result<Vec<Record>> {
+    use rdkafka::message::Headers;
     let mut config = config.clone();
     config
         .set("group.id", format!("sparklet-reader-{}", uuid::Uuid::new_v4()))
@@ -82,10 +110,15 @@ pub(crate) fn read_committed(
     }
     let mut out = Vec::new();
     sparklet::kafka::read_ranges(&consumer, topic, &ranges, timeout, |m| {
-        out.push((
-            m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            m.payload().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
-        ))
+        let headers = m.headers().map_or_else(Vec::new, |h| {
+            h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+        });
+        out.push(Record {
+            partition: m.partition(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        })
     })?;
     Ok(out)
 }

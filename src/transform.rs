@@ -61,6 +61,20 @@ impl SqlPipeline {
     }
 
     /// The files, in the order they run.
+    /// A fingerprint of the transform files (names and text), recorded in
+    /// each batch's plan so a replay knows whether it runs the same SQL.
+    /// FNV-1a, 64 bits, in hex: stable across builds and platforms.
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for step in &self.steps {
+            let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            for byte in name.bytes().chain([0]).chain(step.sql.bytes()).chain([0]) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{hash:016x}")
+    }
+
     pub fn steps(&self) -> &[SqlStep] {
         &self.steps
     }
@@ -99,9 +113,27 @@ impl SqlPipeline {
         // start-up validation) with no rows catches a wrong output.
         let planned = RecordBatch::new_empty(Arc::new(df.schema().as_arrow().clone()));
         to_output(&planned, &last.path)?;
-        let batches = df.collect().await.map_err(|e| sql_err(last, "running", e))?;
-        batches.iter().map(|b| to_output(b, &last.path)).collect()
+        match df.collect().await {
+            Ok(batches) => batches.iter().map(|b| to_output(b, &last.path)).collect(),
+            Err(e) => Err(sql_err(failing_step(&ctx, init).await.unwrap_or(last), "running", e)),
+        }
     }
+}
+
+/// Which file a run-time error comes from: the views are evaluated one by
+/// one, in order, and the first that fails is named (the last file if none
+/// does). Runs only after a failure.
+async fn failing_step<'a>(ctx: &SessionContext, views: &'a [SqlStep]) -> Option<&'a SqlStep> {
+    for step in views {
+        let fails = match ctx.table(step.name.as_str()).await {
+            Ok(df) => df.collect().await.is_err(),
+            Err(_) => true,
+        };
+        if fails {
+            return Some(step);
+        }
+    }
+    None
 }
 
 async fn plan(
@@ -166,6 +198,22 @@ mod tests {
         assert_eq!(step_name(Path::new("sql/subscribers.sql")), None);
         assert_eq!(step_name(Path::new("sql/10_.sql")), None);
         assert_eq!(step_name(Path::new("sql/notes.txt")), None);
+    }
+
+    #[test]
+    fn the_fingerprint_is_stable_and_changes_with_any_byte_or_name() {
+        let pipeline = |files: &[(&str, &str)]| {
+            let steps = files
+                .iter()
+                .map(|(n, sql)| SqlStep { name: n.to_string(), sql: sql.to_string(), path: Path::new(n).to_path_buf() })
+                .collect();
+            SqlPipeline { steps }.fingerprint()
+        };
+        let base = pipeline(&[("10_a.sql", "SELECT 1"), ("20_b.sql", "SELECT 2")]);
+        assert_eq!(base, "7be84b85c2e3e868", "FNV-1a of the names and texts, as in any build");
+        assert_ne!(base, pipeline(&[("10_a.sql", "SELECT 1 "), ("20_b.sql", "SELECT 2")]));
+        assert_ne!(base, pipeline(&[("10_a.sql", "SELECT 1"), ("30_b.sql", "SELECT 2")]));
+        assert_ne!(base, pipeline(&[("10_a.sql", "SELECT 1SELECT 2"), ("20_b.sql", "")]));
     }
 
     #[test]

@@ -47,7 +47,8 @@ impl DirLock {
     }
 }
 
-fn host_name() -> String {
+/// This machine's host name, for messages naming a process.
+pub(crate) fn host_name() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

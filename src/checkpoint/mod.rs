@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 
 mod lock;
 
+pub(crate) use lock::host_name;
+
 use lock::DirLock;
 
 /// Versioned content of `metadata`.

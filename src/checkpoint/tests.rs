@@ -11,6 +11,7 @@ fn plan(id: BatchId, end: i64) -> BatchPlan {
         topic: "in".into(),
         ranges: vec![OffsetRange { partition: 0, start: 0, end }],
         subscribers_snapshot: "snap".into(),
+        sql_fingerprint: None,
     }
 }
 

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod bad_records;
 mod postgres;
 
+pub use bad_records::{BadRecords, OnBadRecord};
 pub use postgres::{url_with_search_path, PostgresConfig};
 
 use crate::cli::RunArgs;
@@ -85,6 +87,8 @@ pub struct Config {
     pub trigger: Trigger,
     pub starting_offsets: StartingOffsets,
     pub max_offsets_per_trigger: Option<u64>,
+    /// `--on-bad-record`, `--dead-letter-topic`, size limits.
+    pub bad_records: BadRecords,
     pub subscribers_refresh: Duration,
     /// Stop on lost input offsets (Spark's `failOnDataLoss`).
     pub fail_on_data_loss: bool,
@@ -119,9 +123,14 @@ impl TryFrom<RunArgs> for Config {
         if kafka.input_topic == kafka.output_topic {
             return Err(Error::config("--output-topic", format!("'{}' is also the input topic", kafka.output_topic)));
         }
-        if args.max_offsets_per_trigger == Some(0) {
-            return Err(Error::config("--max-offsets-per-trigger", "must be at least 1, got 0"));
-        }
+        let max_offsets_per_trigger = parse_max_offsets(&args.max_offsets_per_trigger)?;
+        let bad_records = BadRecords::parse(
+            &args.on_bad_record,
+            args.dead_letter_topic.as_deref(),
+            args.max_record_bytes,
+            (&kafka.input_topic, &kafka.output_topic),
+            &kafka.options,
+        )?;
         if args.min_batches_to_retain == 0 {
             return Err(Error::config(
                 "--min-batches-to-retain",
@@ -148,7 +157,8 @@ impl TryFrom<RunArgs> for Config {
             sql_dir: args.sql_dir,
             trigger: args.trigger.parse()?,
             starting_offsets: args.starting_offsets.parse()?,
-            max_offsets_per_trigger: args.max_offsets_per_trigger,
+            max_offsets_per_trigger,
+            bad_records,
             subscribers_refresh,
             subscribers_max_staleness,
             fail_on_data_loss: args.fail_on_data_loss,
@@ -228,11 +238,15 @@ impl Config {
         let max_offsets = self.max_offsets_per_trigger.map_or("unlimited".to_string(), |n| n.to_string());
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
+             --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
              --subscribers-refresh {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
              --bootstrap-servers {} --input-topic {} --output-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
+            self.bad_records.on_bad_record,
+            self.bad_records.dead_letter_topic,
+            self.bad_records.limits.max_record_bytes,
             humantime::format_duration(self.subscribers_refresh),
             humantime::format_duration(self.subscribers_max_staleness),
             self.fail_on_data_loss,
@@ -311,6 +325,20 @@ pub fn parse_duration(option: &str, value: &str) -> Result<Duration> {
     }
     humantime::parse_duration(value)
         .map_err(|e| Error::config(option, format!("'{value}' is not a duration such as 500ms, 5s or 1m: {e}")))
+}
+
+/// `--max-offsets-per-trigger`: a positive number or `unlimited`.
+fn parse_max_offsets(value: &str) -> Result<Option<u64>> {
+    match value.trim() {
+        "unlimited" => Ok(None),
+        v => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(Error::config(
+                "--max-offsets-per-trigger",
+                format!("'{v}' is not a positive number of offsets or 'unlimited'"),
+            )),
+        },
+    }
 }
 
 fn non_empty(option: &str, value: String) -> Result<String> {

@@ -31,7 +31,9 @@ fn defaults_match_spark() {
     let config = args(&[]).unwrap();
     assert_eq!(config.trigger, Trigger::ProcessingTime(Duration::ZERO));
     assert_eq!(config.starting_offsets, StartingOffsets::Latest);
-    assert_eq!(config.max_offsets_per_trigger, None);
+    assert_eq!(config.max_offsets_per_trigger, Some(100_000), "a default cap, unlike Spark (see --help)");
+    assert_eq!(config.bad_records.on_bad_record, OnBadRecord::DeadLetter);
+    assert_eq!(config.bad_records.dead_letter_topic, "in-dead-letter");
     assert_eq!(config.subscribers_refresh, Duration::from_secs(60));
     assert_eq!(config.sql_dir, PathBuf::from("sql"));
     assert_eq!(config.guarantee, Guarantee::ExactlyOnce);
@@ -85,14 +87,22 @@ fn bad_values_name_option_and_value() {
 #[test]
 fn settings_are_described_as_the_command_line_spells_them() {
     std::env::set_var("SPARKLET_TEST_DESCRIBE_SECRET", "hunter3");
-    let config =
-        args(&["--trigger", "500ms", "--kafka-option", "sasl.password=env:SPARKLET_TEST_DESCRIBE_SECRET"]).unwrap();
+    let config = args(&[
+        "--trigger",
+        "500ms",
+        "--max-offsets-per-trigger",
+        "unlimited",
+        "--kafka-option",
+        "sasl.password=env:SPARKLET_TEST_DESCRIBE_SECRET",
+    ])
+    .unwrap();
     let shown = config.describe();
     for expected in [
         "--trigger 500ms",
         "--starting-offsets latest",
         "--guarantee exactly-once",
         "--max-offsets-per-trigger unlimited",
+        "--on-bad-record dead-letter",
         "--subscribers-refresh 1m",
         "sasl.password=***",
     ] {

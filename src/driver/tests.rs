@@ -52,6 +52,7 @@ fn plan(id: BatchId) -> BatchPlan {
         topic: "in".into(),
         ranges: vec![],
         subscribers_snapshot: "s".into(),
+        sql_fingerprint: None,
     }
 }
 
@@ -63,6 +64,8 @@ fn progress(id: BatchId) -> BatchProgress {
         replayed: false,
         num_input_rows: 1,
         num_malformed_rows: 0,
+        bad_records: Default::default(),
+        num_dead_lettered_rows: 0,
         num_expired_rows: 0,
         num_output_rows: 2,
         input_rows_per_second: 0.0,

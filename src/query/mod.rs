@@ -9,7 +9,10 @@
 //! is the driver's business ([`crate::driver`]).
 
 mod offsets;
+mod replay;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -17,14 +20,15 @@ use tracing::Instrument;
 
 use crate::batch::{epoch_ms, BatchPlan};
 use crate::checkpoint::{BatchCommit, CheckpointStore};
-use crate::config::Config;
+use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::progress::{self, BatchProgress, BatchReport, DurationMs, SinkProgress};
 use crate::sink::kafka::KafkaSink;
+use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
-use crate::sink::{write_once, SinkOutcome};
-use crate::source::decode::{self, Decoded};
+use crate::sink::{write_once, BatchOutput, Sink, SinkOutcome};
+use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
 use crate::transform::SqlPipeline;
@@ -53,6 +57,8 @@ pub(crate) struct Query {
     subscribers: Subscribers,
     offsets: OffsetState,
     last_trigger: Option<Instant>,
+    /// This run's owner epoch in Postgres, claimed once at start.
+    epoch: i64,
 }
 
 impl Query {
@@ -64,11 +70,19 @@ impl Query {
         pipeline.validate().await?;
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
+        let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
         let subscribers = load_subscribers(&config, &checkpoint).await?;
         crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
-        let (postgres, kafka) = connect_sinks(&config, &query_id, &source).await?;
-        let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
+        if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
+            source.require_topic(&config.bad_records.dead_letter_topic, "--dead-letter-topic").await?;
+        }
+        let epoch = claim_ownership(&config, &query_id).await?;
+        let (mut postgres, mut kafka) = connect_sinks(&config, &query_id, &source, epoch).await?;
+        check_sinks_not_ahead(&config, &query_id, &offsets, &mut postgres, &mut kafka).await?;
+        if let Some(before) = offsets.last_sql_fingerprint().filter(|f| *f != pipeline.fingerprint()) {
+            tracing::info!(before, now = %pipeline.fingerprint(), "the SQL files changed since the last committed batch; new batches use the new files");
+        }
         tracing::info!(
             query_id = %query_id,
             checkpoint = %config.checkpoint_dir.display(),
@@ -77,7 +91,18 @@ impl Query {
             settings = %config.describe(),
             "query started"
         );
-        Ok(Query { config, checkpoint, source, pipeline, kafka, postgres, subscribers, offsets, last_trigger: None })
+        Ok(Query {
+            config,
+            checkpoint,
+            source,
+            pipeline,
+            kafka,
+            postgres,
+            subscribers,
+            offsets,
+            last_trigger: None,
+            epoch,
+        })
     }
 
     /// The query id (`metadata`).
@@ -91,9 +116,11 @@ impl Query {
     }
 
     /// Re-creates both sinks after a failure (a broken producer, a closed
-    /// connection).
+    /// connection), once Postgres confirms this run still owns the query: a
+    /// new producer's `init_transactions` must never fence a newer owner.
     pub(crate) async fn reconnect(&mut self) -> Result<()> {
-        let (postgres, kafka) = connect_sinks(&self.config, self.checkpoint.query_id(), &self.source).await?;
+        let (postgres, kafka) =
+            connect_sinks(&self.config, self.checkpoint.query_id(), &self.source, self.epoch).await?;
         self.postgres = postgres;
         self.kafka = kafka;
         Ok(())
@@ -114,23 +141,18 @@ impl Query {
             d.wal_commit = progress::ms(started.elapsed());
             crate::crash::point("after-write-ahead");
         }
+        let readable = match attempt {
+            Attempt::Replay => self.check_replay(plan).await?,
+            Attempt::New => plan.clone(),
+        };
         let subscribers = self.subscribers_for(plan)?;
-
-        let t = Instant::now();
-        let raw = self.source.read(plan).await?;
-        d.get_batch = progress::ms(t.elapsed());
-        let num_input_rows = raw.len() as u64;
-
-        let t = Instant::now();
-        let decoded = decode::decode(&raw, &crate::schema::campaigns())?;
-        drop(raw);
-        self.report_malformed(plan, &decoded);
-        d.decode = progress::ms(t.elapsed());
-
+        let (decoded, input_rows) = self.read(&readable, &mut d).await?;
+        let (bad_records, dead_letters) = self.screen_bad_records(plan, decoded.bad)?;
         let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
+
         let t = Instant::now();
-        let output =
-            self.pipeline.run(decoded.batch, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id).await?;
+        let rows = self.transform(plan, decoded.batch, &subscribers).await?;
+        let output = Arc::new(BatchOutput { rows, dead_letters });
         d.query_planning_and_execution = progress::ms(t.elapsed());
 
         let t = Instant::now();
@@ -138,8 +160,8 @@ impl Query {
         d.add_batch = progress::ms(t.elapsed());
 
         let t = Instant::now();
-        let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
-        self.commit(plan, num_output_rows)?;
+        let output_rows = output.num_rows();
+        self.commit(plan, output_rows)?;
         d.commit_offsets = progress::ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
         d.trigger_execution = progress::ms(started.elapsed()) + d.latest_offset;
@@ -150,10 +172,11 @@ impl Query {
             BatchReport {
                 plan,
                 replayed: attempt == Attempt::Replay,
-                input_rows: num_input_rows,
-                malformed_rows: decoded.malformed.len() as u64,
+                input_rows,
+                bad_records,
+                dead_lettered: output.dead_letters.len() as u64,
                 expired_rows,
-                output_rows: num_output_rows,
+                output_rows,
                 durations: d,
                 since_last_trigger,
                 elapsed: started.elapsed(),
@@ -166,11 +189,68 @@ impl Query {
         Ok(progress)
     }
 
+    /// Steps 2 and 3, read and decode: the plan's messages, validated.
+    async fn read(&self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64)> {
+        let t = Instant::now();
+        let raw = self.source.read(plan).await?;
+        d.get_batch = progress::ms(t.elapsed());
+        let t = Instant::now();
+        let decoded = decode::decode(&raw, &crate::schema::campaigns(), &self.config.bad_records.limits)?;
+        d.decode = progress::ms(t.elapsed());
+        Ok((decoded, raw.len() as u64))
+    }
+
+    /// Applies `--on-bad-record` to the refused messages: counts per reason,
+    /// and the dead letters to write (or the error that stops the batch
+    /// before anything is written).
+    fn screen_bad_records(
+        &self,
+        plan: &BatchPlan,
+        bad: Vec<BadMessage>,
+    ) -> Result<(BTreeMap<String, u64>, Vec<BadMessage>)> {
+        let policy = self.config.bad_records.on_bad_record;
+        if let Some(first) = bad.first().filter(|_| policy == OnBadRecord::Fail) {
+            return Err(Error::BadRecord {
+                topic: plan.topic.clone(),
+                partition: first.partition,
+                offset: first.offset,
+                reason: first.refusal.reason.code(),
+                message: first.refusal.message.clone(),
+                batch_id: plan.batch_id,
+            });
+        }
+        let mut counts = BTreeMap::new();
+        for m in &bad {
+            *counts.entry(m.refusal.reason.code().to_string()).or_insert(0) += 1;
+            events::BadRecord { topic: &plan.topic, message: m, action: policy }.emit();
+        }
+        let dead_letters = if policy == OnBadRecord::DeadLetter { bad } else { Vec::new() };
+        Ok((counts, dead_letters))
+    }
+
+    /// Step 4, transform: the SQL files over the campaigns and the pinned
+    /// subscribers. A failure at run time names the file, the batch and its
+    /// offsets; nothing of the batch has been written then.
+    async fn transform(
+        &self,
+        plan: &BatchPlan,
+        campaigns: RecordBatch,
+        subscribers: &Subscribers,
+    ) -> Result<Vec<RecordBatch>> {
+        let run = self.pipeline.run(campaigns, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id);
+        run.await.map_err(|e| match e {
+            Error::SqlStep { path, action: "running", source } => {
+                Error::SqlRuntime { path, batch_id: plan.batch_id, offsets: plan.describe_ranges(), source }
+            }
+            other => other,
+        })
+    }
+
     /// Step 5: both sinks at once; each is one transaction with its marker.
     async fn write(
         &mut self,
         plan: &BatchPlan,
-        output: &[RecordBatch],
+        output: &Arc<BatchOutput>,
         attempt: Attempt,
         d: &mut DurationMs,
     ) -> Result<[SinkProgress; 2]> {
@@ -180,6 +260,12 @@ impl Query {
         let ((kafka, kafka_time), (postgres, pg_time)) = tokio::join!(kafka, postgres);
         d.kafka_sink = progress::ms(kafka_time);
         d.postgres_sink = progress::ms(pg_time);
+        // A fenced sink wins over the other's error: the run must stop, not retry.
+        for result in [&kafka, &postgres] {
+            if let Err(Error::Fenced { sink, query_id }) = result {
+                return Err(Error::Fenced { sink, query_id: query_id.clone() });
+            }
+        }
         let (kafka, postgres) = (kafka?, postgres?);
         for (name, outcome) in [("kafka", kafka), ("postgres", postgres)] {
             if outcome.skipped {
@@ -251,21 +337,61 @@ impl Query {
         );
         Ok(())
     }
-
-    fn report_malformed(&self, plan: &BatchPlan, decoded: &Decoded) {
-        for m in &decoded.malformed {
-            events::MalformedMessage { topic: &plan.topic, partition: m.partition, offset: m.offset, error: &m.error }
-                .emit();
-        }
-    }
 }
 
 /// Connects both sinks with the configured guarantee.
-async fn connect_sinks(config: &Config, query_id: &str, source: &KafkaSource) -> Result<(PostgresSink, KafkaSink)> {
+async fn connect_sinks(
+    config: &Config,
+    query_id: &str,
+    source: &KafkaSource,
+    epoch: i64,
+) -> Result<(PostgresSink, KafkaSink)> {
     let exactly_once = config.guarantee.exactly_once();
-    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once).await?;
-    let kafka = KafkaSink::try_new(&config.kafka, query_id, source.group_metadata()?, exactly_once).await?;
+    let ownership = owner::Ownership::connect(&config.postgres, query_id, epoch).await?;
+    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once, epoch).await?;
+    let dead_letter_topic = (config.bad_records.on_bad_record == OnBadRecord::DeadLetter)
+        .then(|| config.bad_records.dead_letter_topic.clone());
+    let group = source.group_metadata()?;
+    let kafka = KafkaSink::try_new(&config.kafka, query_id, group, exactly_once, dead_letter_topic, ownership).await?;
     Ok((postgres, kafka))
+}
+
+/// Refuses a checkpoint older than the sinks: one holding a batch of this
+/// query that the checkpoint does not know. Postgres answers from its marker
+/// table; Kafka's marker scan runs only once the checkpoint has batches (a
+/// new query's output is not scanned for an id nobody used).
+async fn check_sinks_not_ahead(
+    config: &Config,
+    query_id: &str,
+    offsets: &OffsetState,
+    postgres: &mut PostgresSink,
+    kafka: &mut KafkaSink,
+) -> Result<()> {
+    let known = offsets.newest_known();
+    let mut held = vec![("postgres", postgres.latest_committed().await?)];
+    if known.is_some() {
+        held.push(("kafka", kafka.latest_committed().await?));
+    }
+    for (sink, held) in held {
+        if let Some(held) = held.filter(|h| known.is_none_or(|k| *h > k)) {
+            return Err(Error::CheckpointBehind {
+                dir: config.checkpoint_dir.clone(),
+                query_id: query_id.to_string(),
+                known: known.map_or("none (no batch yet)".to_string(), |k| format!("batch {k}")),
+                sink,
+                held,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Bumps the query's owner epoch in Postgres (see [`crate::sink::owner`]).
+async fn claim_ownership(config: &Config, query_id: &str) -> Result<i64> {
+    let mut client = crate::postgres::connect(&config.postgres, "claiming the query").await?;
+    let epoch = owner::claim(&mut client, query_id, &owner::this_process(), &config.postgres.target()).await?;
+    tracing::info!(query_id, epoch, "owner epoch claimed");
+    Ok(epoch)
 }
 
 /// Loads the subscribers from Postgres and saves their snapshot.

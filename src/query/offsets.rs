@@ -31,6 +31,8 @@ pub(crate) struct OffsetState {
     limit: Option<HashMap<i32, i64>>,
     /// The batch planned last, for its progress record.
     last_planned: Option<Planned>,
+    /// The SQL fingerprint of the last committed batch.
+    last_sql_fingerprint: Option<String>,
 }
 
 /// What planning saw: the high watermarks and how long it took.
@@ -58,8 +60,23 @@ impl OffsetState {
         let mut state = OffsetState { pending: resume.pending, ..Default::default() };
         if let Some(last) = &resume.last_committed {
             state.advance_past(last);
+            state.last_sql_fingerprint = last.sql_fingerprint.clone();
         }
         Ok(state)
+    }
+
+    /// The SQL fingerprint of the last committed batch, if recorded.
+    pub(crate) fn last_sql_fingerprint(&self) -> Option<&str> {
+        self.last_sql_fingerprint.as_deref()
+    }
+
+    /// The newest batch the checkpoint knows: the pending one, or the last
+    /// committed one.
+    pub(crate) fn newest_known(&self) -> Option<BatchId> {
+        match &self.pending {
+            Some(plan) => Some(plan.batch_id),
+            None => self.next_batch_id.checked_sub(1).filter(|_| self.next_starts.is_some()),
+        }
     }
 
     pub(crate) fn take_pending(&mut self) -> Option<BatchPlan> {
@@ -138,6 +155,7 @@ impl Query {
             topic: self.source.topic().to_string(),
             ranges,
             subscribers_snapshot: self.subscribers.id.clone(),
+            sql_fingerprint: Some(self.pipeline.fingerprint()),
         };
         let planning_ms = crate::progress::ms(started.elapsed());
         self.offsets.last_planned = Some(Planned { batch_id: plan.batch_id, latest, planning_ms });

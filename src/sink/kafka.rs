@@ -1,6 +1,14 @@
 //! The Kafka sink: one JSON message per output row, keyed by `client_id`,
 //! written in one Kafka transaction per batch.
 //!
+//! The batch's dead letters (input messages that failed validation) go to
+//! the dead-letter topic in the same transaction, byte for byte with their
+//! original key, so a replay never duplicates them either.
+//!
+//! Before it sends a batch and again before it commits, the sink checks the
+//! query's owner epoch in Postgres ([`super::owner`]): a zombie stops there
+//! even on a broker that would not fence it.
+//!
 //! Every message carries the query and batch ids as headers: that is the
 //! sink's marker, which recovery reads back ([`super::kafka_marker`]). The
 //! transaction also commits the batch's input end offsets for the query's
@@ -16,6 +24,7 @@ use std::time::Duration;
 use arrow::array::{AsArray, RecordBatch};
 use arrow::json::LineDelimitedWriter;
 use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::message::Header;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -23,8 +32,10 @@ use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::sink::deliveries::Deliveries;
-use crate::sink::{kafka_marker, Sink};
+use crate::sink::owner::Ownership;
+use crate::sink::{kafka_marker, BatchOutput, Sink};
 use crate::source::blocking;
+use crate::source::decode::BadMessage;
 
 /// The column whose value is each message's key.
 const KEY_COLUMN: &str = "client_id";
@@ -37,21 +48,27 @@ pub struct KafkaSink {
     /// The input consumer's group, whose offsets each transaction commits.
     group: Arc<ConsumerGroupMetadata>,
     topic: String,
+    /// Where dead letters go (`--on-bad-record dead-letter`).
+    dead_letter_topic: Option<String>,
     timeout: Duration,
     /// Exactly-once: one transaction per batch, with the input offsets.
     transactional: bool,
     query_id: String,
     /// Settings of the reader that looks for batch markers on recovery.
     marker_reader: rdkafka::ClientConfig,
+    /// Checked before sending a batch and before committing it.
+    ownership: Ownership,
 }
 
 impl KafkaSink {
     /// Creates the transactional producer and initialises transactions.
-    pub async fn try_new(
+    pub(crate) async fn try_new(
         kafka: &KafkaConfig,
         query_id: &str,
         group: ConsumerGroupMetadata,
         transactional: bool,
+        dead_letter_topic: Option<String>,
+        ownership: Ownership,
     ) -> Result<Self> {
         let producer: ThreadedProducer<Deliveries> = crate::kafka::producer_config(kafka, query_id, transactional)
             .create_with_context(Deliveries::default())
@@ -61,10 +78,12 @@ impl KafkaSink {
             producer,
             group: Arc::new(group),
             topic: kafka.output_topic.clone(),
+            dead_letter_topic,
             timeout,
             transactional,
             query_id: query_id.to_string(),
             marker_reader: crate::kafka::consumer_config(kafka, query_id),
+            ownership,
         };
         if !transactional {
             return Ok(sink);
@@ -79,15 +98,16 @@ impl KafkaSink {
     }
 
     /// Sends, awaits and commits; blocking, run off the async runtime.
-    fn write_blocking(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+    fn write_blocking(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<u64> {
+        self.ownership.verify_blocking()?;
         self.producer.context().reset();
         if !self.transactional {
-            let sent = self.send_all(plan, rows)?;
-            self.await_deliveries(sent)?;
-            return Ok(sent);
+            let sent = self.send_all(plan, output)?;
+            self.await_deliveries(sent.0 + sent.1)?;
+            return Ok(sent.0);
         }
         self.producer.begin_transaction().map_err(|e| Error::kafka("beginning the output transaction", e))?;
-        let result = self.send_and_commit(plan, rows);
+        let result = self.send_and_commit(plan, output);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.timeout) {
                 tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed");
@@ -96,16 +116,17 @@ impl KafkaSink {
         result
     }
 
-    fn send_and_commit(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
-        let sent = self.send_all(plan, rows)?;
+    fn send_and_commit(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<u64> {
+        let (sent, dead) = self.send_all(plan, output)?;
         if sent > 0 {
             crate::crash::point("kafka-mid-transaction");
         }
-        self.await_deliveries(sent)?;
+        self.await_deliveries(sent + dead)?;
         let offsets = self.input_offsets(plan)?;
         self.producer
             .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
             .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
+        self.ownership.verify_blocking()?;
         self.producer
             .commit_transaction(self.timeout)
             .map_err(|e| Error::kafka("committing the output transaction", e))?;
@@ -113,8 +134,36 @@ impl KafkaSink {
         Ok(sent)
     }
 
-    fn send_all(&self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
-        rows.iter().try_fold(0, |sent, batch| Ok(sent + self.send_batch(plan, batch)?))
+    /// Sends the dead letters, then the rows; returns (rows, dead letters).
+    fn send_all(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<(u64, u64)> {
+        let dead = self.send_dead_letters(plan, &output.dead_letters)?;
+        let sent =
+            output.rows.iter().try_fold(0, |sent, batch| Ok::<_, Error>(sent + self.send_batch(plan, batch)?))?;
+        Ok((sent, dead))
+    }
+
+    /// Each refused input message, unchanged, with headers saying where it
+    /// came from and why it was refused.
+    fn send_dead_letters(&self, plan: &BatchPlan, bad: &[BadMessage]) -> Result<u64> {
+        let Some(topic) = self.dead_letter_topic.as_deref().filter(|_| !bad.is_empty()) else {
+            return Ok(0);
+        };
+        let batch_id = plan.batch_id.to_string();
+        for message in bad {
+            let (partition, offset) = (message.partition.to_string(), message.offset.to_string());
+            let headers = kafka_marker::headers(&self.query_id, &batch_id)
+                .insert(Header { key: "sparklet.source.topic", value: Some(plan.topic.as_str()) })
+                .insert(Header { key: "sparklet.source.partition", value: Some(partition.as_str()) })
+                .insert(Header { key: "sparklet.source.offset", value: Some(offset.as_str()) })
+                .insert(Header { key: "sparklet.error.reason", value: Some(message.refusal.reason.code()) })
+                .insert(Header { key: "sparklet.error.message", value: Some(message.refusal.message.as_str()) });
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
+            record.key = message.key.as_deref();
+            record.payload = message.value.as_deref();
+            crate::kafka::send_when_room(&self.producer, record)
+                .map_err(|e| Error::kafka(format!("sending a dead letter to '{topic}'"), e))?;
+        }
+        Ok(bad.len() as u64)
     }
 
     /// Encodes a batch as JSON lines and sends one message per line.
@@ -186,22 +235,32 @@ impl Sink for KafkaSink {
         "kafka"
     }
 
-    async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
+    async fn latest_committed(&mut self) -> Result<Option<u64>> {
         if !self.transactional {
-            return Ok(false);
+            return Ok(None);
         }
         let (config, topic, query_id, timeout) =
             (self.marker_reader.clone(), self.topic.clone(), self.query_id.clone(), self.timeout);
-        let latest =
-            blocking(move || kafka_marker::latest_committed_batch(&config, &topic, &query_id, timeout)).await?;
+        blocking(move || kafka_marker::latest_committed_batch(&config, &topic, &query_id, timeout)).await
+    }
+
+    async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
+        let latest = self.latest_committed().await?;
         tracing::info!(batch_id = plan.batch_id, latest_committed = ?latest, "kafka batch marker check");
         Ok(latest.is_some_and(|latest| latest >= plan.batch_id))
     }
 
-    async fn write(&mut self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+    async fn write(&mut self, plan: &BatchPlan, output: &Arc<BatchOutput>) -> Result<u64> {
         let this = self.clone();
         let plan = plan.clone();
-        let rows: Arc<[RecordBatch]> = rows.into();
-        blocking(move || this.write_blocking(&plan, &rows)).await
+        let output = output.clone();
+        let query_id = self.query_id.clone();
+        blocking(move || this.write_blocking(&plan, &output)).await.map_err(|e| match e.is_kafka_fenced() {
+            true => {
+                tracing::error!(cause = %e.chain(), "the output producer was fenced");
+                Error::Fenced { sink: "kafka", query_id }
+            }
+            false => e,
+        })
     }
 }

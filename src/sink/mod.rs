@@ -10,12 +10,33 @@ pub mod copy;
 mod deliveries;
 pub mod kafka;
 pub(crate) mod kafka_marker;
+pub(crate) mod owner;
 pub(crate) mod postgres;
 
 use arrow::array::RecordBatch;
 
 use crate::batch::BatchPlan;
 use crate::error::Result;
+use crate::source::decode::BadMessage;
+
+/// What one batch writes, materialised once ("persist") and shared by both
+/// sinks.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    /// The output rows: every sink writes all of them.
+    pub rows: Vec<RecordBatch>,
+    /// Refused input messages for the dead-letter topic (the Kafka sink
+    /// writes them in the batch's transaction); empty unless
+    /// `--on-bad-record dead-letter`.
+    pub dead_letters: Vec<BadMessage>,
+}
+
+impl BatchOutput {
+    /// Number of output rows.
+    pub fn num_rows(&self) -> u64 {
+        self.rows.iter().map(|b| b.num_rows() as u64).sum()
+    }
+}
 
 /// A destination of the batch output.
 #[allow(async_fn_in_trait)]
@@ -23,12 +44,16 @@ pub trait Sink {
     /// Name used in logs and progress (`kafka`, `postgres`).
     fn name(&self) -> &'static str;
 
+    /// The newest batch of this query the sink holds (`None`: none, or no
+    /// markers with at-least-once).
+    async fn latest_committed(&mut self) -> Result<Option<u64>>;
+
     /// Whether batch `plan.batch_id` is already committed in this sink.
     async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool>;
 
-    /// Writes all `rows` of the batch and its marker in one transaction;
+    /// Writes the batch's output (and its marker) in one transaction;
     /// returns the number of rows written.
-    async fn write(&mut self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64>;
+    async fn write(&mut self, plan: &BatchPlan, output: &std::sync::Arc<BatchOutput>) -> Result<u64>;
 }
 
 /// What one sink did with one batch.
@@ -44,12 +69,12 @@ pub struct SinkOutcome {
 pub async fn write_once<S: Sink>(
     sink: &mut S,
     plan: &BatchPlan,
-    rows: &[RecordBatch],
+    output: &std::sync::Arc<BatchOutput>,
     check: bool,
 ) -> Result<SinkOutcome> {
     if check && sink.is_committed(plan).await? {
         return Ok(SinkOutcome { rows_written: 0, skipped: true });
     }
-    let rows_written = sink.write(plan, rows).await?;
+    let rows_written = sink.write(plan, output).await?;
     Ok(SinkOutcome { rows_written, skipped: false })
 }

@@ -3,7 +3,8 @@
 //!
 //! The job's table keeps its DDL (no unique key is assumed); the marker's
 //! primary key `(query_id, batch_id)` is what makes a batch land at most once,
-//! even if a zombie run writes the same batch concurrently.
+//! even if a zombie run writes the same batch concurrently, and the owner
+//! epoch ([`super::owner`]) makes a zombie's transaction fail altogether.
 
 use arrow::array::RecordBatch;
 use bytes::BytesMut;
@@ -14,7 +15,7 @@ use crate::batch::BatchPlan;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::schema::OUTPUT_FIELDS;
-use crate::sink::{copy, Sink};
+use crate::sink::{copy, owner, BatchOutput, Sink};
 
 /// The job's target table.
 pub(crate) const FEEDBACK_TABLE: &str = "subscribers_feedback";
@@ -38,12 +39,14 @@ pub(crate) struct PostgresSink {
     target: String,
     /// Exactly-once: record and check the batch marker.
     markers: bool,
+    /// This run's owner epoch ([`owner::claim`]), checked by every batch.
+    epoch: i64,
 }
 
 impl PostgresSink {
     /// Connects, creates the marker table and checks that the feedback table
     /// exists with the columns sparklet writes.
-    pub(crate) async fn connect(config: &PostgresConfig, query_id: &str, markers: bool) -> Result<Self> {
+    pub(crate) async fn connect(config: &PostgresConfig, query_id: &str, markers: bool, epoch: i64) -> Result<Self> {
         let client = crate::postgres::connect(config, "the feedback sink").await?;
         let target = config.target();
         client
@@ -54,7 +57,7 @@ impl PostgresSink {
         client.simple_query(&probe).await.map_err(|e| {
             Error::postgres(format!("checking table {FEEDBACK_TABLE} on {target} (create it with sql/schema.sql)"), e)
         })?;
-        Ok(PostgresSink { client, query_id: query_id.to_string(), target, markers })
+        Ok(PostgresSink { client, query_id: query_id.to_string(), target, markers, epoch })
     }
 }
 
@@ -88,6 +91,18 @@ impl Sink for PostgresSink {
         "postgres"
     }
 
+    async fn latest_committed(&mut self) -> Result<Option<u64>> {
+        if !self.markers {
+            return Ok(None);
+        }
+        let row = self
+            .client
+            .query_one("SELECT max(batch_id) FROM sparklet_commits WHERE query_id = $1", &[&self.query_id])
+            .await
+            .map_err(|e| Error::postgres(format!("reading sparklet_commits on {}", self.target), e))?;
+        Ok(row.get::<_, Option<i64>>(0).map(|b| b as u64))
+    }
+
     async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
         if !self.markers {
             return Ok(false);
@@ -103,14 +118,15 @@ impl Sink for PostgresSink {
         Ok(row.get(0))
     }
 
-    async fn write(&mut self, plan: &BatchPlan, rows: &[RecordBatch]) -> Result<u64> {
+    async fn write(&mut self, plan: &BatchPlan, output: &std::sync::Arc<BatchOutput>) -> Result<u64> {
         let target = self.target.clone();
         let txn = self
             .client
             .transaction()
             .await
             .map_err(|e| Error::postgres(format!("beginning a transaction on {target}"), e))?;
-        let written = copy_rows(&txn, rows, &target).await?;
+        let written = copy_rows(&txn, &output.rows, &target).await?;
+        owner::check(&txn, &self.query_id, self.epoch, &target).await?;
         if self.markers {
             record_marker(&txn, &self.query_id, plan, written, &target).await?;
         }

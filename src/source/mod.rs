@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub(crate) mod plan;
+pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -58,6 +59,20 @@ impl KafkaSource {
         let this = self.clone();
         let ranges = plan.ranges.clone();
         blocking(move || this.read_blocking(&ranges)).await
+    }
+
+    /// Fails unless `topic` exists (the dead-letter topic, checked at start
+    /// so the first bad record cannot stop a batch instead).
+    pub async fn require_topic(&self, topic: &str, option: &'static str) -> Result<()> {
+        let (this, name) = (self.clone(), topic.to_string());
+        let partitions = blocking(move || crate::kafka::topic_partitions(this.consumer.as_ref(), &name, this.timeout));
+        if partitions.await?.is_empty() {
+            return Err(Error::KafkaState(format!(
+                "topic '{topic}' ({option}) does not exist: create it, name another with {option}, \
+                 or choose --on-bad-record drop or fail"
+            )));
+        }
+        Ok(())
     }
 
     /// The consumer-group metadata the sink's transaction commits offsets for.
@@ -119,7 +134,7 @@ impl KafkaSource {
         let mut by_partition: BTreeMap<i32, RawBatch> = BTreeMap::new();
         crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
             let (partition, offset) = (message.partition(), message.offset());
-            by_partition.entry(partition).or_default().push(partition, offset, message.payload());
+            by_partition.entry(partition).or_default().push(partition, offset, message.key(), message.payload());
         })?;
         let mut out = RawBatch::default();
         for raw in by_partition.into_values() {

@@ -56,6 +56,36 @@ impl std::fmt::Display for DataLoss {
     }
 }
 
+/// The parts of planned `ranges` that can no longer be read (a replay after
+/// retention deleted them, or after the topic was recreated), and the ranges
+/// clamped to what is left.
+pub(crate) fn unreadable(ranges: &[OffsetRange], watermarks: &[Watermarks]) -> (Vec<DataLoss>, Vec<OffsetRange>) {
+    let mut losses = Vec::new();
+    let mut left = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let w = watermarks.iter().find(|w| w.partition == r.partition);
+        let (low, high) = w.map_or((r.end, r.end), |w| (w.low, w.high));
+        if !r.is_empty() && r.start < low {
+            losses.push(DataLoss {
+                partition: r.partition,
+                expected: r.start,
+                available: low,
+                kind: LossKind::Deleted,
+            });
+        } else if !r.is_empty() && r.end > high {
+            losses.push(DataLoss {
+                partition: r.partition,
+                expected: r.end,
+                available: high,
+                kind: LossKind::Backwards,
+            });
+        }
+        let start = r.start.max(low).min(r.end);
+        left.push(OffsetRange { partition: r.partition, start, end: r.end.min(high).max(start) });
+    }
+    (losses, left)
+}
+
 /// Start offset per partition: the previous batch's end where there is one;
 /// otherwise `--starting-offsets` for a new query, earliest for a partition
 /// added later (Spark's rule). Offsets already deleted, or a partition that
@@ -136,6 +166,16 @@ mod tests {
 
     fn w(partition: i32, low: i64, high: i64) -> Watermarks {
         Watermarks { partition, low, high }
+    }
+
+    #[test]
+    fn a_replay_finds_deleted_or_vanished_offsets_and_what_is_left() {
+        let r = |partition, start, end| OffsetRange { partition, start, end };
+        let planned = [r(0, 5, 10), r(1, 3, 8), r(2, 4, 4), r(3, 0, 6)];
+        let (losses, left) = unreadable(&planned, &[w(0, 7, 20), w(1, 0, 5), w(2, 9, 9), w(3, 0, 6)]);
+        let kinds: Vec<_> = losses.iter().map(|l| (l.partition, l.kind, l.available)).collect();
+        assert_eq!(kinds, vec![(0, LossKind::Deleted, 7), (1, LossKind::Backwards, 5)], "an empty range loses nothing");
+        assert_eq!(left, vec![r(0, 7, 10), r(1, 3, 5), r(2, 4, 4), r(3, 0, 6)]);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! librdkafka). Real Postgres (a private schema per test) and the Kafka wire
 //! protocol through librdkafka's in-process mock cluster.
 
+mod bad_records;
 mod child;
 mod deploy;
 mod exactly_once;
 mod newcomer;
+mod ownership;
 mod pipeline;
 mod postgres_tls;
 mod replay;

@@ -32,6 +32,7 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
         topic: job.input.clone(),
         ranges: vec![OffsetRange { partition: 0, start: 0, end: 1 }],
         subscribers_snapshot: subs.id.clone(),
+        sql_fingerprint: None,
     })?;
 
     drop(store); // the run takes the checkpoint's lock

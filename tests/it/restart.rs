@@ -115,6 +115,7 @@ async fn a_recreated_input_topic_stops_the_query_unless_data_loss_is_allowed() -
     let recreated = Kafka::start()?;
     recreated.create_topic(&job.input, 1)?;
     recreated.create_topic(&job.output, 1)?;
+    recreated.create_topic(&job.dead_letters, 1)?;
     recreated.produce(
         &job.input,
         0,
@@ -136,5 +137,38 @@ async fn a_recreated_input_topic_stops_the_query_unless_data_loss_is_allowed() -
     let mut ids: Vec<&str> = out.iter().map(|(_, v)| v["adv_campaign_id"].as_str().unwrap_or("")).collect();
     ids.sort();
     ensure!(ids == ["new-0", "new-1"], "{ids:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_batch_whose_input_is_gone_is_never_written_differently() -> Result<()> {
+    let job = Job::new(1).await?;
+    let _log = LogOnFailure(&job);
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    let before: Vec<_> = (0..4).map(|i| campaign(RESTAURANT, &format!("old-{i}"), 0, FOREVER)).collect();
+    job.kafka.produce(&job.input, 0, &before)?;
+    // Postgres commits batch 0 (4 rows), then the process dies.
+    let mut child = spawn(&job, &["--trigger", "available-now"], Some("after-pg-commit@1"))?;
+    ensure!(!wait(&mut child, Duration::from_secs(60))?.success(), "should have crashed:\n{}", child_log(&job));
+
+    // The input topic is recreated (a new cluster) with fewer messages.
+    let recreated = Kafka::start()?;
+    for topic in [&job.input, &job.output, &job.dead_letters] {
+        recreated.create_topic(topic, 1)?;
+    }
+    recreated.produce(&job.input, 0, &before[..2])?;
+    let bootstrap = recreated.bootstrap();
+    for allow_loss in ["true", "false"] {
+        let err = match job
+            .run_available_now(&["--bootstrap-servers", &bootstrap, "--fail-on-data-loss", allow_loss])
+            .await
+        {
+            Ok(summary) => anyhow::bail!("expected a refusal, got {summary:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(err.contains("can no longer be read back") && err.contains("postgres already holds it"), "{err}");
+    }
+    assert_eq!(job.db.feedback().await?.len(), 4, "Postgres keeps the first version only");
+    assert!(recreated.read_committed(&job.output)?.is_empty(), "nothing written to Kafka from what is left");
     Ok(())
 }

@@ -14,10 +14,10 @@ use crate::support::repo_path;
 async fn run_fixture(pipeline: &SqlPipeline, fixture: &Value) -> Result<Vec<Value>> {
     let mut raw = RawBatch::default();
     for (i, c) in fixture["campaigns"].as_array().context("campaigns")?.iter().enumerate() {
-        raw.push(0, i as i64, Some(c.to_string().as_bytes()));
+        raw.push(0, i as i64, None, Some(c.to_string().as_bytes()));
     }
-    let campaigns = decode(&raw, &sparklet::schema::campaigns())?;
-    assert!(campaigns.malformed.is_empty(), "{:?}", campaigns.malformed);
+    let campaigns = decode(&raw, &sparklet::schema::campaigns(), &Default::default())?;
+    assert!(campaigns.bad.is_empty(), "{:?}", campaigns.bad);
     let pairs = fixture["subscribers"].as_array().context("subscribers")?;
     let subs = Subscribers::from_rows(
         pairs.iter().map(|p| p[0].as_str().unwrap_or_default().to_string()).collect(),

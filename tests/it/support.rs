@@ -44,6 +44,9 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A message's key and value, either possibly null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// An in-process Kafka cluster.
 pub struct Kafka {
     pub cluster: MockCluster<'static, DefaultProducerContext>,
@@ -72,12 +75,23 @@ impl Kafka {
 
     /// Produces raw payloads to one partition and waits for delivery.
     pub fn produce_raw(&self, topic: &str, partition: i32, payloads: &[&[u8]]) -> Result<()> {
-        for (i, payload) in payloads.iter().enumerate() {
-            let key = format!("message_{i}");
-            self.producer
-                .send(BaseRecord::to(topic).partition(partition).key(&key).payload(*payload))
-                .map_err(|(e, _)| e)
-                .context("producing")?;
+        let keys: Vec<String> = (0..payloads.len()).map(|i| format!("message_{i}")).collect();
+        let records: Vec<_> = keys.iter().zip(payloads).map(|(k, p)| (Some(k.as_bytes()), Some(*p))).collect();
+        self.produce_records(topic, partition, &records)
+    }
+
+    /// Produces (key, value) pairs, either possibly null, to one partition.
+    pub fn produce_records(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: &[KeyValue<'_>],
+    ) -> Result<()> {
+        for (key, value) in records {
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
+            record.key = *key;
+            record.payload = *value;
+            self.producer.send(record).map_err(|(e, _)| e).context("producing")?;
         }
         self.producer.flush(Duration::from_secs(10)).context("flushing")?;
         Ok(())
@@ -188,6 +202,8 @@ pub struct Job {
     pub db: Db,
     pub input: String,
     pub output: String,
+    /// The default dead-letter topic of `input`.
+    pub dead_letters: String,
     pub checkpoint: tempfile::TempDir,
 }
 
@@ -198,7 +214,9 @@ impl Job {
         let output = unique("out");
         kafka.create_topic(&input, partitions)?;
         kafka.create_topic(&output, 1)?;
-        Ok(Job { kafka, db: Db::new().await?, input, output, checkpoint: tempfile::tempdir()? })
+        let dead_letters = format!("{input}-dead-letter");
+        kafka.create_topic(&dead_letters, 1)?;
+        Ok(Job { kafka, db: Db::new().await?, input, output, dead_letters, checkpoint: tempfile::tempdir()? })
     }
 
     /// `sparklet run` arguments for this job, plus `extra`.

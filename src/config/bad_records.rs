@@ -1,0 +1,130 @@
+//! What happens to input messages that fail validation: `--on-bad-record`,
+//! `--dead-letter-topic` and the size limits of
+//! [`crate::source::validate`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::source::validate::Limits;
+
+/// The policy for a refused message, as Spark's PERMISSIVE, DROPMALFORMED
+/// and FAILFAST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBadRecord {
+    /// Write it, byte for byte with its reason, to the dead-letter topic in
+    /// the batch's transaction; the rest of the batch flows normally.
+    DeadLetter,
+    /// Log and count it; nothing else keeps it.
+    Drop,
+    /// Stop before anything of the batch is written, naming the message.
+    Fail,
+}
+
+impl FromStr for OnBadRecord {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim() {
+            "dead-letter" => Ok(OnBadRecord::DeadLetter),
+            "drop" => Ok(OnBadRecord::Drop),
+            "fail" => Ok(OnBadRecord::Fail),
+            other => Err(Error::config("--on-bad-record", format!("'{other}' is not dead-letter, drop or fail"))),
+        }
+    }
+}
+
+impl fmt::Display for OnBadRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnBadRecord::DeadLetter => "dead-letter",
+            OnBadRecord::Drop => "drop",
+            OnBadRecord::Fail => "fail",
+        })
+    }
+}
+
+/// Checked bad-record settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecords {
+    pub on_bad_record: OnBadRecord,
+    /// Where dead letters go (`--dead-letter-topic`, by default the input
+    /// topic's name + `-dead-letter`); used only with `dead-letter`.
+    pub dead_letter_topic: String,
+    pub limits: Limits,
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+impl BadRecords {
+    /// Checks the options against the topics and the producer's settings.
+    pub(crate) fn parse(
+        on_bad_record: &str,
+        dead_letter_topic: Option<&str>,
+        max_record_bytes: usize,
+        topics: (&str, &str),
+        kafka_options: &[(String, String)],
+    ) -> Result<Self> {
+        let (input, output) = topics;
+        let dead_letter_topic = match dead_letter_topic.map(str::trim) {
+            Some("") => return Err(Error::config("--dead-letter-topic", "must not be empty")),
+            Some(topic) => topic.to_string(),
+            None => format!("{input}-dead-letter"),
+        };
+        if dead_letter_topic == input || dead_letter_topic == output {
+            return Err(Error::config(
+                "--dead-letter-topic",
+                format!("'{dead_letter_topic}' is also the input or the output topic"),
+            ));
+        }
+        let max_output_bytes = match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
+            Some((_, v)) => v.parse().map_err(|_| {
+                Error::config("--kafka-option", format!("message.max.bytes '{v}' is not a number of bytes"))
+            })?,
+            None => DEFAULT_MESSAGE_MAX_BYTES,
+        };
+        let limits = Limits { max_record_bytes, max_output_bytes };
+        if max_record_bytes == 0 || max_record_bytes + crate::source::validate::OUTPUT_OVERHEAD > max_output_bytes {
+            return Err(Error::config(
+                "--max-record-bytes",
+                format!(
+                    "{max_record_bytes} must be at least 1 and leave {} bytes under the producer's message.max.bytes {max_output_bytes}",
+                    crate::source::validate::OUTPUT_OVERHEAD
+                ),
+            ));
+        }
+        Ok(BadRecords { on_bad_record: on_bad_record.parse()?, dead_letter_topic, limits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(mode: &str, topic: Option<&str>, max: usize, options: &[(&str, &str)]) -> Result<BadRecords> {
+        let options: Vec<(String, String)> = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        BadRecords::parse(mode, topic, max, ("in", "out"), &options)
+    }
+
+    #[test]
+    fn defaults_to_a_dead_letter_topic_named_after_the_input() {
+        let b = parse("dead-letter", None, 1000, &[]).unwrap();
+        assert_eq!(b.dead_letter_topic, "in-dead-letter");
+        assert_eq!(b.limits, Limits { max_record_bytes: 1000, max_output_bytes: 1_000_000 });
+        assert_eq!(parse("fail", Some("dlq"), 1000, &[]).unwrap().on_bad_record, OnBadRecord::Fail);
+        let b = parse("drop", None, 1000, &[("message.max.bytes", "5000000")]).unwrap();
+        assert_eq!(b.limits.max_output_bytes, 5_000_000);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_option() {
+        let err = |r: Result<BadRecords>| r.unwrap_err().to_string();
+        assert!(err(parse("skip", None, 1000, &[])).contains("--on-bad-record: 'skip' is not dead-letter"));
+        assert!(err(parse("drop", Some("out"), 1000, &[])).contains("--dead-letter-topic"));
+        assert!(err(parse("drop", Some(" "), 1000, &[])).contains("must not be empty"));
+        assert!(err(parse("drop", None, 0, &[])).contains("--max-record-bytes"));
+        assert!(err(parse("drop", None, 999_000, &[])).contains("message.max.bytes 1000000"));
+        assert!(err(parse("drop", None, 10, &[("message.max.bytes", "big")])).contains("not a number"));
+    }
+}

@@ -1,0 +1,369 @@
+//! Full validation of one input message, before any sink sees it.
+//!
+//! [`validate`] is a pure function of the message bytes and the limits, so a
+//! replay classifies every message exactly as the first run did. A message it
+//! accepts decodes into one campaign row that both sinks take (no NUL in text,
+//! integers in range, an output row under the producer's size limit); a
+//! message it refuses gets a [`Reason`] (a short stable code, written to the
+//! dead-letter header `sparklet.error.reason`) and a sentence for people.
+//! Unknown extra fields are accepted and ignored.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::schema::CAMPAIGN_FIELDS;
+
+/// Why a message was refused. The codes are stable: dashboards and
+/// dead-letter consumers match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// No value (a null payload) or an empty one.
+    Empty,
+    /// Larger than `--max-record-bytes`.
+    TooLarge,
+    /// Its output row could exceed the producer's `message.max.bytes`.
+    OutputTooLarge,
+    NotUtf8,
+    NotJson,
+    /// The JSON ends early.
+    Truncated,
+    NotAnObject,
+    /// More than one JSON value, or other data after the object.
+    SeveralValues,
+    MissingField,
+    NullField,
+    /// A string where a number belongs, a float such as 1.9 where an integer
+    /// belongs, and so on: nothing is coerced or truncated.
+    WrongType,
+    /// An integer outside the column's range (int8).
+    OutOfRange,
+    DuplicateField,
+    /// Text with a NUL character, which Postgres text cannot hold.
+    NulCharacter,
+    /// `adv_campaign_datetime_end` before `adv_campaign_datetime_start`.
+    EndsBeforeStart,
+    /// Passed validation but the JSON decoder still refused it (a bug: the
+    /// message is kept as a dead letter rather than stalling the query).
+    Undecodable,
+}
+
+impl Reason {
+    /// Every reason, in code order (for tests and documentation).
+    pub const ALL: [Reason; 16] = [
+        Reason::Empty,
+        Reason::TooLarge,
+        Reason::OutputTooLarge,
+        Reason::NotUtf8,
+        Reason::NotJson,
+        Reason::Truncated,
+        Reason::NotAnObject,
+        Reason::SeveralValues,
+        Reason::MissingField,
+        Reason::NullField,
+        Reason::WrongType,
+        Reason::OutOfRange,
+        Reason::DuplicateField,
+        Reason::NulCharacter,
+        Reason::EndsBeforeStart,
+        Reason::Undecodable,
+    ];
+
+    /// The stable short code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::TooLarge => "too_large",
+            Reason::OutputTooLarge => "output_too_large",
+            Reason::NotUtf8 => "not_utf8",
+            Reason::NotJson => "not_json",
+            Reason::Truncated => "truncated",
+            Reason::NotAnObject => "not_an_object",
+            Reason::SeveralValues => "several_values",
+            Reason::MissingField => "missing_field",
+            Reason::NullField => "null_field",
+            Reason::WrongType => "wrong_type",
+            Reason::OutOfRange => "out_of_range",
+            Reason::DuplicateField => "duplicate_field",
+            Reason::NulCharacter => "nul_character",
+            Reason::EndsBeforeStart => "ends_before_start",
+            Reason::Undecodable => "undecodable",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refused message: the reason and what exactly is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Refusal { reason, message: message.into() }
+    }
+}
+
+/// Size limits a message must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-record-bytes`.
+    pub max_record_bytes: usize,
+    /// The producer's `message.max.bytes`.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_record_bytes: 256 * 1024, max_output_bytes: 1_000_000 }
+    }
+}
+
+/// Bytes an output message can add to its campaign: the client id (at most
+/// [`MAX_CLIENT_ID_BYTES`] in the cached table, longer ones are refused at
+/// load), the trigger time, field names and the record overhead.
+pub const OUTPUT_OVERHEAD: usize = 1024 + MAX_CLIENT_ID_BYTES;
+/// Longest client id the output bound allows for.
+pub const MAX_CLIENT_ID_BYTES: usize = 1024;
+
+/// Checks one message; `Ok` means it decodes into a row both sinks accept.
+pub fn validate(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Refusal> {
+    let bytes = match payload {
+        None => return Err(Refusal::new(Reason::Empty, "the message has no value (null payload)")),
+        Some([]) => return Err(Refusal::new(Reason::Empty, "the message value is empty")),
+        Some(bytes) => bytes,
+    };
+    if bytes.len() > limits.max_record_bytes {
+        let (len, max) = (bytes.len(), limits.max_record_bytes);
+        return Err(Refusal::new(Reason::TooLarge, format!("{len} bytes, more than --max-record-bytes {max}")));
+    }
+    if bytes.len() + OUTPUT_OVERHEAD > limits.max_output_bytes {
+        return Err(Refusal::new(
+            Reason::OutputTooLarge,
+            format!(
+                "{} bytes: its output messages could exceed the producer's message.max.bytes {}",
+                bytes.len(),
+                limits.max_output_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Refusal::new(Reason::NotUtf8, format!("not UTF-8 text: invalid byte at {}", e.valid_up_to())))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut refusal = None;
+    match (CampaignSeed { refusal: &mut refusal }).deserialize(&mut de) {
+        Ok(ends) => ends.check()?,
+        Err(e) => return Err(refusal.unwrap_or_else(|| json_refusal(&e))),
+    }
+    de.end().map_err(|_| Refusal::new(Reason::SeveralValues, "data after the JSON object (several values?)"))
+}
+
+fn json_refusal(e: &serde_json::Error) -> Refusal {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Eof => Refusal::new(Reason::Truncated, format!("the JSON ends early: {e}")),
+        _ => Refusal::new(Reason::NotJson, format!("not JSON: {e}")),
+    }
+}
+
+/// Start and end of a valid campaign.
+struct Window {
+    start: i64,
+    end: i64,
+}
+
+impl Window {
+    fn check(&self) -> Result<(), Refusal> {
+        if self.end < self.start {
+            return Err(Refusal::new(
+                Reason::EndsBeforeStart,
+                format!("adv_campaign_datetime_end {} is before adv_campaign_datetime_start {}", self.end, self.start),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Walks one JSON object; the first problem is stored in `refusal` and
+/// aborts the walk.
+struct CampaignSeed<'r> {
+    refusal: &'r mut Option<Refusal>,
+}
+
+impl<'de> DeserializeSeed<'de> for CampaignSeed<'_> {
+    type Value = Window;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Window, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CampaignSeed<'_> {
+    type Value = Window;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Window, A::Error> {
+        let mut values: [Option<Scalar>; CAMPAIGN_FIELDS.len()] = Default::default();
+        let mut unknown: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let Some(index) = CAMPAIGN_FIELDS.iter().position(|(name, _)| *name == key) else {
+                if unknown.iter().any(|k| *k == key) {
+                    return Err(self.refuse(Reason::DuplicateField, format!("field {key} appears twice")));
+                }
+                unknown.push(key.into_owned());
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if values[index].is_some() {
+                return Err(self.refuse(Reason::DuplicateField, format!("field {key} appears twice")));
+            }
+            values[index] = Some(map.next_value::<Scalar>()?);
+        }
+        self.check_fields(values)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Window, A::Error> {
+        Err(self.refuse(Reason::NotAnObject, "the value is a JSON array, not an object"))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Window, E> {
+        Err(self.refuse(Reason::NotAnObject, "the value is a JSON string, not an object"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Window, E> {
+        Err(self.refuse(Reason::NotAnObject, "the value is a JSON number, not an object"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Window, E> {
+        Err(self.refuse(Reason::NotAnObject, "the value is a JSON number, not an object"))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Window, E> {
+        Err(self.refuse(Reason::NotAnObject, "the value is a JSON number, not an object"))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Window, E> {
+        Err(self.refuse(Reason::NotAnObject, "the value is a JSON boolean, not an object"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Window, E> {
+        Err(self.refuse(Reason::NotAnObject, "the value is JSON null, not an object"))
+    }
+}
+
+impl CampaignSeed<'_> {
+    fn refuse<E: de::Error>(self, reason: Reason, message: impl Into<String>) -> E {
+        *self.refusal = Some(Refusal::new(reason, message));
+        E::custom(reason.code())
+    }
+
+    /// Every field present, of its column's type.
+    fn check_fields<E: de::Error>(self, values: [Option<Scalar>; CAMPAIGN_FIELDS.len()]) -> Result<Window, E> {
+        let mut ints = [0i64; CAMPAIGN_FIELDS.len()];
+        for (i, ((name, ty), value)) in CAMPAIGN_FIELDS.iter().zip(values).enumerate() {
+            let integer = *ty == arrow::datatypes::DataType::Int64;
+            let wanted = if integer { "an integer" } else { "a string" };
+            let found = match value {
+                None => return Err(self.refuse(Reason::MissingField, format!("field {name} is missing"))),
+                Some(Scalar::Null) => return Err(self.refuse(Reason::NullField, format!("field {name} is null"))),
+                Some(Scalar::Text { nul: true }) => {
+                    return Err(self.refuse(Reason::NulCharacter, format!("field {name} contains a NUL character")))
+                }
+                Some(Scalar::Text { nul: false }) if !integer => continue,
+                Some(Scalar::Int(v)) if integer => {
+                    ints[i] = v;
+                    continue;
+                }
+                Some(Scalar::BigInt(v)) if integer => {
+                    return Err(self.refuse(Reason::OutOfRange, format!("field {name}: {v} is outside int8")))
+                }
+                Some(Scalar::Float(v)) if integer && v.fract() == 0.0 && v.abs() >= 9.2e18 => {
+                    return Err(self.refuse(Reason::OutOfRange, format!("field {name}: {v} is outside int8")))
+                }
+                Some(other) => other.describe(),
+            };
+            return Err(self.refuse(Reason::WrongType, format!("field {name} should be {wanted}, found {found}")));
+        }
+        let at = |field: &str| CAMPAIGN_FIELDS.iter().position(|(n, _)| *n == field).map_or(0, |i| ints[i]);
+        Ok(Window { start: at("adv_campaign_datetime_start"), end: at("adv_campaign_datetime_end") })
+    }
+}
+
+/// The kind of a field's JSON value (text is checked, not kept).
+enum Scalar {
+    Null,
+    Text {
+        nul: bool,
+    },
+    Int(i64),
+    /// An integer beyond i64 (serde_json reads it as u64).
+    BigInt(u64),
+    Float(f64),
+    Bool,
+    Nested(&'static str),
+}
+
+impl Scalar {
+    fn describe(&self) -> String {
+        match self {
+            Scalar::Null => "null".into(),
+            Scalar::Text { .. } => "a string".into(),
+            Scalar::Int(v) => format!("the integer {v}"),
+            Scalar::BigInt(v) => format!("the integer {v}"),
+            Scalar::Float(v) => format!("the number {v} (not an integer)"),
+            Scalar::Bool => "a boolean".into(),
+            Scalar::Nested(kind) => format!("an {kind}"),
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text { nul: v.contains('\0') })
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(i64::try_from(v).map_or(Scalar::BigInt(v), Scalar::Int))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Float(v))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested("array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested("object"))
+    }
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

@@ -1,0 +1,158 @@
+//! One owner per query, and a checkpoint that cannot silently lie: a paused
+//! process (a zombie) that wakes after a new owner took over is fenced in
+//! both sinks, a checkpoint older than the sinks is refused, and so is a
+//! half-written batch replayed with other SQL files.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+
+use crate::child::*;
+use crate::exactly_once::{assert_exactly_once, expected_pairs};
+use crate::support::*;
+
+const FOREVER: i64 = 4_000_000_000;
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn produce_campaigns(job: &Job, ids: &[String]) -> Result<()> {
+    for id in ids {
+        job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, id, 0, FOREVER)])?;
+    }
+    Ok(())
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// Waits until the progress file holds records whose input adds up to `rows`.
+fn wait_for_input_rows(progress: &Path, rows: u64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(progress).unwrap_or_default();
+        let seen: u64 = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["numInputRows"].as_u64().unwrap_or(0))
+            .sum();
+        if seen >= rows {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {seen} of {rows} input rows processed within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_zombie_is_fenced_by_the_new_owner_in_both_sinks() -> Result<()> {
+    let job = Job::new(1).await?;
+    let _log = LogOnFailure(&job);
+    job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
+    let files = tempfile::tempdir()?;
+    let (progress_a, progress_b) = (files.path().join("a.jsonl"), files.path().join("b.jsonl"));
+    let first = ids("first", 3);
+    produce_campaigns(&job, &first)?;
+
+    // A processes the first campaigns, then is paused between batches.
+    let progress = progress_a.display().to_string();
+    let mut a = spawn(&job, &["--trigger", "200ms", "--progress-json", &progress], None)?;
+    wait_for_input_rows(&progress_a, 3, Duration::from_secs(60))?;
+    signal(&a, "STOP")?;
+
+    // B starts on a copy of A's checkpoint (another machine, say) and takes over.
+    let copy = files.path().join("checkpoint-copy");
+    copy_dir(job.checkpoint.path(), &copy)?;
+    let (copy, progress) = (copy.display().to_string(), progress_b.display().to_string());
+    let mut b = spawn(&job, &["--trigger", "200ms", "--checkpoint-dir", &copy, "--progress-json", &progress], None)?;
+    let second = ids("second", 3);
+    produce_campaigns(&job, &second)?;
+    wait_for_input_rows(&progress_b, 3, Duration::from_secs(60))?;
+
+    // A wakes up, plans a batch of the second campaigns and is fenced.
+    signal(&a, "CONT")?;
+    let status = wait(&mut a, Duration::from_secs(60))?;
+    ensure!(!status.success(), "the zombie must stop:\n{}", child_log(&job));
+    ensure!(child_log(&job).contains("fenced by a newer owner"), "{}", child_log(&job));
+
+    let third = ids("third", 2);
+    produce_campaigns(&job, &third)?;
+    wait_for_input_rows(&progress_b, 5, Duration::from_secs(60))?;
+    signal(&b, "TERM")?;
+    ensure!(wait(&mut b, Duration::from_secs(30))?.success(), "the owner keeps running:\n{}", child_log(&job));
+
+    let all: Vec<String> = first.into_iter().chain(second).chain(third).collect();
+    assert_exactly_once(&job, &expected_pairs(&all, &["c1".to_string(), "c2".to_string()])).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_older_than_the_sinks_is_refused_before_writing() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    let first = ids("first", 2);
+    produce_campaigns(&job, &first)?;
+    job.run_available_now(&[]).await?;
+    let backup = tempfile::tempdir()?;
+    copy_dir(job.checkpoint.path(), backup.path())?;
+    let second = ids("second", 2);
+    produce_campaigns(&job, &second)?;
+    job.run_available_now(&[]).await?;
+
+    let restored = backup.path().display().to_string();
+    let err = match job.run_available_now(&["--checkpoint-dir", &restored]).await {
+        Ok(summary) => bail!("expected a refusal, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("up to batch 0") && err.contains("holds batch 1") && err.contains("older than the sinks"),
+        "{err}"
+    );
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_exactly_once(&job, &expected_pairs(&all, &["c1".to_string()])).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_batch_replayed_with_changed_sql_is_refused() -> Result<()> {
+    let job = Job::new(1).await?;
+    let _log = LogOnFailure(&job);
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    let first = ids("first", 2);
+    produce_campaigns(&job, &first)?;
+    let sql = tempfile::tempdir()?;
+    copy_dir(&repo_path("sql"), sql.path())?;
+    let sql_dir = sql.path().display().to_string();
+    // Postgres commits batch 0, then the process dies.
+    let mut child = spawn(&job, &["--trigger", "available-now", "--sql-dir", &sql_dir], Some("after-pg-commit@1"))?;
+    ensure!(!wait(&mut child, Duration::from_secs(60))?.success(), "should have crashed:\n{}", child_log(&job));
+
+    let step = sql.path().join("20_feedback.sql");
+    let original = std::fs::read_to_string(&step)?;
+    std::fs::write(&step, format!("-- edited\n{original}"))?;
+    let err = match job.run_available_now(&["--sql-dir", &sql_dir]).await {
+        Ok(summary) => bail!("expected a refusal, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("batch 0 was written to postgres by SQL files with fingerprint"), "{err}");
+
+    std::fs::write(&step, &original)?;
+    job.run_available_now(&["--sql-dir", &sql_dir]).await?;
+    assert_exactly_once(&job, &expected_pairs(&first, &["c1".to_string()])).await?;
+    Ok(())
+}
