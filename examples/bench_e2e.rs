@@ -103,6 +103,7 @@ fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::produce
     cluster.create_topic(&topic, 16, 1)?;
     cluster.create_topic("bench_out", 16, 1)?;
     cluster.create_topic(&format!("{topic}-dead-letter"), 1, 1)?;
+    cluster.create_topic("sparklet-markers", 1, 1)?;
     Ok((cluster, topic))
 }
 

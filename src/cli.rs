@@ -60,6 +60,13 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_OUTPUT_TOPIC")]
     pub output_topic: String,
 
+    /// Topic of the batch markers (exactly-once): one record per batch, in
+    /// the batch's transaction, which recovery reads to learn whether the
+    /// batch reached Kafka. Shared by all sparklet queries of a cluster;
+    /// create it with 1 partition and cleanup.policy=compact. Checked at start.
+    #[arg(long, env = "SPARKLET_MARKER_TOPIC", default_value = "sparklet-markers")]
+    pub marker_topic: String,
+
     /// Postgres connection, e.g. postgres://user@host:5432/db. The password is
     /// never logged; prefer the env var or PGPASSWORD-style URLs kept out of
     /// shell history.

@@ -21,6 +21,7 @@ const SCHEMA: &str = "sparklet_demo";
 const INPUT: &str = "promotions_in";
 const OUTPUT: &str = "promotions_out";
 const DEAD_LETTERS: &str = "promotions_in-dead-letter";
+const MARKERS: &str = "sparklet-markers";
 const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
 /// Runs the demo.
@@ -30,7 +31,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     cluster.create_topic(INPUT, 3, 1).context("creating the input topic")?;
     cluster.create_topic(OUTPUT, 1, 1).context("creating the output topic")?;
     cluster.create_topic(DEAD_LETTERS, 1, 1).context("creating the dead-letter topic")?;
-    println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}, {DEAD_LETTERS}");
+    cluster.create_topic(MARKERS, 1, 1).context("creating the marker topic")?;
+    println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}, {DEAD_LETTERS}, {MARKERS}");
 
     reset_checkpoint(&args)?;
     let url = prepare_postgres(&args).await?;
@@ -100,6 +102,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         bootstrap_servers: bootstrap.to_string(),
         input_topic: INPUT.into(),
         output_topic: OUTPUT.into(),
+        marker_topic: MARKERS.into(),
         database_url: url.to_string(),
         database_ca_file: None,
         checkpoint_dir: args.checkpoint_dir.clone(),

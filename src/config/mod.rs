@@ -71,6 +71,8 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub input_topic: String,
     pub output_topic: String,
+    /// Where each batch's marker goes (exactly-once).
+    pub marker_topic: String,
     /// Extra librdkafka settings (`--kafka-option`), secrets resolved.
     pub options: Vec<(String, String)>,
     /// Timeout of one Kafka request and of reading one batch.
@@ -117,11 +119,18 @@ impl TryFrom<RunArgs> for Config {
             bootstrap_servers: non_empty("--bootstrap-servers", args.bootstrap_servers)?,
             input_topic: non_empty("--input-topic", args.input_topic)?,
             output_topic: non_empty("--output-topic", args.output_topic)?,
+            marker_topic: non_empty("--marker-topic", args.marker_topic)?,
             options: parse_kafka_options(&args.kafka_options)?,
             timeout: parse_bounded_duration("--kafka-timeout", &args.kafka_timeout, KAFKA_TIMEOUT_RANGE)?,
         };
         if kafka.input_topic == kafka.output_topic {
             return Err(Error::config("--output-topic", format!("'{}' is also the input topic", kafka.output_topic)));
+        }
+        if [&kafka.input_topic, &kafka.output_topic].contains(&&kafka.marker_topic) {
+            return Err(Error::config(
+                "--marker-topic",
+                format!("'{}' is also the input or the output topic", kafka.marker_topic),
+            ));
         }
         let max_offsets_per_trigger = parse_max_offsets(&args.max_offsets_per_trigger)?;
         let bad_records = BadRecords::parse(
@@ -131,6 +140,9 @@ impl TryFrom<RunArgs> for Config {
             (&kafka.input_topic, &kafka.output_topic),
             &kafka.options,
         )?;
+        if bad_records.dead_letter_topic == kafka.marker_topic {
+            return Err(Error::config("--dead-letter-topic", "must not be the --marker-topic"));
+        }
         if args.min_batches_to_retain == 0 {
             return Err(Error::config(
                 "--min-batches-to-retain",
@@ -240,7 +252,7 @@ impl Config {
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
              --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
              --subscribers-refresh {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
-             --bootstrap-servers {} --input-topic {} --output-topic {} --kafka-option [{}]",
+             --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
@@ -256,6 +268,7 @@ impl Config {
             self.kafka.bootstrap_servers,
             self.kafka.input_topic,
             self.kafka.output_topic,
+            self.kafka.marker_topic,
             options.join(", "),
         )
     }
@@ -275,6 +288,7 @@ impl fmt::Debug for KafkaConfig {
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("input_topic", &self.input_topic)
             .field("output_topic", &self.output_topic)
+            .field("marker_topic", &self.marker_topic)
             .field("options", &options)
             .field("timeout", &self.timeout)
             .finish()

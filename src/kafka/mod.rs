@@ -199,6 +199,7 @@ mod tests {
             bootstrap_servers: "b:9091".into(),
             input_topic: "in".into(),
             output_topic: "out".into(),
+            marker_topic: "markers".into(),
             options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             timeout: Duration::from_secs(30),
         }

@@ -75,7 +75,12 @@ impl Query {
         crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
         if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
-            source.require_topic(&config.bad_records.dead_letter_topic, "--dead-letter-topic").await?;
+            let otherwise = "choose --on-bad-record drop or fail";
+            source.require_topic(&config.bad_records.dead_letter_topic, "--dead-letter-topic", otherwise).await?;
+        }
+        if config.guarantee.exactly_once() {
+            let otherwise = "run with --guarantee at-least-once";
+            source.require_topic(&config.kafka.marker_topic, "--marker-topic", otherwise).await?;
         }
         let epoch = claim_ownership(&config, &query_id).await?;
         let (mut postgres, mut kafka) = connect_sinks(&config, &query_id, &source, epoch).await?;

@@ -9,8 +9,9 @@
 //! query's owner epoch in Postgres ([`super::owner`]): a zombie stops there
 //! even on a broker that would not fence it.
 //!
-//! Every message carries the query and batch ids as headers: that is the
-//! sink's marker, which recovery reads back ([`super::kafka_marker`]). The
+//! Each transaction also writes the batch's marker record to the marker
+//! topic, which recovery reads back ([`super::kafka_marker`]); every message
+//! carries the query and batch ids as headers too. The
 //! transaction also commits the batch's input end offsets for the query's
 //! consumer group (`sendOffsetsToTransaction`), so lag tools see sparklet's
 //! progress. The producer's
@@ -48,6 +49,8 @@ pub struct KafkaSink {
     /// The input consumer's group, whose offsets each transaction commits.
     group: Arc<ConsumerGroupMetadata>,
     topic: String,
+    /// Where each batch's marker record goes.
+    marker_topic: String,
     /// Where dead letters go (`--on-bad-record dead-letter`).
     dead_letter_topic: Option<String>,
     timeout: Duration,
@@ -78,6 +81,7 @@ impl KafkaSink {
             producer,
             group: Arc::new(group),
             topic: kafka.output_topic.clone(),
+            marker_topic: kafka.marker_topic.clone(),
             dead_letter_topic,
             timeout,
             transactional,
@@ -121,7 +125,8 @@ impl KafkaSink {
         if sent > 0 {
             crate::crash::point("kafka-mid-transaction");
         }
-        self.await_deliveries(sent + dead)?;
+        self.send_marker(plan, sent)?;
+        self.await_deliveries(sent + dead + 1)?;
         let offsets = self.input_offsets(plan)?;
         self.producer
             .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
@@ -132,6 +137,17 @@ impl KafkaSink {
             .map_err(|e| Error::kafka("committing the output transaction", e))?;
         crate::crash::point("after-kafka-commit");
         Ok(sent)
+    }
+
+    /// The batch's marker record ([`kafka_marker`]), keyed by the query id.
+    fn send_marker(&self, plan: &BatchPlan, rows: u64) -> Result<()> {
+        let value = kafka_marker::marker_value(&self.query_id, plan.batch_id, rows);
+        let record = BaseRecord::to(&self.marker_topic)
+            .key(&self.query_id)
+            .payload(&value)
+            .headers(kafka_marker::headers(&self.query_id, &plan.batch_id.to_string()));
+        crate::kafka::send_when_room(&self.producer, record)
+            .map_err(|e| Error::kafka(format!("sending the batch marker to '{}'", self.marker_topic), e))
     }
 
     /// Sends the dead letters, then the rows; returns (rows, dead letters).
@@ -240,7 +256,7 @@ impl Sink for KafkaSink {
             return Ok(None);
         }
         let (config, topic, query_id, timeout) =
-            (self.marker_reader.clone(), self.topic.clone(), self.query_id.clone(), self.timeout);
+            (self.marker_reader.clone(), self.marker_topic.clone(), self.query_id.clone(), self.timeout);
         blocking(move || kafka_marker::latest_committed_batch(&config, &topic, &query_id, timeout)).await
     }
 

@@ -1,19 +1,29 @@
-//! How the Kafka sink learns, after a crash, whether a batch landed.
+//! How the Kafka sink learns, after a crash, whether a batch landed: one
+//! marker record per batch in the marker topic (`--marker-topic`), written in
+//! the batch's transaction.
 //!
-//! Every output message carries two headers, `sparklet.query` (the query id)
-//! and `sparklet.batch` (the batch id); all messages of a batch commit in one
-//! transaction. So batch N landed iff a `read_committed` reader sees a message
-//! of this query with batch >= N. Recovery reads the tail of each output
-//! partition backwards, in growing windows, until it finds the query's newest
-//! message. (A batch with no output rows leaves no trace; redoing it writes an
-//! empty transaction, which is harmless.)
+//! The marker is keyed by the query id and carries the headers
+//! `sparklet.query` and `sparklet.batch` (the output and dead-letter messages
+//! carry them too, for people). Batch N landed iff a `read_committed` reader
+//! sees a marker of this query with batch >= N. Only sparklet queries write
+//! the marker topic, so recovery reads the tail of its partitions, not the
+//! output topic: its cost depends on how many queries share the marker topic
+//! (with `cleanup.policy=compact`, about one record per query), never on the
+//! size of the output. A batch with no output rows has a marker too.
+//!
+//! Another query's open transaction on the marker topic holds its last
+//! stable offset (LSO) below the high watermark, which would hide a committed
+//! marker above it; recovery therefore waits until the LSO reaches the high
+//! watermark it saw first (other queries' transactions end within their
+//! transaction timeout). Our own earlier transaction is already settled:
+//! `init_transactions` completes or aborts it before recovery runs.
 //!
 //! The input offsets are also committed for the query's consumer group inside
 //! the transaction, for lag tools; they are not used here, because not every
 //! broker (librdkafka's mock cluster among them) stores transactional offset
 //! commits.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -36,64 +46,89 @@ pub(crate) fn headers(query_id: &str, batch_id: &str) -> OwnedHeaders {
         .insert(Header { key: BATCH_HEADER, value: Some(batch_id) })
 }
 
-/// The newest batch id of `query_id` committed in `topic`, if any.
+/// The value of a batch's marker record, for people reading the topic.
+pub(crate) fn marker_value(query_id: &str, batch_id: u64, rows: u64) -> String {
+    serde_json::json!({ "queryId": query_id, "batchId": batch_id, "numOutputRows": rows }).to_string()
+}
+
+/// The newest batch of `query_id` whose marker is committed in `topic`.
 pub(crate) fn latest_committed_batch(
     consumer_config: &ClientConfig,
     topic: &str,
     query_id: &str,
     timeout: Duration,
 ) -> Result<Option<u64>> {
-    let mut config = consumer_config.clone();
-    config.set("isolation.level", "read_committed").set("enable.auto.commit", "false");
-    let consumer: BaseConsumer<LoggingContext> = config
-        .create_with_context(LoggingContext::new("marker reader"))
-        .map_err(|e| Error::kafka("creating the marker reader", e))?;
-    let partitions = crate::kafka::topic_partitions(&consumer, topic, timeout)?;
+    let committed = reader(consumer_config, "read_committed")?;
+    let uncommitted = reader(consumer_config, "read_uncommitted")?;
+    let partitions = crate::kafka::topic_partitions(&committed, topic, timeout)?;
     let mut latest = None;
     for partition in partitions {
-        let found = latest_in_partition(&consumer, topic, partition, query_id, timeout)?;
+        let (low, stable) = stable_end(&committed, &uncommitted, topic, partition, timeout)?;
+        let found = latest_in_partition(&committed, topic, partition, (low, stable), query_id, timeout)?;
         latest = latest.max(found);
     }
     Ok(latest)
+}
+
+fn reader(config: &ClientConfig, isolation: &str) -> Result<BaseConsumer<LoggingContext>> {
+    let mut config = config.clone();
+    config.set("isolation.level", isolation).set("enable.auto.commit", "false");
+    config
+        .create_with_context(LoggingContext::new("marker reader"))
+        .map_err(|e| Error::kafka("creating the marker reader", e))
+}
+
+/// (low watermark, last stable offset) once the LSO has reached the high
+/// watermark seen first.
+fn stable_end(
+    committed: &BaseConsumer<LoggingContext>,
+    uncommitted: &BaseConsumer<LoggingContext>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64)> {
+    let err = |e| Error::kafka(format!("end offsets of marker topic {topic}[{partition}]"), e);
+    let (_, high) = uncommitted.fetch_watermarks(topic, partition, timeout).map_err(err)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (low, stable) = committed.fetch_watermarks(topic, partition, timeout).map_err(err)?;
+        if stable >= high {
+            return Ok((low, stable));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::KafkaTimeout(format!(
+                "an open transaction of another producer holds marker topic {topic}[{partition}] at offset \
+                 {stable} (high watermark {high}) for longer than {timeout:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn latest_in_partition(
     consumer: &BaseConsumer<LoggingContext>,
     topic: &str,
     partition: i32,
+    (low, high): (i64, i64),
     query_id: &str,
     timeout: Duration,
 ) -> Result<Option<u64>> {
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(|e| Error::kafka(format!("end offsets of output {topic}[{partition}]"), e))?;
     let mut end = high;
     let mut window = FIRST_WINDOW;
     while end > low {
         let start = (end - window).max(low);
-        if let Some(batch) = scan(consumer, topic, partition, start, end, query_id, timeout)? {
-            return Ok(Some(batch));
+        let range = OffsetRange { partition, start, end };
+        let mut newest = None;
+        crate::kafka::read_ranges(consumer, topic, &[range], timeout, |m| {
+            newest = newest.max(batch_of(m, query_id));
+        })?;
+        if newest.is_some() {
+            return Ok(newest);
         }
         end = start;
         window *= 2;
     }
     Ok(None)
-}
-
-/// The newest batch of `query_id` among committed messages in `[start, end)`.
-fn scan(
-    consumer: &BaseConsumer<LoggingContext>,
-    topic: &str,
-    partition: i32,
-    start: i64,
-    end: i64,
-    query_id: &str,
-    timeout: Duration,
-) -> Result<Option<u64>> {
-    let mut newest = None;
-    let range = OffsetRange { partition, start, end };
-    crate::kafka::read_ranges(consumer, topic, &[range], timeout, |m| newest = newest.max(batch_of(m, query_id)))?;
-    Ok(newest)
 }
 
 fn batch_of<M: Message>(message: &M, query_id: &str) -> Option<u64> {

@@ -61,15 +61,14 @@ impl KafkaSource {
         blocking(move || this.read_blocking(&ranges)).await
     }
 
-    /// Fails unless `topic` exists (the dead-letter topic, checked at start
-    /// so the first bad record cannot stop a batch instead).
-    pub async fn require_topic(&self, topic: &str, option: &'static str) -> Result<()> {
+    /// Fails unless `topic` exists (the dead-letter and marker topics,
+    /// checked at start so a batch cannot fail on them instead).
+    pub async fn require_topic(&self, topic: &str, option: &'static str, otherwise: &str) -> Result<()> {
         let (this, name) = (self.clone(), topic.to_string());
         let partitions = blocking(move || crate::kafka::topic_partitions(this.consumer.as_ref(), &name, this.timeout));
         if partitions.await?.is_empty() {
             return Err(Error::KafkaState(format!(
-                "topic '{topic}' ({option}) does not exist: create it, name another with {option}, \
-                 or choose --on-bad-record drop or fail"
+                "topic '{topic}' ({option}) does not exist: create it, name another with {option}, or {otherwise}"
             )));
         }
         Ok(())

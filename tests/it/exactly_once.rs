@@ -115,6 +115,27 @@ async fn replay_joins_with_the_snapshot_the_batch_was_planned_with() -> Result<(
     Ok(())
 }
 
+/// Recovery reads the marker topic, not the output: a batch with no output
+/// row (no subscriber) is found committed by its marker, and a batch of this
+/// query is found however much another producer wrote to the output since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_finds_batches_by_their_marker_not_in_the_output() -> Result<()> {
+    let job = Job::new(1).await?;
+    let _log = LogOnFailure(&job);
+    job.kafka.produce(&job.input, 0, &[campaign("nobody-likes-this", "lonely", 0, FOREVER)])?;
+    let status =
+        wait(&mut spawn(&job, &["--trigger", "available-now"], Some("before-commit-log"))?, Duration::from_secs(60))?;
+    ensure!(!status.success(), "{}", child_log(&job));
+    // Another producer fills the output topic after our (empty) batch.
+    let foreign: Vec<Value> = (0..3000).map(|i| serde_json::json!({ "other": i })).collect();
+    job.kafka.produce(&job.output, 0, &foreign)?;
+    run_to_completion(&job, &[])?;
+    let log = child_log(&job);
+    ensure!(log.contains("kafka batch marker check batch_id=0 latest_committed=Some(0)"), "{log}");
+    ensure!(log.matches("batch already committed in sink").count() == 2, "both sinks skipped the replay:\n{log}");
+    Ok(())
+}
+
 /// Holds a SHARE lock on the feedback table: reads go on, the sink's COPY waits.
 async fn lock_feedback(job: &Job) -> Result<tokio_postgres::Client> {
     let locker = connect(&job.db.url).await?;

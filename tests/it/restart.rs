@@ -116,6 +116,7 @@ async fn a_recreated_input_topic_stops_the_query_unless_data_loss_is_allowed() -
     recreated.create_topic(&job.input, 1)?;
     recreated.create_topic(&job.output, 1)?;
     recreated.create_topic(&job.dead_letters, 1)?;
+    recreated.create_topic(MARKERS, 1)?;
     recreated.produce(
         &job.input,
         0,
@@ -153,7 +154,7 @@ async fn a_half_written_batch_whose_input_is_gone_is_never_written_differently()
 
     // The input topic is recreated (a new cluster) with fewer messages.
     let recreated = Kafka::start()?;
-    for topic in [&job.input, &job.output, &job.dead_letters] {
+    for topic in [job.input.as_str(), &job.output, &job.dead_letters, MARKERS] {
         recreated.create_topic(topic, 1)?;
     }
     recreated.produce(&job.input, 0, &before[..2])?;

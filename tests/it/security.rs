@@ -25,6 +25,7 @@ fn kafka_config(options: Vec<String>) -> Result<sparklet::config::KafkaConfig> {
         bootstrap_servers: "127.0.0.1:9".into(),
         input_topic: "in".into(),
         output_topic: "out".into(),
+        marker_topic: "markers".into(),
         options: sparklet::config::parse_kafka_options(&options)?,
         timeout: std::time::Duration::from_secs(1),
     })

@@ -40,6 +40,9 @@ pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
     m
 }
 
+/// The default `--marker-topic`; each test's cluster is its own.
+pub const MARKERS: &str = "sparklet-markers";
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
@@ -81,12 +84,7 @@ impl Kafka {
     }
 
     /// Produces (key, value) pairs, either possibly null, to one partition.
-    pub fn produce_records(
-        &self,
-        topic: &str,
-        partition: i32,
-        records: &[KeyValue<'_>],
-    ) -> Result<()> {
+    pub fn produce_records(&self, topic: &str, partition: i32, records: &[KeyValue<'_>]) -> Result<()> {
         for (key, value) in records {
             let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
             record.key = *key;
@@ -216,6 +214,7 @@ impl Job {
         kafka.create_topic(&output, 1)?;
         let dead_letters = format!("{input}-dead-letter");
         kafka.create_topic(&dead_letters, 1)?;
+        kafka.create_topic(MARKERS, 1)?;
         Ok(Job { kafka, db: Db::new().await?, input, output, dead_letters, checkpoint: tempfile::tempdir()? })
     }
 
