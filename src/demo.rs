@@ -188,5 +188,18 @@ async fn print_samples(client: &ClientConfig, url: &str) -> Result<()> {
         let (campaign, client, trigger, null): (String, String, i32, bool) = (r.get(1), r.get(2), r.get(3), r.get(4));
         println!("  adv_campaign_id={campaign} client_id={client} trigger_datetime_created={trigger} feedback_is_null={null}");
     }
+    let letters = tools::read_committed_records(client, DEAD_LETTERS, Duration::from_secs(20))?;
+    println!("== {DEAD_LETTERS}: {} messages, the input byte for byte:", letters.len());
+    for letter in &letters {
+        let value = letter.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+        let header = |name: &str| letter.header(name).unwrap_or_default();
+        println!(
+            "  value={value} reason={} from={}[{}]@{}",
+            header("sparklet.error.reason"),
+            header("sparklet.source.topic"),
+            header("sparklet.source.partition"),
+            header("sparklet.source.offset")
+        );
+    }
     Ok(())
 }

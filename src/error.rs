@@ -325,6 +325,20 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_producer_is_recognised_and_never_retried() {
+        for code in [RDKafkaErrorCode::Fenced, RDKafkaErrorCode::ProducerFenced, RDKafkaErrorCode::InvalidProducerEpoch]
+        {
+            assert!(Error::kafka("committing", KafkaError::MessageProduction(code)).is_kafka_fenced(), "{code:?}");
+        }
+        let transport =
+            Error::kafka("sending", KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure));
+        assert!(!transport.is_kafka_fenced());
+        let fenced = Error::Fenced { sink: "kafka", query_id: "q".into() };
+        assert!(!fenced.is_retryable(), "a fenced run stops; it never re-initialises its producer");
+        assert!(fenced.to_string().contains("fenced by a newer owner of query q"));
+    }
+
+    #[test]
     fn only_transient_kafka_failures_are_retryable() {
         let k = |code| Error::kafka("x", KafkaError::MessageProduction(code));
         assert!(k(RDKafkaErrorCode::BrokerTransportFailure).is_retryable());

@@ -7,6 +7,7 @@ mod child;
 mod deploy;
 mod exactly_once;
 mod newcomer;
+mod outages;
 mod ownership;
 mod pipeline;
 mod postgres_tls;
