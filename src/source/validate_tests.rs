@@ -1,6 +1,7 @@
-//! Tests of [`super::validate`]: one per bad-record class, and a property
-//! test over random and mutated bytes (no panic; every accepted message
-//! decodes into exactly one row).
+//! Tests of [`super::validate`]: one per bad-record class, and property
+//! tests over random and mutated bytes: no panic, every accepted message
+//! decodes into exactly one row, and a batch of them splits into rows and
+//! reasons with nothing lost.
 
 use super::*;
 use crate::source::decode::{decode, RawBatch};
@@ -149,4 +150,29 @@ fn arbitrary_bytes_never_panic_and_accepted_ones_decode_to_one_row() {
         }
     }
     assert!(accepted > 1000 && refused > 1000, "seed {seed}: {accepted} accepted, {refused} refused");
+}
+
+#[test]
+fn a_batch_of_arbitrary_messages_splits_into_rows_and_reasons() {
+    let mut rng = Rng(0x0bad_5eed_1234_5678);
+    for round in 0..20 {
+        let messages: Vec<Vec<u8>> = (0..200).map(|_| arbitrary_message(&mut rng)).collect();
+        let mut raw = RawBatch::default();
+        let mut refused = Vec::new();
+        for (offset, bytes) in messages.iter().enumerate() {
+            let offset = offset as i64;
+            raw.push(round, offset, Some(b"key".as_slice()), Some(bytes));
+            if validate(Some(bytes), &Limits::default()).is_err() {
+                refused.push(offset);
+            }
+        }
+        let decoded = decode(&raw, &crate::schema::campaigns(), &Limits::default()).unwrap();
+        let bad: Vec<i64> = decoded.bad.iter().map(|b| b.offset).collect();
+        assert_eq!(bad, refused, "round {round}: the batch refuses exactly what validation refuses, in order");
+        assert_eq!(
+            decoded.batch.num_rows() + bad.len(),
+            messages.len(),
+            "round {round}: every message a row or a reason"
+        );
+    }
 }

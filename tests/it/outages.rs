@@ -99,3 +99,25 @@ async fn a_broker_down_during_and_between_batches_is_retried_exactly_once() -> R
     assert_exactly_once(&job, &expected_pairs(&all, &clients)).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_request_errors_are_retried_exactly_once() -> Result<()> {
+    use rdkafka::types::{RDKafkaApiKey as Api, RDKafkaRespErr as E};
+    let job = Job::new(1).await?;
+    let clients = ["c1".to_string(), "c2".to_string()];
+    job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
+    let ids = produce_wave(&job, "campaign", 6)?;
+    let cluster = &job.kafka.cluster;
+    // Planning (ListOffsets), reading (Fetch: a dropped connection), writing
+    // (Produce) and committing (EndTxn) each fail a few times.
+    cluster.request_errors(Api::ListOffsets, &[E::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE; 2]);
+    cluster.request_errors(Api::Fetch, &[E::RD_KAFKA_RESP_ERR__TRANSPORT]);
+    cluster.request_errors(Api::Produce, &[E::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 2]);
+    cluster.request_errors(Api::EndTxn, &[E::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE]);
+    let summary = job
+        .run_available_now(&["--max-offsets-per-trigger", "2", "--kafka-timeout", "3s", "--max-retries", "10"])
+        .await?;
+    assert!(summary.failed_attempts >= 1, "the refused ListOffsets failed a planning attempt, which was retried");
+    assert_exactly_once(&job, &expected_pairs(&ids, &clients)).await?;
+    Ok(())
+}

@@ -2,6 +2,12 @@
 //! process (a zombie) that wakes after a new owner took over is fenced in
 //! both sinks, a checkpoint older than the sinks is refused, and so is a
 //! half-written batch replayed with other SQL files.
+//!
+//! What the zombie test proves on librdkafka's mock cluster: the Postgres
+//! owner epoch stops the zombie before it sends to Kafka and inside its
+//! Postgres transaction. The mock gives every `init_transactions` a new
+//! producer id, so Kafka's own fencing of the zombie's producer is not
+//! exercised here; it rests on Kafka's contract.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
