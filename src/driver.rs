@@ -19,7 +19,9 @@ use crate::events;
 use crate::progress::BatchProgress;
 use crate::query::{Attempt, Query};
 
-/// Wait between planning rounds that found no new data with `--trigger 0s`.
+/// Longest wait between full planning rounds that found no new data with
+/// `--trigger 0s`; in between, [`Batches::wait_for_data`] returns as soon as
+/// there is some.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// What a finished run did.
@@ -70,6 +72,10 @@ pub(crate) trait Batches {
     async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress>;
     /// Re-creates the connections after a failure.
     async fn reconnect(&mut self) -> Result<()>;
+    /// Waits until there may be new data, at most `limit`.
+    async fn wait_for_data(&self, limit: Duration) {
+        tokio::time::sleep(limit).await
+    }
 }
 
 impl Batches for Query {
@@ -91,6 +97,10 @@ impl Batches for Query {
 
     async fn reconnect(&mut self) -> Result<()> {
         Query::reconnect(self).await
+    }
+
+    async fn wait_for_data(&self, limit: Duration) {
+        Query::wait_for_data(self, limit).await
     }
 }
 
@@ -133,13 +143,14 @@ impl<B: Batches> Driver<B> {
             tracing::info!(batch_id = plan.batch_id, "replaying the batch the last run did not commit");
         }
         let mut next_trigger = tokio::time::Instant::now();
+        let mut idle = false;
         loop {
             if pending.is_none() {
                 tokio::select! {
                     // Shutdown wins over a due trigger: stop between batches.
                     biased;
                     _ = &mut shutdown => break,
-                    _ = tokio::time::sleep_until(next_trigger) => {}
+                    _ = self.until_next_trigger(next_trigger, idle) => {}
                 }
             }
             let started = tokio::time::Instant::now();
@@ -148,10 +159,12 @@ impl<B: Batches> Driver<B> {
             match self.trigger(pending.take(), &mut shutdown).await? {
                 Triggered::Stopped => break,
                 Triggered::Idle if self.is_continuous() => {
-                    next_trigger = tokio::time::Instant::now() + self.interval().max(IDLE_POLL);
+                    next_trigger = tokio::time::Instant::now() + self.interval();
+                    idle = true;
                 }
                 Triggered::Idle => break,
                 Triggered::Batch(progress) => {
+                    idle = false;
                     self.record(&progress);
                     if self.policy.trigger == Trigger::Once && !from_last_run {
                         break;
@@ -215,6 +228,16 @@ impl<B: Batches> Driver<B> {
         self.summary.malformed_rows += progress.num_malformed_rows;
         self.summary.expired_rows += progress.num_expired_rows;
         self.summary.last_batch_id = Some(progress.batch_id);
+    }
+
+    /// Until the next trigger is due. After a trigger that found no data,
+    /// `--trigger 0s` waits for new data (at most [`IDLE_POLL`]); a longer
+    /// interval waits for the interval, as Spark does.
+    async fn until_next_trigger(&self, next_trigger: tokio::time::Instant, idle: bool) {
+        if idle && self.interval().is_zero() {
+            return self.batches.wait_for_data(IDLE_POLL).await;
+        }
+        tokio::time::sleep_until(next_trigger).await
     }
 
     /// Whether the run goes on when there is no new data.

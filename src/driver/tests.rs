@@ -32,6 +32,9 @@ struct Script {
     start: Option<Instant>,
     /// A batch takes this long.
     batch_time: Duration,
+    /// While idle, new data arrives this long after the wait starts (none:
+    /// never, the wait runs to its limit).
+    data_after: Option<Duration>,
 }
 
 impl Script {
@@ -123,6 +126,10 @@ impl Batches for Script {
         self.log("reconnect".into());
         Ok(())
     }
+
+    async fn wait_for_data(&self, limit: Duration) {
+        tokio::time::sleep(self.data_after.map_or(limit, |d| d.min(limit))).await
+    }
 }
 
 fn policy(trigger: Trigger) -> Policy {
@@ -158,12 +165,21 @@ async fn batches_start_every_interval_and_idle_polls_wait_the_interval() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn zero_interval_polls_every_100ms_when_idle() {
+async fn zero_interval_plans_again_every_100ms_when_no_data_comes() {
     let script = Script::new(vec![Step::Idle, Step::Idle, Step::Batch]);
     let (result, calls) = drive(Trigger::ProcessingTime(Duration::ZERO), script, secs(1.0)).await;
     assert_eq!(result.unwrap().batches, 1);
     let times: Vec<Duration> = calls.iter().take(3).map(|(t, _)| *t).collect();
     assert_eq!(times, [secs(0.0), secs(0.1), secs(0.2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_interval_plans_as_soon_as_new_data_arrives() {
+    let script = Script { data_after: Some(Duration::from_millis(7)), ..Script::new(vec![Step::Idle, Step::Batch]) };
+    let (result, calls) = drive(Trigger::ProcessingTime(Duration::ZERO), script, secs(1.0)).await;
+    assert_eq!(result.unwrap().batches, 1);
+    let times: Vec<Duration> = calls.iter().take(2).map(|(t, _)| *t).collect();
+    assert_eq!(times, [secs(0.0), Duration::from_millis(7)], "planned when the data came, not 100 ms later");
 }
 
 #[tokio::test(start_paused = true)]

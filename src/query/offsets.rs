@@ -7,7 +7,7 @@
 //! broker for watermarks; the arithmetic is [`crate::source::plan`].
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::batch::{epoch_ms, BatchId, BatchPlan};
 use crate::checkpoint::CheckpointStore;
@@ -117,7 +117,30 @@ impl OffsetState {
     }
 }
 
+/// Between two checks for new data while idle.
+const DATA_CHECK: Duration = Duration::from_millis(5);
+
 impl Query {
+    /// Returns once the input holds data past where the next batch starts,
+    /// or after `limit`: checked every few milliseconds with one ListOffsets
+    /// request, so an idle `--trigger 0s` query starts its next batch within
+    /// milliseconds of new data without a full planning round each time.
+    pub(crate) async fn wait_for_data(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let Some(starts) = self.offsets.next_starts.as_ref() else {
+            return tokio::time::sleep_until(deadline).await;
+        };
+        while tokio::time::Instant::now() < deadline {
+            match self.source.has_data_from(starts).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                // Planning reports (and retries) a real failure.
+                Err(e) => return tracing::debug!(cause = %e.chain(), "checking for new data failed"),
+            }
+            tokio::time::sleep(DATA_CHECK.min(deadline - tokio::time::Instant::now())).await;
+        }
+    }
+
     /// Step 1, plan: the next batch's ranges from where the last one ended to
     /// the high watermarks (capped by `--max-offsets-per-trigger` and, for
     /// `available-now`, by the first trigger's watermarks), with `now` and

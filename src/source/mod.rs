@@ -54,6 +54,19 @@ impl KafkaSource {
         blocking(move || this.watermarks_blocking()).await
     }
 
+    /// Whether any partition in `starts` holds data at or after its start:
+    /// one ListOffsets request, the cheap check an idle `--trigger 0s` query
+    /// repeats between full plannings.
+    pub async fn has_data_from(&self, starts: &HashMap<i32, i64>) -> Result<bool> {
+        let (this, starts) = (self.clone(), starts.clone());
+        blocking(move || {
+            let partitions: Vec<i32> = starts.keys().copied().collect();
+            let highs = this.list_offsets(&partitions, Offset::End)?;
+            Ok(highs.iter().any(|(p, high)| starts.get(p).is_some_and(|start| high > start)))
+        })
+        .await
+    }
+
     /// Reads exactly the ranges of `plan`, in (partition, offset) order.
     pub async fn read(&self, plan: &BatchPlan) -> Result<RawBatch> {
         let this = self.clone();

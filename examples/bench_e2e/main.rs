@@ -8,9 +8,12 @@
 //! ```
 //!
 //! Scenarios: one large batch with exactly-once, the same with at-least-once
-//! (the cost of exactly-once), and a run of tiny batches (latency floor).
+//! (the cost of exactly-once), a run of tiny batches (latency floor), and
+//! per-campaign latency at steady input rates ([`latency`]), with
+//! `--trigger 0s` against `--trigger 100ms` as the baseline in the same run.
 
-#[path = "../src/tools.rs"]
+mod latency;
+#[path = "../../src/tools.rs"]
 mod tools;
 
 use std::time::{Duration, Instant};
@@ -38,14 +41,28 @@ struct Args {
     /// Postgres to write to (schema sparklet_bench is recreated).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
+    /// Scenarios to run: throughput, tiny, latency (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency")]
+    scenarios: Vec<String>,
+    /// Input rates (campaigns/s) of the latency scenario.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    latency_rates: Vec<usize>,
+    /// How long each latency run produces.
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: u64,
 }
+
+/// The output topic of every scenario, and its partitions.
+const OUTPUT: &str = "bench_out";
+const OUTPUT_PARTITIONS: i32 = 16;
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let url = prepare_postgres(&args).await?;
+    let wants = |s: &str| args.scenarios.iter().any(|w| w == s);
     println!("scenario | batches | input msgs | output rows | batch ms (median) | output rows/s | peak RSS MiB");
-    for guarantee in ["exactly-once", "at-least-once"] {
+    for guarantee in ["exactly-once", "at-least-once"].into_iter().filter(|_| wants("throughput")) {
         let (cluster, topic) = new_cluster(args.messages)?;
         let t = Instant::now();
         produce(&cluster, &topic, args.messages, args.restaurants)?;
@@ -53,9 +70,47 @@ async fn main() -> Result<()> {
         let batches = run_job(&cluster, &topic, &url, guarantee).await?;
         report(&format!("1 x {} msgs, {guarantee}", args.messages), &batches);
     }
-    let tiny = tiny_batches(&args, &url).await?;
-    report("tiny: 10 msgs per batch, exactly-once, trigger 0s", &tiny);
+    if wants("tiny") {
+        let tiny = tiny_batches(&args, &url).await?;
+        report("tiny: 10 msgs per batch, exactly-once, trigger 0s", &tiny);
+    }
+    if wants("latency") {
+        latency_table(&args, &url).await?;
+    }
     Ok(())
+}
+
+/// Per-campaign latency, produce to visible in each sink, at each rate, with
+/// `--trigger 0s` and the `--trigger 100ms` baseline.
+async fn latency_table(args: &Args, url: &str) -> Result<()> {
+    println!("latency: rate/s | trigger | sink | campaigns | p50 ms | p99 ms | max ms | p99 ratio to trigger 100ms");
+    for &rate in &args.latency_rates {
+        let baseline = latency::run(url, rate, args.latency_seconds, "100ms", args.restaurants).await?;
+        let fast = latency::run(url, rate, args.latency_seconds, "0s", args.restaurants).await?;
+        for (sink, base, now) in
+            [("kafka", &baseline.kafka, &fast.kafka), ("postgres", &baseline.postgres, &fast.postgres)]
+        {
+            let (_, base_p99, _) = latency::percentiles(base);
+            for (trigger, run) in [("100ms", base), ("0s", now)] {
+                let (p50, p99, max) = latency::percentiles(run);
+                let ratio = if trigger == "0s" { format!("{:.2}", p99 / base_p99.max(0.001)) } else { "1".into() };
+                println!(
+                    "latency: {rate} | {trigger} | {sink} | {} | {p50:.1} | {p99:.1} | {max:.1} | {ratio}",
+                    run.len()
+                );
+            }
+        }
+        if baseline.missing + fast.missing > 0 {
+            eprintln!("latency at {rate}/s: {} campaigns never seen in a sink", baseline.missing + fast.missing);
+        }
+    }
+    Ok(())
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(db)
 }
 
 /// A running query (trigger 0s) fed 10 messages every 200 ms.
@@ -78,12 +133,10 @@ async fn tiny_batches(args: &Args, url: &str) -> Result<Vec<Value>> {
 }
 
 async fn prepare_postgres(args: &Args) -> Result<String> {
-    let (db, conn) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let db = connect(&args.database_url).await?;
     db.batch_execute("DROP SCHEMA IF EXISTS sparklet_bench CASCADE; CREATE SCHEMA sparklet_bench").await?;
     let url = sparklet::config::url_with_search_path(&args.database_url, "sparklet_bench");
-    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let db = connect(&url).await?;
     db.batch_execute(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/schema.sql"))?).await?;
     db.execute(
         "INSERT INTO subscribers_restaurants (client_id, restaurant_id)
@@ -101,7 +154,7 @@ fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::produce
     // The mock cluster keeps about 5 MB per partition; 16 partitions hold
     // 100k campaigns without dropping the oldest.
     cluster.create_topic(&topic, 16, 1)?;
-    cluster.create_topic("bench_out", 16, 1)?;
+    cluster.create_topic(OUTPUT, OUTPUT_PARTITIONS, 1)?;
     cluster.create_topic(&format!("{topic}-dead-letter"), 1, 1)?;
     cluster.create_topic("sparklet-markers", 1, 1)?;
     Ok((cluster, topic))
@@ -162,7 +215,7 @@ fn config(
         "--input-topic".into(),
         topic.into(),
         "--output-topic".into(),
-        "bench_out".into(),
+        OUTPUT.into(),
         "--database-url".into(),
         url.into(),
         "--checkpoint-dir".into(),

@@ -1,0 +1,174 @@
+//! The latency scenario of `bench_e2e`: campaigns produced at a steady rate
+//! (a burst every 100 ms) into a running query; a campaign's latency is the
+//! time from its produce call until a reader of each sink first sees it: a
+//! `read_committed` consumer of the output topic, and a Postgres reader that
+//! polls the feedback table every 2 ms (so up to 2 ms of the Postgres figure
+//! is the reader's).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::tools;
+
+/// When each campaign id was first seen.
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// Latencies of the campaigns that produce output, per sink.
+pub(crate) struct Latencies {
+    pub kafka: Vec<Duration>,
+    pub postgres: Vec<Duration>,
+    /// Campaigns that never showed up in a sink within the wait.
+    pub missing: usize,
+}
+
+/// Feeds `rate` campaigns/s for `seconds` into a query with `trigger`.
+pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, restaurants: usize) -> Result<Latencies> {
+    let (cluster, topic) = crate::new_cluster(rate * seconds as usize)?;
+    let db = crate::connect(url).await?;
+    db.batch_execute("TRUNCATE subscribers_feedback").await?;
+    let checkpoint = tempfile::tempdir()?;
+    let progress = checkpoint.path().join("progress.jsonl");
+    let config = crate::config(&cluster, &topic, url, "exactly-once", trigger, checkpoint.path(), &progress)?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let query = tokio::spawn(sparklet::run(config, async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(1)).await; // started, subscribers loaded
+
+    let done = Arc::new(AtomicBool::new(false));
+    let (kafka_seen, pg_seen) = (Seen::default(), Seen::default());
+    let reader = read_kafka(cluster.bootstrap_servers(), kafka_seen.clone(), done.clone());
+    let poller = tokio::spawn(poll_postgres(db, pg_seen.clone(), done.clone()));
+    let produced = produce_steadily(&cluster.bootstrap_servers(), &topic, rate, seconds, restaurants).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !(all_seen(&produced, &kafka_seen) && all_seen(&produced, &pg_seen)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = stop.send(());
+    query.await??;
+    let _ = reader.join();
+    poller.await??;
+    Ok(latencies(&produced, &kafka_seen, &pg_seen))
+}
+
+/// Produces `rate / 10` campaigns every 100 ms; returns when each campaign
+/// that will produce output was sent.
+async fn produce_steadily(
+    bootstrap: &str,
+    topic: &str,
+    rate: usize,
+    seconds: u64,
+    restaurants: usize,
+) -> Result<HashMap<String, Instant>> {
+    let producer: ThreadedProducer<_> =
+        tools::client_config(bootstrap, &[("linger.ms".into(), "0".into())]).create()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let mut produced = HashMap::new();
+    let per_burst = (rate / 10).max(1);
+    let start = tokio::time::Instant::now();
+    for burst in 0..seconds * 10 {
+        tokio::time::sleep_until(start + Duration::from_millis(100 * burst)).await;
+        for j in 0..per_burst {
+            let i = burst as usize * per_burst + j;
+            let id = format!("latency-{i}");
+            let value = tools::generated_campaign(i, restaurants, &id, now);
+            let sent = Instant::now();
+            sparklet::kafka::send_when_room(&producer, BaseRecord::<str, str>::to(topic).payload(&value))?;
+            // Every tenth generated campaign has expired: it has no output.
+            if i % 10 != 9 {
+                produced.insert(id, sent);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(produced)
+}
+
+/// A `read_committed` consumer of the output topic, on its own thread.
+fn read_kafka(bootstrap: String, seen: Seen, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut config = tools::client_config(&bootstrap, &[]);
+        config.set("group.id", "latency-reader").set("isolation.level", "read_committed");
+        let Ok(consumer) = config.create::<BaseConsumer>() else { return };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..crate::OUTPUT_PARTITIONS {
+            let _ = tpl.add_partition_offset(crate::OUTPUT, p, Offset::Beginning);
+        }
+        if consumer.assign(&tpl).is_err() {
+            return;
+        }
+        while !done.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(5)) {
+                if let Some(id) = m.payload().and_then(campaign_id) {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).entry(id).or_insert_with(Instant::now);
+                }
+            }
+        }
+    })
+}
+
+fn campaign_id(payload: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some(value["adv_campaign_id"].as_str()?.to_string())
+}
+
+/// Polls the feedback table every 2 ms for rows after the last seen id.
+async fn poll_postgres(db: tokio_postgres::Client, seen: Seen, done: Arc<AtomicBool>) -> Result<()> {
+    let mut last = 0i32;
+    while !done.load(Ordering::Relaxed) {
+        let rows = db
+            .query("SELECT id, adv_campaign_id FROM subscribers_feedback WHERE id > $1 ORDER BY id", &[&last])
+            .await?;
+        let now = Instant::now();
+        {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            for row in rows {
+                last = row.get(0);
+                seen.entry(row.get(1)).or_insert(now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+fn all_seen(produced: &HashMap<String, Instant>, seen: &Seen) -> bool {
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    produced.keys().all(|id| seen.contains_key(id))
+}
+
+fn latencies(produced: &HashMap<String, Instant>, kafka: &Seen, postgres: &Seen) -> Latencies {
+    let (kafka, postgres) =
+        (kafka.lock().unwrap_or_else(|e| e.into_inner()), postgres.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut out = Latencies { kafka: Vec::new(), postgres: Vec::new(), missing: 0 };
+    for (id, sent) in produced {
+        match (kafka.get(id), postgres.get(id)) {
+            (Some(k), Some(p)) => {
+                out.kafka.push(k.saturating_duration_since(*sent));
+                out.postgres.push(p.saturating_duration_since(*sent));
+            }
+            _ => out.missing += 1,
+        }
+    }
+    out.kafka.sort();
+    out.postgres.sort();
+    out
+}
+
+/// (p50, p99, max) in milliseconds.
+pub(crate) fn percentiles(sorted: &[Duration]) -> (f64, f64, f64) {
+    let at = |q: f64| {
+        let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+        sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (at(0.50), at(0.99), at(1.0))
+}
