@@ -14,16 +14,21 @@
 //! - [`query`]: one query's components and offset state;
 //!   [`query::Query::next_plan`] plans a batch and [`query::Query::run`] takes
 //!   it through log offsets, read, transform, write and commit, as a new
-//!   batch or a replay ([`query::Attempt`]).
+//!   batch or a replay ([`query::Attempt`]); a replay is first checked to run
+//!   the same SQL on input that can still be read (`query::replay`).
 //! - [`batch`]: a batch's id, timestamp and offset ranges ([`batch::BatchPlan`]).
 //! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically.
 //! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning
 //!   arithmetic ([`source::plan`]) and JSON-to-Arrow decoding ([`source::decode`]).
-//! - [`subscribers`]: the cached subscribers table and its snapshots.
+//! - [`subscribers`]: the cached subscribers table and its snapshots, loaded
+//!   by binary COPY straight into Arrow (`subscribers_copy`).
+//! - [`source::validate`]: every input message checked before the sinks see
+//!   it, with a stable reason code for the dead-letter topic.
 //! - [`transform`]: the user's SQL files, run by DataFusion.
 //! - [`schema`]: the input and output message formats of the job.
-//! - [`sink`]: the Kafka and Postgres sinks, transactional with markers;
-//!   [`sink::copy`] encodes binary COPY from Arrow.
+//! - [`sink`]: the Kafka and Postgres sinks, transactional with markers
+//!   (Kafka's in a marker topic, `sink::kafka_marker`), one owner per query
+//!   (`sink::owner`); [`sink::copy`] encodes binary COPY from Arrow.
 //! - [`kafka`]: librdkafka settings, the start-up reachability check, the
 //!   one loop that reads offset ranges with `assign()` ([`kafka::read_ranges`]),
 //!   a topic's partitions, the QueueFull back-off.
@@ -59,6 +64,7 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod subscribers;
+pub(crate) mod subscribers_copy;
 pub mod transform;
 
 pub use config::Config;

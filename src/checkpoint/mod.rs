@@ -283,6 +283,18 @@ pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_parent(path)
 }
 
+/// Like [`write_bytes_atomic`], but `write` streams the content into the
+/// temporary file (no copy of it in memory).
+pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    write(&mut file)?;
+    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
+    sync_parent(path)
+}
+
 /// Writes and syncs `.<name>.tmp` beside `path`; returns its path.
 fn write_tmp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");

@@ -218,11 +218,34 @@ async fn subscribers_cache_is_reloaded_every_refresh_interval() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_favourite_saved_twice_notifies_once() -> Result<()> {
+    favourite_saved_twice_notifies_once(None).await
+}
+
+/// The same with a subscribers query in insertion order (repeats not next
+/// to each other): the hash-set path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_favourite_saved_twice_notifies_once_whatever_the_query_order() -> Result<()> {
+    favourite_saved_twice_notifies_once(Some(
+        "SELECT client_id, restaurant_id FROM subscribers_restaurants ORDER BY id",
+    ))
+    .await
+}
+
+async fn favourite_saved_twice_notifies_once(subscribers_sql: Option<&str>) -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &["c1", "c2", "c1"]).await?;
     job.kafka.produce(&job.input, 0, &[example_message()])?;
     let progress = job.checkpoint.path().join("progress.jsonl");
-    job.run_available_now(&["--progress-json", progress.to_str().unwrap()]).await?;
+    let sql = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(repo_path("sql"))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), sql.path().join(entry.file_name()))?;
+    }
+    if let Some(query) = subscribers_sql {
+        std::fs::write(sql.path().join("subscribers.sql"), query)?;
+    }
+    let sql_dir = sql.path().display().to_string();
+    job.run_available_now(&["--progress-json", progress.to_str().unwrap(), "--sql-dir", &sql_dir]).await?;
     let mut clients: Vec<String> =
         job.db.feedback().await?.iter().map(|r| r["client_id"].as_str().unwrap().to_string()).collect();
     clients.sort();
