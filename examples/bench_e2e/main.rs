@@ -8,11 +8,14 @@
 //! ```
 //!
 //! Scenarios: one large batch with exactly-once, the same with at-least-once
-//! (the cost of exactly-once), a run of tiny batches (latency floor), and
+//! (the cost of exactly-once), a run of tiny batches (latency floor),
 //! per-campaign latency at steady input rates ([`latency`]), with
-//! `--trigger 0s` against `--trigger 100ms` as the baseline in the same run.
+//! `--trigger 0s` against `--trigger 100ms` as the baseline in the same run,
+//! and the time to a first batch with 10k and 1M subscribers against a raw
+//! COPY of the table ([`startup`]).
 
 mod latency;
+mod startup;
 #[path = "../../src/tools.rs"]
 mod tools;
 
@@ -41,9 +44,13 @@ struct Args {
     /// Postgres to write to (schema sparklet_bench is recreated).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
-    /// Scenarios to run: throughput, tiny, latency (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency")]
+    /// Scenarios to run: throughput, tiny, latency, startup (comma-separated;
+    /// startup replaces the subscribers table, so it runs last).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency,startup")]
     scenarios: Vec<String>,
+    /// Cached subscribers of the startup scenario.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    startup_subscribers: Vec<usize>,
     /// Input rates (campaigns/s) of the latency scenario.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     latency_rates: Vec<usize>,
@@ -76,6 +83,14 @@ async fn main() -> Result<()> {
     }
     if wants("latency") {
         latency_table(&args, &url).await?;
+    }
+    if wants("startup") {
+        println!("startup: subscribers | raw COPY ms | start to first batch done ms | ratio");
+        for &n in &args.startup_subscribers {
+            let s = startup::run(&url, n).await?;
+            let (raw, first) = (s.raw_copy.as_secs_f64() * 1000.0, s.first_batch.as_secs_f64() * 1000.0);
+            println!("startup: {} | {raw:.0} | {first:.0} | {:.2}", s.subscribers, first / raw.max(0.001));
+        }
     }
     Ok(())
 }

@@ -1,0 +1,56 @@
+//! The start-up scenario of `bench_e2e`: how long from `sparklet::run` to
+//! the end of a first one-campaign batch, with 10k and 1M cached
+//! subscribers; the baseline, in the same run, is a raw binary COPY of the
+//! same subscribers query to nowhere (the floor of loading the table).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::StreamExt;
+
+/// (subscribers, raw COPY time, time to the first batch's end).
+pub(crate) struct Startup {
+    pub subscribers: usize,
+    pub raw_copy: Duration,
+    pub first_batch: Duration,
+}
+
+/// Fills `subscribers_restaurants` with `subscribers` rows (10 per
+/// restaurant) and times a run over one campaign.
+pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Startup> {
+    let db = crate::connect(url).await?;
+    db.batch_execute("TRUNCATE subscribers_restaurants, subscribers_feedback").await?;
+    db.execute(
+        "INSERT INTO subscribers_restaurants (client_id, restaurant_id)
+         SELECT format('client-%s', i), format('restaurant-%s', i / 10) FROM generate_series(0, $1::int - 1) i",
+        &[&(subscribers as i32)],
+    )
+    .await?;
+    db.batch_execute("VACUUM ANALYZE subscribers_restaurants").await?;
+    let raw_copy = raw_copy(&db).await?;
+
+    let (cluster, topic) = crate::new_cluster(1)?;
+    crate::produce(&cluster, &topic, 1, subscribers / 10)?;
+    let checkpoint = tempfile::tempdir()?;
+    let progress = checkpoint.path().join("progress.jsonl");
+    let config = crate::config(&cluster, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress)?;
+    let started = Instant::now();
+    sparklet::run(config, std::future::pending()).await?;
+    Ok(Startup { subscribers, raw_copy, first_batch: started.elapsed() })
+}
+
+/// The repo's subscribers query, copied out in binary and thrown away.
+async fn raw_copy(db: &tokio_postgres::Client) -> Result<Duration> {
+    let query = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/subscribers.sql"))?;
+    let copy = format!("COPY ({}\n) TO STDOUT (FORMAT binary)", query.trim().trim_end_matches(';'));
+    let started = Instant::now();
+    let stream = db.copy_out(copy.as_str()).await?;
+    futures::pin_mut!(stream);
+    let mut bytes = 0usize;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len();
+    }
+    let elapsed = started.elapsed();
+    eprintln!("raw COPY of the subscribers query: {bytes} bytes in {elapsed:?}");
+    Ok(elapsed)
+}
