@@ -91,7 +91,9 @@ pub struct RunArgs {
     pub sql_dir: PathBuf,
 
     /// How often a micro-batch starts: a duration (500ms, 5s, 1m; 0s = as fast
-    /// as possible), `once` (one batch, then exit) or `available-now`
+    /// as possible: when idle, the input's end offsets are checked every 5 ms
+    /// with one small request, so a batch starts within milliseconds of new
+    /// data), `once` (one batch, then exit) or `available-now`
     /// (everything available at start, in batches of at most
     /// --max-offsets-per-trigger, then exit).
     #[arg(long, env = "SPARKLET_TRIGGER", default_value = "0s")]
