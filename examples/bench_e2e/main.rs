@@ -15,6 +15,8 @@
 //! COPY of the table ([`startup`]).
 
 mod latency;
+mod memory;
+mod raw_copy;
 mod startup;
 #[path = "../../src/tools.rs"]
 mod tools;
@@ -44,10 +46,14 @@ struct Args {
     /// Postgres to write to (schema sparklet_bench is recreated).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
-    /// Scenarios to run: throughput, tiny, latency, startup (comma-separated;
-    /// startup replaces the subscribers table, so it runs last).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency,startup")]
+    /// Scenarios to run: throughput, tiny, latency, startup, memory
+    /// (comma-separated; startup leaves 1M subscribers in the table, which
+    /// memory then uses, so they run last, in that order).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency,startup,memory")]
     scenarios: Vec<String>,
+    /// Batch sizes (campaigns) of the memory scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    memory_campaigns: Vec<usize>,
     /// Cached subscribers of the startup scenario.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     startup_subscribers: Vec<usize>,
@@ -74,8 +80,22 @@ async fn main() -> Result<()> {
         let t = Instant::now();
         produce(&cluster, &topic, args.messages, args.restaurants)?;
         eprintln!("produced {} messages in {:?}", args.messages, t.elapsed());
+        connect(&url).await?.batch_execute("TRUNCATE subscribers_feedback").await?;
         let batches = run_job(&cluster, &topic, &url, guarantee).await?;
         report(&format!("1 x {} msgs, {guarantee}", args.messages), &batches);
+        let (rows, raw) = raw_copy::copy_feedback_rows(&url).await?;
+        let raw_rate = rows as f64 / raw.as_secs_f64();
+        let sink_ms = batches.iter().map(|b| b["durationMs"]["postgresSink"].as_u64().unwrap_or(0)).sum::<u64>();
+        let trigger_ms = batches.iter().map(|b| b["durationMs"]["triggerExecution"].as_u64().unwrap_or(0)).sum::<u64>();
+        let rate = |ms: u64| rows as f64 / (ms.max(1) as f64 / 1000.0);
+        println!(
+            "baseline raw COPY of the same {rows} rows: {:.0} ms, {raw_rate:.0} rows/s; sparklet's Postgres sink {:.0} rows/s (ratio {:.2}), whole trigger {:.0} rows/s (ratio {:.2})",
+            raw.as_secs_f64() * 1000.0,
+            rate(sink_ms),
+            rate(sink_ms) / raw_rate,
+            rate(trigger_ms),
+            rate(trigger_ms) / raw_rate
+        );
     }
     if wants("tiny") {
         let tiny = tiny_batches(&args, &url).await?;
@@ -90,6 +110,18 @@ async fn main() -> Result<()> {
             let s = startup::run(&url, n).await?;
             let (raw, first) = (s.raw_copy.as_secs_f64() * 1000.0, s.first_batch.as_secs_f64() * 1000.0);
             println!("startup: {} | {raw:.0} | {first:.0} | {:.2}", s.subscribers, first / raw.max(0.001));
+        }
+    }
+    if wants("memory") {
+        let subscribers = args.startup_subscribers.iter().max().copied().unwrap_or(0);
+        println!(
+            "memory: campaigns | subscribers | peak RSS MiB of the sparklet process | ratio to the smallest batch"
+        );
+        let mut first = None;
+        for &n in &args.memory_campaigns {
+            let mib = memory::peak_rss_mib(&url, n, (subscribers / 10).max(1))?;
+            let base = *first.get_or_insert(mib);
+            println!("memory: {n} | {subscribers} | {mib:.0} | {:.2}", mib / base);
         }
     }
     Ok(())
@@ -222,37 +254,51 @@ fn config(
     checkpoint: &std::path::Path,
     progress: &std::path::Path,
 ) -> Result<sparklet::Config> {
-    let argv = vec![
-        "sparklet".to_string(),
-        "run".into(),
-        "--bootstrap-servers".into(),
-        cluster.bootstrap_servers(),
-        "--input-topic".into(),
-        topic.into(),
-        "--output-topic".into(),
-        OUTPUT.into(),
-        "--database-url".into(),
-        url.into(),
-        "--checkpoint-dir".into(),
-        checkpoint.display().to_string(),
-        "--sql-dir".into(),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/sql").into(),
-        "--trigger".into(),
-        trigger.into(),
-        "--starting-offsets".into(),
-        "earliest".into(),
-        "--guarantee".into(),
-        guarantee.into(),
-        "--progress-json".into(),
-        progress.display().to_string(),
-        "--kafka-timeout".into(),
-        "120s".into(),
-        "--max-offsets-per-trigger".into(),
-        "unlimited".into(),
-    ];
+    let mut argv = vec!["sparklet".to_string()];
+    argv.extend(run_args(&cluster.bootstrap_servers(), topic, url, guarantee, trigger, checkpoint, progress));
     let cli = <sparklet::cli::Cli as Parser>::try_parse_from(argv)?;
     let sparklet::cli::Command::Run(run) = cli.command else { anyhow::bail!("not a run command") };
     Ok(sparklet::Config::try_from(*run)?)
+}
+
+/// `sparklet run` arguments of a scenario.
+fn run_args(
+    bootstrap: &str,
+    topic: &str,
+    url: &str,
+    guarantee: &str,
+    trigger: &str,
+    checkpoint: &std::path::Path,
+    progress: &std::path::Path,
+) -> Vec<String> {
+    let args = [
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input-topic",
+        topic,
+        "--output-topic",
+        OUTPUT,
+        "--database-url",
+        url,
+        "--checkpoint-dir",
+        &checkpoint.display().to_string(),
+        "--sql-dir",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sql"),
+        "--trigger",
+        trigger,
+        "--starting-offsets",
+        "earliest",
+        "--guarantee",
+        guarantee,
+        "--progress-json",
+        &progress.display().to_string(),
+        "--kafka-timeout",
+        "120s",
+        "--max-offsets-per-trigger",
+        "unlimited",
+    ];
+    args.iter().map(|s| s.to_string()).collect()
 }
 
 fn report(name: &str, batches: &[Value]) {

@@ -1,0 +1,44 @@
+//! The throughput baseline of `bench_e2e`: a raw binary COPY, on one
+//! connection and in one transaction, of exactly the rows sparklet just wrote,
+//! into a fresh table of the same shape. Sparklet's Postgres sink does the
+//! same work plus its marker, so the ratio of the two is its overhead.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::{SinkExt, StreamExt};
+
+/// (rows, time) of a raw COPY of the feedback table's rows.
+pub(crate) async fn copy_feedback_rows(url: &str) -> Result<(u64, Duration)> {
+    let mut db = crate::connect(url).await?;
+    let columns: Vec<&str> = sparklet::schema::OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect();
+    let columns = columns.join(", ");
+    let out = db
+        .copy_out(format!("COPY (SELECT {columns} FROM subscribers_feedback) TO STDOUT (FORMAT binary)").as_str())
+        .await?;
+    futures::pin_mut!(out);
+    let mut chunks = Vec::new();
+    while let Some(chunk) = out.next().await {
+        chunks.push(chunk?);
+    }
+    db.batch_execute(
+        "DROP TABLE IF EXISTS feedback_raw_copy;
+         CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
+    )
+    .await?;
+    let rows: i64 = db.query_one("SELECT count(*) FROM subscribers_feedback", &[]).await?.get(0);
+    let started = Instant::now();
+    let txn = db.transaction().await?;
+    let sink = txn
+        .copy_in::<_, bytes::Bytes>(format!("COPY feedback_raw_copy ({columns}) FROM STDIN (FORMAT binary)").as_str())
+        .await?;
+    futures::pin_mut!(sink);
+    for chunk in chunks {
+        sink.send(chunk).await?;
+    }
+    sink.finish().await?;
+    txn.commit().await?;
+    let elapsed = started.elapsed();
+    db.batch_execute("DROP TABLE feedback_raw_copy").await?;
+    Ok((rows as u64, elapsed))
+}
