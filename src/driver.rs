@@ -254,7 +254,7 @@ impl<B: Batches> Driver<B> {
 }
 
 /// 0.5 s, 1 s, 2 s, ... at most 30 s.
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(500 * 2u64.saturating_pow(failures.saturating_sub(1))).min(Duration::from_secs(30))
 }
 

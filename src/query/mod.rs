@@ -9,6 +9,7 @@
 //! is the driver's business ([`crate::driver`]).
 
 mod offsets;
+mod refresh;
 mod replay;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,8 @@ pub(crate) struct Query {
     last_trigger: Option<Instant>,
     /// This run's owner epoch in Postgres, claimed once at start.
     epoch: i64,
+    /// Failed reloads of the subscribers cache, for their back-off.
+    reloads: refresh::Reloads,
 }
 
 impl Query {
@@ -107,6 +110,7 @@ impl Query {
             offsets,
             last_trigger: None,
             epoch,
+            reloads: Default::default(),
         })
     }
 
@@ -310,38 +314,6 @@ impl Query {
         }
         subscribers::load_snapshot(&self.checkpoint.snapshots_dir(), &plan.subscribers_snapshot)
     }
-
-    /// Reloads the subscribers cache once it is older than
-    /// `--subscribers-refresh`. A failed reload keeps the current version
-    /// (and says so): the next batches still run, with a growing
-    /// `subscribers.ageMs` in their progress, until the cache is older than
-    /// `--subscribers-max-staleness`, which stops the run.
-    async fn refresh_subscribers_if_stale(&mut self) -> Result<()> {
-        let age = self.subscribers.age();
-        if age < self.config.subscribers_refresh {
-            return Ok(());
-        }
-        let error = match load_subscribers(&self.config, &self.checkpoint).await {
-            Ok(fresh) => {
-                self.subscribers = fresh;
-                return Ok(());
-            }
-            Err(e) => e,
-        };
-        if age > self.config.subscribers_max_staleness {
-            return Err(Error::SubscribersStale {
-                age_s: age.as_secs(),
-                max: humantime::format_duration(self.config.subscribers_max_staleness).to_string(),
-                cause: error.chain().to_string(),
-            });
-        }
-        tracing::warn!(
-            cause = %error.chain(),
-            age_s = age.as_secs(),
-            "reloading the subscribers cache failed; keeping the current version"
-        );
-        Ok(())
-    }
 }
 
 /// Connects both sinks with the configured guarantee.
@@ -400,7 +372,7 @@ async fn claim_ownership(config: &Config, query_id: &str) -> Result<i64> {
 }
 
 /// Loads the subscribers from Postgres and saves their snapshot.
-async fn load_subscribers(config: &Config, checkpoint: &CheckpointStore) -> Result<Subscribers> {
+pub(super) async fn load_subscribers(config: &Config, checkpoint: &CheckpointStore) -> Result<Subscribers> {
     let started = Instant::now();
     let subs = subscribers::load(&config.postgres, &config.sql_dir).await?;
     subscribers::save_snapshot(&checkpoint.snapshots_dir(), &subs)?;
