@@ -25,9 +25,9 @@ pub(crate) struct DurationMs {
     pub get_batch: u64,
     /// Decoding JSON to Arrow.
     pub decode: u64,
-    /// Running the SQL files and collecting the result.
+    /// Planning the SQL files (their execution streams into `add_batch`).
     pub query_planning_and_execution: u64,
-    /// Both sinks, run concurrently.
+    /// Running the SQL and both sinks, concurrently, to both commits.
     pub add_batch: u64,
     pub kafka_sink: u64,
     pub postgres_sink: u64,
