@@ -105,15 +105,14 @@ impl KafkaSink {
     /// Sends, awaits and commits; blocking, run off the async runtime.
     fn write_blocking(&self, plan: &BatchPlan, dead_letters: &[BadMessage], rows: Chunks) -> Result<u64> {
         self.ownership.verify_blocking()?;
-        let rows = receive_encoded(rows)?;
         self.producer.context().reset();
         if !self.transactional {
-            let sent = self.send_all(plan, dead_letters, &rows)?;
+            let sent = self.send_all(plan, dead_letters, rows)?;
             self.await_deliveries(sent.0 + sent.1)?;
             return Ok(sent.0);
         }
         self.producer.begin_transaction().map_err(|e| Error::kafka("beginning the output transaction", e))?;
-        let result = self.send_and_commit(plan, dead_letters, &rows);
+        let result = self.send_and_commit(plan, dead_letters, rows);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.timeout) {
                 tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed");
@@ -122,7 +121,7 @@ impl KafkaSink {
         result
     }
 
-    fn send_and_commit(&self, plan: &BatchPlan, dead_letters: &[BadMessage], rows: &[Encoded]) -> Result<u64> {
+    fn send_and_commit(&self, plan: &BatchPlan, dead_letters: &[BadMessage], rows: Chunks) -> Result<u64> {
         let (sent, dead) = self.send_all(plan, dead_letters, rows)?;
         if sent > 0 {
             crate::crash::point("kafka-mid-transaction");
@@ -152,11 +151,18 @@ impl KafkaSink {
             .map_err(|e| Error::kafka(format!("sending the batch marker to '{}'", self.marker_topic), e))
     }
 
-    /// Sends the dead letters, then the rows; returns (rows, dead letters).
-    fn send_all(&self, plan: &BatchPlan, dead_letters: &[BadMessage], rows: &[Encoded]) -> Result<(u64, u64)> {
+    /// Sends the dead letters, then the rows as they arrive, until
+    /// [`Chunk::End`]; returns (rows, dead letters).
+    fn send_all(&self, plan: &BatchPlan, dead_letters: &[BadMessage], mut rows: Chunks) -> Result<(u64, u64)> {
         let dead = self.send_dead_letters(plan, dead_letters)?;
-        let sent = rows.iter().try_fold(0, |sent, chunk| Ok::<_, Error>(sent + self.send_encoded(plan, chunk)?))?;
-        Ok((sent, dead))
+        let mut sent = 0;
+        loop {
+            match rows.blocking_recv() {
+                Some(Chunk::Rows(batch)) => sent += self.send_batch(plan, &batch)?,
+                Some(Chunk::End) => return Ok((sent, dead)),
+                None => return Err(fanout::ended_early("kafka")),
+            }
+        }
     }
 
     /// Each refused input message, unchanged, with headers saying where it
@@ -183,11 +189,15 @@ impl KafkaSink {
         Ok(bad.len() as u64)
     }
 
-    /// Sends one message per JSON line of an encoded chunk.
-    fn send_encoded(&self, plan: &BatchPlan, chunk: &Encoded) -> Result<u64> {
-        let keys = chunk.keys.as_string::<i32>();
+    /// Encodes a batch as JSON lines and sends one message per line.
+    fn send_batch(&self, plan: &BatchPlan, batch: &RecordBatch) -> Result<u64> {
+        let json = encode_json_lines(batch)?;
+        let keys = batch
+            .column_by_name(KEY_COLUMN)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| Error::Runtime(format!("the output has no text column {KEY_COLUMN} for the message key")))?;
         let batch_id = plan.batch_id.to_string();
-        let lines = chunk.json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let mut sent = 0u64;
         for (row, payload) in lines.enumerate() {
             let record = BaseRecord::to(&self.topic)
@@ -229,33 +239,6 @@ impl KafkaSink {
                 .map_err(|e| Error::kafka("building the input offsets", e))?;
         }
         Ok(tpl)
-    }
-}
-
-/// A chunk of output rows encoded as messages: JSON lines and their keys.
-struct Encoded {
-    json: Vec<u8>,
-    keys: arrow::array::ArrayRef,
-}
-
-/// Receives and encodes every chunk until [`Chunk::End`]. The transaction
-/// begins only then: it stays open just while the messages are sent, so
-/// `read_committed` readers of the output are held back for as short a time
-/// as possible, and a process killed while the SQL still runs leaves no open
-/// transaction behind.
-fn receive_encoded(mut rows: Chunks) -> Result<Vec<Encoded>> {
-    let mut encoded = Vec::new();
-    loop {
-        let batch = match rows.blocking_recv() {
-            Some(Chunk::Rows(batch)) => batch,
-            Some(Chunk::End) => return Ok(encoded),
-            None => return Err(fanout::ended_early("kafka")),
-        };
-        let keys =
-            batch.column_by_name(KEY_COLUMN).filter(|c| c.as_string_opt::<i32>().is_some()).cloned().ok_or_else(
-                || Error::Runtime(format!("the output has no text column {KEY_COLUMN} for the message key")),
-            )?;
-        encoded.push(Encoded { json: encode_json_lines(&batch)?, keys });
     }
 }
 
