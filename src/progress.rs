@@ -25,9 +25,9 @@ pub(crate) struct DurationMs {
     pub get_batch: u64,
     /// Decoding JSON to Arrow.
     pub decode: u64,
-    /// Planning the SQL files (their execution streams into `add_batch`).
+    /// Running the SQL files and collecting the result.
     pub query_planning_and_execution: u64,
-    /// Running the SQL and both sinks, concurrently, to both commits.
+    /// Both sinks, run concurrently.
     pub add_batch: u64,
     pub kafka_sink: u64,
     pub postgres_sink: u64,
