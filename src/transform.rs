@@ -87,8 +87,8 @@ impl SqlPipeline {
         self.run(campaigns, subscribers, 0, 0).await.map(|_| ())
     }
 
-    /// Runs the files on one batch and returns the whole output, projected
-    /// and cast to the sink columns ([`schema::output`]).
+    /// Runs the files on one batch and returns the output, projected and cast
+    /// to the sink columns ([`schema::output`]), collected once ("persist").
     pub async fn run(
         &self,
         campaigns: RecordBatch,
@@ -96,25 +96,6 @@ impl SqlPipeline {
         now: i64,
         batch_id: u64,
     ) -> Result<Vec<RecordBatch>> {
-        let mut stream = self.stream(campaigns, subscribers, now, batch_id).await?;
-        let mut batches = Vec::new();
-        while let Some(batch) = stream.next().await {
-            batches.push(batch?);
-        }
-        Ok(batches)
-    }
-
-    /// Plans the files on one batch and returns their output as a stream of
-    /// chunks, each projected and cast to the sink columns: the sinks start
-    /// writing while the rest is still being computed. Planning errors come
-    /// back here; run-time errors from the stream, naming the failing file.
-    pub async fn stream(
-        &self,
-        campaigns: RecordBatch,
-        subscribers: RecordBatch,
-        now: i64,
-        batch_id: u64,
-    ) -> Result<OutputStream> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         ctx.register_batch(CAMPAIGNS_TABLE, campaigns).map_err(|e| Error::transform("registering campaigns", e))?;
         ctx.register_batch(SUBSCRIBERS_TABLE, subscribers)
@@ -132,27 +113,9 @@ impl SqlPipeline {
         // start-up validation) with no rows catches a wrong output.
         let planned = RecordBatch::new_empty(Arc::new(df.schema().as_arrow().clone()));
         to_output(&planned, &last.path)?;
-        let inner = df.execute_stream().await.map_err(|e| sql_err(last, "starting", e))?;
-        Ok(OutputStream { ctx, inner, steps: self.steps.clone() })
-    }
-}
-
-/// The output of one batch's SQL, chunk by chunk (see [`SqlPipeline::stream`]).
-pub struct OutputStream {
-    /// Kept to name the failing file when a chunk fails.
-    ctx: SessionContext,
-    inner: datafusion::physical_plan::SendableRecordBatchStream,
-    steps: Vec<SqlStep>,
-}
-
-impl OutputStream {
-    /// The next chunk in the sink columns, `None` after the last.
-    pub async fn next(&mut self) -> Option<Result<RecordBatch>> {
-        use futures::StreamExt;
-        let (last, init) = self.steps.split_last()?;
-        match self.inner.next().await? {
-            Ok(batch) => Some(to_output(&batch, &last.path)),
-            Err(e) => Some(Err(sql_err(failing_step(&self.ctx, init).await.unwrap_or(last), "running", e))),
+        match df.collect().await {
+            Ok(batches) => batches.iter().map(|b| to_output(b, &last.path)).collect(),
+            Err(e) => Err(sql_err(failing_step(&ctx, init).await.unwrap_or(last), "running", e)),
         }
     }
 }

@@ -11,7 +11,6 @@
 mod offsets;
 mod refresh;
 mod replay;
-mod write;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,15 +24,15 @@ use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
 use crate::events;
-use crate::progress::{self, BatchProgress, BatchReport, DurationMs};
+use crate::progress::{self, BatchProgress, BatchReport, DurationMs, SinkProgress};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
-use crate::sink::Sink;
+use crate::sink::{write_once, BatchOutput, Sink, SinkOutcome};
 use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
-use crate::transform::{OutputStream, SqlPipeline};
+use crate::transform::SqlPipeline;
 
 pub(crate) use offsets::OffsetState;
 
@@ -161,15 +160,16 @@ impl Query {
         let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
 
         let t = Instant::now();
-        let output = self.transform(plan, decoded.batch, &subscribers).await?;
+        let rows = self.transform(plan, decoded.batch, &subscribers).await?;
+        let output = Arc::new(BatchOutput { rows, dead_letters });
         d.query_planning_and_execution = progress::ms(t.elapsed());
 
         let t = Instant::now();
-        let dead_letters: Arc<[BadMessage]> = dead_letters.into();
-        let (sinks, output_rows) = self.write(plan, output, &dead_letters, attempt, &mut d).await?;
+        let sinks = self.write(plan, &output, attempt, &mut d).await?;
         d.add_batch = progress::ms(t.elapsed());
 
         let t = Instant::now();
+        let output_rows = output.num_rows();
         self.commit(plan, output_rows)?;
         d.commit_offsets = progress::ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
@@ -183,7 +183,7 @@ impl Query {
                 replayed: attempt == Attempt::Replay,
                 input_rows,
                 bad_records,
-                dead_lettered: dead_letters.len() as u64,
+                dead_lettered: output.dead_letters.len() as u64,
                 expired_rows,
                 output_rows,
                 durations: d,
@@ -238,15 +238,50 @@ impl Query {
     }
 
     /// Step 4, transform: the SQL files over the campaigns and the pinned
-    /// subscribers, planned; their output streams into step 5.
+    /// subscribers. A failure at run time names the file, the batch and its
+    /// offsets; nothing of the batch has been written then.
     async fn transform(
         &self,
         plan: &BatchPlan,
         campaigns: RecordBatch,
         subscribers: &Subscribers,
-    ) -> Result<OutputStream> {
-        let stream = self.pipeline.stream(campaigns, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id);
-        stream.await.map_err(|e| sql_runtime(plan, e))
+    ) -> Result<Vec<RecordBatch>> {
+        let run = self.pipeline.run(campaigns, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id);
+        run.await.map_err(|e| match e {
+            Error::SqlStep { path, action: "running", source } => {
+                Error::SqlRuntime { path, batch_id: plan.batch_id, offsets: plan.describe_ranges(), source }
+            }
+            other => other,
+        })
+    }
+
+    /// Step 5: both sinks at once; each is one transaction with its marker.
+    async fn write(
+        &mut self,
+        plan: &BatchPlan,
+        output: &Arc<BatchOutput>,
+        attempt: Attempt,
+        d: &mut DurationMs,
+    ) -> Result<[SinkProgress; 2]> {
+        let check = attempt == Attempt::Replay;
+        let kafka = timed(write_once(&mut self.kafka, plan, output, check));
+        let postgres = timed(write_once(&mut self.postgres, plan, output, check));
+        let ((kafka, kafka_time), (postgres, pg_time)) = tokio::join!(kafka, postgres);
+        d.kafka_sink = progress::ms(kafka_time);
+        d.postgres_sink = progress::ms(pg_time);
+        // A fenced sink wins over the other's error: the run must stop, not retry.
+        for result in [&kafka, &postgres] {
+            if let Err(Error::Fenced { sink, query_id }) = result {
+                return Err(Error::Fenced { sink, query_id: query_id.clone() });
+            }
+        }
+        let (kafka, postgres) = (kafka?, postgres?);
+        for (name, outcome) in [("kafka", kafka), ("postgres", postgres)] {
+            if outcome.skipped {
+                events::SinkWriteSkipped { sink: name, batch_id: plan.batch_id }.emit();
+            }
+        }
+        Ok([sink_progress("kafka", kafka), sink_progress("postgres", postgres)])
     }
 
     /// Step 6: record the batch as done.
@@ -351,12 +386,12 @@ pub(super) async fn load_subscribers(config: &Config, checkpoint: &CheckpointSto
     Ok(subs)
 }
 
-/// A SQL file that failed at run time, named with the batch and its offsets.
-pub(super) fn sql_runtime(plan: &BatchPlan, error: Error) -> Error {
-    match error {
-        Error::SqlStep { path, action: "running", source } => {
-            Error::SqlRuntime { path, batch_id: plan.batch_id, offsets: plan.describe_ranges(), source }
-        }
-        other => other,
-    }
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
+    let started = Instant::now();
+    let out = f.await;
+    (out, started.elapsed())
+}
+
+fn sink_progress(name: &str, outcome: SinkOutcome) -> SinkProgress {
+    SinkProgress { description: name.to_string(), num_output_rows: outcome.rows_written, skipped: outcome.skipped }
 }

@@ -33,9 +33,8 @@ use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::sink::deliveries::Deliveries;
-use crate::sink::fanout::{self, Chunk, Chunks};
 use crate::sink::owner::Ownership;
-use crate::sink::{kafka_marker, Sink};
+use crate::sink::{kafka_marker, BatchOutput, Sink};
 use crate::source::blocking;
 use crate::source::decode::BadMessage;
 
@@ -103,16 +102,16 @@ impl KafkaSink {
     }
 
     /// Sends, awaits and commits; blocking, run off the async runtime.
-    fn write_blocking(&self, plan: &BatchPlan, dead_letters: &[BadMessage], rows: Chunks) -> Result<u64> {
+    fn write_blocking(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<u64> {
         self.ownership.verify_blocking()?;
         self.producer.context().reset();
         if !self.transactional {
-            let sent = self.send_all(plan, dead_letters, rows)?;
+            let sent = self.send_all(plan, output)?;
             self.await_deliveries(sent.0 + sent.1)?;
             return Ok(sent.0);
         }
         self.producer.begin_transaction().map_err(|e| Error::kafka("beginning the output transaction", e))?;
-        let result = self.send_and_commit(plan, dead_letters, rows);
+        let result = self.send_and_commit(plan, output);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.timeout) {
                 tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed");
@@ -121,8 +120,8 @@ impl KafkaSink {
         result
     }
 
-    fn send_and_commit(&self, plan: &BatchPlan, dead_letters: &[BadMessage], rows: Chunks) -> Result<u64> {
-        let (sent, dead) = self.send_all(plan, dead_letters, rows)?;
+    fn send_and_commit(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<u64> {
+        let (sent, dead) = self.send_all(plan, output)?;
         if sent > 0 {
             crate::crash::point("kafka-mid-transaction");
         }
@@ -151,18 +150,12 @@ impl KafkaSink {
             .map_err(|e| Error::kafka(format!("sending the batch marker to '{}'", self.marker_topic), e))
     }
 
-    /// Sends the dead letters, then the rows as they arrive, until
-    /// [`Chunk::End`]; returns (rows, dead letters).
-    fn send_all(&self, plan: &BatchPlan, dead_letters: &[BadMessage], mut rows: Chunks) -> Result<(u64, u64)> {
-        let dead = self.send_dead_letters(plan, dead_letters)?;
-        let mut sent = 0;
-        loop {
-            match rows.blocking_recv() {
-                Some(Chunk::Rows(batch)) => sent += self.send_batch(plan, &batch)?,
-                Some(Chunk::End) => return Ok((sent, dead)),
-                None => return Err(fanout::ended_early("kafka")),
-            }
-        }
+    /// Sends the dead letters, then the rows; returns (rows, dead letters).
+    fn send_all(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<(u64, u64)> {
+        let dead = self.send_dead_letters(plan, &output.dead_letters)?;
+        let sent =
+            output.rows.iter().try_fold(0, |sent, batch| Ok::<_, Error>(sent + self.send_batch(plan, batch)?))?;
+        Ok((sent, dead))
     }
 
     /// Each refused input message, unchanged, with headers saying where it
@@ -273,12 +266,12 @@ impl Sink for KafkaSink {
         Ok(latest.is_some_and(|latest| latest >= plan.batch_id))
     }
 
-    async fn write(&mut self, plan: &BatchPlan, dead_letters: &Arc<[BadMessage]>, rows: Chunks) -> Result<u64> {
+    async fn write(&mut self, plan: &BatchPlan, output: &Arc<BatchOutput>) -> Result<u64> {
         let this = self.clone();
         let plan = plan.clone();
-        let dead_letters = dead_letters.clone();
+        let output = output.clone();
         let query_id = self.query_id.clone();
-        blocking(move || this.write_blocking(&plan, &dead_letters, rows)).await.map_err(|e| match e.is_kafka_fenced() {
+        blocking(move || this.write_blocking(&plan, &output)).await.map_err(|e| match e.is_kafka_fenced() {
             true => {
                 tracing::error!(cause = %e.chain(), "the output producer was fenced");
                 Error::Fenced { sink: "kafka", query_id }

@@ -6,8 +6,7 @@
 //! even if a zombie run writes the same batch concurrently, and the owner
 //! epoch ([`super::owner`]) makes a zombie's transaction fail altogether.
 
-use std::sync::Arc;
-
+use arrow::array::RecordBatch;
 use bytes::BytesMut;
 use futures::SinkExt;
 use tokio_postgres::Client;
@@ -16,9 +15,7 @@ use crate::batch::BatchPlan;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::schema::OUTPUT_FIELDS;
-use crate::sink::fanout::{self, Chunk, Chunks};
-use crate::sink::{copy, owner, Sink};
-use crate::source::decode::BadMessage;
+use crate::sink::{copy, owner, BatchOutput, Sink};
 
 /// The job's target table.
 pub(crate) const FEEDBACK_TABLE: &str = "subscribers_feedback";
@@ -64,25 +61,19 @@ impl PostgresSink {
     }
 }
 
-/// Streams the output chunks into the feedback table with binary COPY inside
-/// `txn`, as they arrive; finishes the COPY only after [`Chunk::End`].
-async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, mut rows: Chunks, target: &str) -> Result<u64> {
+/// Streams `rows` into the feedback table with binary COPY inside `txn`.
+async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, rows: &[RecordBatch], target: &str) -> Result<u64> {
     let err = |action: &str, e| Error::postgres(format!("{action} into {FEEDBACK_TABLE} on {target}"), e);
     let statement = format!("COPY {FEEDBACK_TABLE} ({}) FROM STDIN (FORMAT binary)", column_list());
     let sink = txn.copy_in::<_, bytes::Bytes>(statement.as_str()).await.map_err(|e| err("starting COPY", e))?;
     futures::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
     copy::write_header(&mut buf);
-    loop {
-        let batch = match rows.recv().await {
-            Some(Chunk::Rows(batch)) => batch,
-            Some(Chunk::End) => break,
-            None => return Err(fanout::ended_early("postgres")),
-        };
+    for batch in rows {
         let mut row = 0;
         while row < batch.num_rows() {
             let end = (row + 1024).min(batch.num_rows());
-            copy::write_rows(&batch, row, end, &mut buf)?;
+            copy::write_rows(batch, row, end, &mut buf)?;
             row = end;
             if buf.len() >= CHUNK_BYTES {
                 sink.send(buf.split().freeze()).await.map_err(|e| err("sending COPY data", e))?;
@@ -127,14 +118,14 @@ impl Sink for PostgresSink {
         Ok(row.get(0))
     }
 
-    async fn write(&mut self, plan: &BatchPlan, _dead_letters: &Arc<[BadMessage]>, rows: Chunks) -> Result<u64> {
+    async fn write(&mut self, plan: &BatchPlan, output: &std::sync::Arc<BatchOutput>) -> Result<u64> {
         let target = self.target.clone();
         let txn = self
             .client
             .transaction()
             .await
             .map_err(|e| Error::postgres(format!("beginning a transaction on {target}"), e))?;
-        let written = copy_rows(&txn, rows, &target).await?;
+        let written = copy_rows(&txn, &output.rows, &target).await?;
         owner::check(&txn, &self.query_id, self.epoch, &target).await?;
         if self.markers {
             record_marker(&txn, &self.query_id, plan, written, &target).await?;
