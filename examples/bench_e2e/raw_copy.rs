@@ -17,10 +17,16 @@ pub(crate) async fn copy_feedback_rows(url: &str) -> Result<(u64, Duration)> {
         .copy_out(format!("COPY (SELECT {columns} FROM subscribers_feedback) TO STDOUT (FORMAT binary)").as_str())
         .await?;
     futures::pin_mut!(out);
+    // COPY TO yields one message per row; send 1 MiB chunks, as sparklet does.
     let mut chunks = Vec::new();
+    let mut buf = bytes::BytesMut::with_capacity(1 << 20);
     while let Some(chunk) = out.next().await {
-        chunks.push(chunk?);
+        buf.extend_from_slice(&chunk?);
+        if buf.len() >= 1 << 20 {
+            chunks.push(buf.split().freeze());
+        }
     }
+    chunks.push(buf.freeze());
     db.batch_execute(
         "DROP TABLE IF EXISTS feedback_raw_copy;
          CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
