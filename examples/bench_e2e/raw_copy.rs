@@ -1,6 +1,6 @@
 //! The throughput baseline of `bench_e2e`: a raw binary COPY, on one
 //! connection and in one transaction, of exactly the rows sparklet just wrote,
-//! into a fresh table of the same shape. Sparklet's Postgres sink does the
+//! into a fresh table of the same shape (primary key and defaults included). Sparklet's Postgres sink does the
 //! same work plus its marker, so the ratio of the two is its overhead.
 
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ pub(crate) async fn copy_feedback_rows(url: &str) -> Result<(u64, Duration)> {
     chunks.push(buf.freeze());
     db.batch_execute(
         "DROP TABLE IF EXISTS feedback_raw_copy;
-         CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
+         CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING ALL)",
     )
     .await?;
     let rows: i64 = db.query_one("SELECT count(*) FROM subscribers_feedback", &[]).await?.get(0);
