@@ -3,9 +3,9 @@
 //! both sinks, a checkpoint older than the sinks is refused, and so is a
 //! half-written batch replayed with other SQL files.
 //!
-//! What the zombie test proves on librdkafka's mock cluster: the Postgres
-//! owner epoch stops the zombie before it sends to Kafka and inside its
-//! Postgres transaction. The mock gives every `init_transactions` a new
+//! What the zombie tests prove on librdkafka's mock cluster: the Postgres
+//! owner epoch stops a zombie before it sends to Kafka, and rolls back its
+//! Postgres transaction when the owner changed while its COPY ran. The mock gives every `init_transactions` a new
 //! producer id, so Kafka's own fencing of the zombie's producer is not
 //! exercised here; it rests on Kafka's contract.
 
@@ -160,5 +160,39 @@ async fn a_half_written_batch_replayed_with_changed_sql_is_refused() -> Result<(
     std::fs::write(&step, &original)?;
     job.run_available_now(&["--sql-dir", &sql_dir]).await?;
     assert_exactly_once(&job, &expected_pairs(&first, &["c1".to_string()])).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_owner_changed_during_its_copy_is_rolled_back() -> Result<()> {
+    let job = Job::new(1).await?;
+    let _log = LogOnFailure(&job);
+    let clients = ["c1".to_string(), "c2".to_string()];
+    job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
+    let first = ids("first", 2);
+    produce_campaigns(&job, &first)?;
+    // The batch's COPY waits on a lock, after the checks before it started.
+    let locker = connect(&job.db.url).await?;
+    locker.batch_execute("BEGIN; LOCK TABLE subscribers_feedback IN SHARE MODE").await?;
+    let mut run = spawn(&job, &["--trigger", "available-now"], None)?;
+    let copying = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1
+                   AND query LIKE 'COPY subscribers_feedback%' AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job.db.client.query_one(copying, &[&job.db.schema]).await?.get::<_, i64>(0) == 0
+        || job.output_messages()?.len() < 4
+    {
+        ensure!(Instant::now() < deadline, "no COPY waiting with Kafka committed:\n{}", child_log(&job));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // A newer owner claims the query meanwhile (as a run on a copied checkpoint would).
+    job.db.client.execute("UPDATE sparklet_owners SET epoch = epoch + 1", &[]).await?;
+    locker.batch_execute("COMMIT").await?;
+
+    ensure!(!wait(&mut run, Duration::from_secs(30))?.success(), "the fenced run must stop:\n{}", child_log(&job));
+    ensure!(child_log(&job).contains("postgres: this process was fenced by a newer owner"), "{}", child_log(&job));
+    assert!(job.db.feedback().await?.is_empty(), "its Postgres transaction was rolled back");
+    // The owner's next run replays the batch: Postgres gets it once, Kafka keeps its one copy.
+    run_to_completion(&job, &[])?;
+    assert_exactly_once(&job, &expected_pairs(&first, &clients)).await?;
     Ok(())
 }
