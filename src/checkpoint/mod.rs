@@ -253,7 +253,8 @@ pub fn is_checkpoint(dir: &Path) -> bool {
 /// tmp file, fsync, hard link into place (which refuses an existing name),
 /// fsync of the parent directory.
 fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let tmp = write_tmp(path, &to_json(path, value)?)?;
+    let json = to_json(path, value)?;
+    let tmp = write_tmp(path, |file| file.write_all(&json).map_err(io_err("writing", path)))?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -278,29 +279,23 @@ fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
 
 /// Writes `bytes` to `path` atomically (see [`write_atomic`]).
 pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = write_tmp(path, bytes)?;
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_parent(path)
+    write_atomic_with(path, |file| file.write_all(bytes).map_err(io_err("writing", path)))
 }
 
 /// Like [`write_bytes_atomic`], but `write` streams the content into the
 /// temporary file (no copy of it in memory).
 pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    write(&mut file)?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    let tmp = write_tmp(path, write)?;
     fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
     sync_parent(path)
 }
 
-/// Writes and syncs `.<name>.tmp` beside `path`; returns its path.
-fn write_tmp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+/// Writes (with `write`) and syncs `.<name>.tmp` beside `path`; returns its path.
+fn write_tmp(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+    write(&mut file)?;
     file.sync_all().map_err(io_err("syncing", &tmp))?;
     Ok(tmp)
 }
