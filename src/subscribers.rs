@@ -60,11 +60,7 @@ impl Subscribers {
             hasher.write(r.as_bytes());
             hasher.write(&[1]);
         }
-        Self::with_hash(batch, hasher.finish(), duplicates_dropped)
-    }
-
-    fn with_hash(batch: RecordBatch, hash: u64, duplicates_dropped: usize) -> Self {
-        let id = format!("{hash:016x}-{}", batch.num_rows());
+        let id = format!("{:016x}-{}", hasher.finish(), batch.num_rows());
         Subscribers { batch, id, loaded_at: Instant::now(), duplicates_dropped }
     }
 
@@ -107,7 +103,7 @@ pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribe
     }
     let loaded = rows.finish().map_err(|e| Error::Sql { path: path.clone(), message: e.to_string() })?;
     if loaded.sorted {
-        return Ok(Subscribers::with_hash(loaded.batch, loaded.hash, loaded.duplicates));
+        return Ok(Subscribers::from_batch(loaded.batch, loaded.duplicates));
     }
     let (batch, dropped) = distinct_unsorted(&loaded.batch)?;
     Ok(Subscribers::from_batch(batch, dropped))
@@ -204,7 +200,8 @@ fn postgres_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// FNV-1a, 64 bit: stable across runs and platforms (unlike `DefaultHasher`).
+/// FNV-1a, 64 bit: stable across runs and platforms (unlike `DefaultHasher`);
+/// snapshot ids and the SQL fingerprint.
 pub(crate) struct Fnv64(u64);
 
 impl Default for Fnv64 {

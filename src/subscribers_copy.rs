@@ -1,13 +1,11 @@
 //! Reads the subscribers query's rows by binary `COPY ... TO STDOUT`, straight
 //! into Arrow string builders: no row objects, no per-value `String`, one pass
-//! that also drops repeated pairs and hashes the content for the snapshot id.
+//! that also drops repeated pairs while the rows come in byte order.
 //!
 //! The binary format (PostgreSQL docs, "COPY", "Binary Format"): an 11-byte
 //! signature, a 32-bit flags field and a 32-bit header-extension length; then
 //! per tuple a 16-bit field count (-1 ends the data) and per field a 32-bit
 //! length (-1 for NULL) followed by that many bytes; text is UTF-8 as sent.
-
-use std::hash::Hasher;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
 use std::sync::Arc;
@@ -24,7 +22,6 @@ pub(crate) struct CopyRows {
     finished: bool,
     clients: StringBuilder,
     restaurants: StringBuilder,
-    hasher: crate::subscribers::Fnv64,
     /// Rows kept; repeats dropped while the input is in byte order.
     rows: usize,
     duplicates: usize,
@@ -42,7 +39,6 @@ impl Default for CopyRows {
             finished: false,
             clients: StringBuilder::new(),
             restaurants: StringBuilder::new(),
-            hasher: Default::default(),
             rows: 0,
             duplicates: 0,
             sorted: true,
@@ -56,8 +52,6 @@ impl Default for CopyRows {
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub batch: RecordBatch,
-    /// FNV-1a of the kept rows in order, as [`crate::subscribers::Subscribers::from_rows`].
-    pub hash: u64,
     pub duplicates: usize,
     /// False when the rows were not in byte order: repeats are still in
     /// `batch` and must be dropped by the caller.
@@ -107,10 +101,6 @@ impl CopyRows {
         let text = |b| std::str::from_utf8(b).map_err(|_| bad("a value that is not UTF-8 text"));
         self.clients.append_value(text(client)?);
         self.restaurants.append_value(text(restaurant)?);
-        self.hasher.write(client);
-        self.hasher.write(&[0]);
-        self.hasher.write(restaurant);
-        self.hasher.write(&[1]);
         self.rows += 1;
         self.last_client.clear();
         self.last_client.extend_from_slice(client);
@@ -128,7 +118,7 @@ impl CopyRows {
         debug_assert!(columns.iter().all(|c| c.len() == self.rows));
         let batch = RecordBatch::try_new(crate::schema::subscribers(), columns)
             .map_err(|e| Error::arrow("building the subscribers table", e))?;
-        Ok(Loaded { batch, hash: self.hasher.finish(), duplicates: self.duplicates, sorted: self.sorted })
+        Ok(Loaded { batch, duplicates: self.duplicates, sorted: self.sorted })
     }
 }
 
@@ -207,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_split_anywhere_across_chunks_give_the_same_table_and_hash_as_from_rows() {
+    fn rows_split_anywhere_across_chunks_give_the_same_table_as_from_rows() {
         let rows = [("c1", "r1"), ("c1", "r1"), ("c2", "r1"), ("c1", "r2")];
         let data = copy_data(&rows);
         let expected = crate::subscribers::Subscribers::from_rows(
@@ -223,7 +213,6 @@ mod tests {
             let loaded = reader.finish().unwrap();
             assert_eq!(loaded.batch, expected.batch, "chunks of {chunk} bytes");
             assert_eq!((loaded.duplicates, loaded.sorted), (1, true));
-            assert_eq!(format!("{:016x}-{}", loaded.hash, loaded.batch.num_rows()), expected.id);
         }
     }
 

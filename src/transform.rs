@@ -65,14 +65,15 @@ impl SqlPipeline {
     /// each batch's plan so a replay knows whether it runs the same SQL.
     /// FNV-1a, 64 bits, in hex: stable across builds and platforms.
     pub fn fingerprint(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        use std::hash::Hasher;
+        let mut hasher = crate::subscribers::Fnv64::default();
         for step in &self.steps {
             let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            for byte in name.bytes().chain([0]).chain(step.sql.bytes()).chain([0]) {
-                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            for part in [name.as_bytes(), &[0], step.sql.as_bytes(), &[0]] {
+                hasher.write(part);
             }
         }
-        format!("{hash:016x}")
+        format!("{:016x}", hasher.finish())
     }
 
     pub fn steps(&self) -> &[SqlStep] {
