@@ -58,8 +58,8 @@ pub(crate) struct Query {
     subscribers: Subscribers,
     offsets: OffsetState,
     last_trigger: Option<Instant>,
-    /// This run's owner epoch in Postgres, claimed once at start.
-    epoch: i64,
+    /// This run's claim on the query in Postgres, taken once at start.
+    ownership: owner::Ownership,
     /// Failed reloads of the subscribers cache, for their back-off.
     reloads: refresh::Reloads,
 }
@@ -85,8 +85,8 @@ impl Query {
             let otherwise = "run with --guarantee at-least-once";
             source.require_topic(&config.kafka.marker_topic, "--marker-topic", otherwise).await?;
         }
-        let epoch = claim_ownership(&config, &query_id).await?;
-        let (mut postgres, mut kafka) = connect_sinks(&config, &query_id, &source, epoch).await?;
+        let ownership = owner::Ownership::claim(&config.postgres, &query_id).await?;
+        let (mut postgres, mut kafka) = connect_sinks(&config, &query_id, &source, ownership.clone()).await?;
         check_sinks_not_ahead(&config, &query_id, &offsets, &mut postgres, &mut kafka).await?;
         if let Some(before) = offsets.last_sql_fingerprint().filter(|f| *f != pipeline.fingerprint()) {
             tracing::info!(before, now = %pipeline.fingerprint(), "the SQL files changed since the last committed batch; new batches use the new files");
@@ -109,7 +109,7 @@ impl Query {
             subscribers,
             offsets,
             last_trigger: None,
-            epoch,
+            ownership,
             reloads: Default::default(),
         })
     }
@@ -128,10 +128,10 @@ impl Query {
     /// connection), once Postgres confirms this run still owns the query: a
     /// new producer's `init_transactions` must never fence a newer owner.
     pub(crate) async fn reconnect(&mut self) -> Result<()> {
-        let (postgres, kafka) =
-            connect_sinks(&self.config, self.checkpoint.query_id(), &self.source, self.epoch).await?;
-        self.postgres = postgres;
-        self.kafka = kafka;
+        let query_id = self.checkpoint.query_id();
+        let ownership = owner::Ownership::connect(&self.config.postgres, query_id, self.ownership.epoch()).await?;
+        let (postgres, kafka) = connect_sinks(&self.config, query_id, &self.source, ownership.clone()).await?;
+        (self.postgres, self.kafka, self.ownership) = (postgres, kafka, ownership);
         Ok(())
     }
 
@@ -321,11 +321,10 @@ async fn connect_sinks(
     config: &Config,
     query_id: &str,
     source: &KafkaSource,
-    epoch: i64,
+    ownership: owner::Ownership,
 ) -> Result<(PostgresSink, KafkaSink)> {
     let exactly_once = config.guarantee.exactly_once();
-    let ownership = owner::Ownership::connect(&config.postgres, query_id, epoch).await?;
-    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once, epoch).await?;
+    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once, ownership.epoch()).await?;
     let dead_letter_topic = (config.bad_records.on_bad_record == OnBadRecord::DeadLetter)
         .then(|| config.bad_records.dead_letter_topic.clone());
     let group = source.group_metadata()?;
@@ -361,14 +360,6 @@ async fn check_sinks_not_ahead(
         }
     }
     Ok(())
-}
-
-/// Bumps the query's owner epoch in Postgres (see [`crate::sink::owner`]).
-async fn claim_ownership(config: &Config, query_id: &str) -> Result<i64> {
-    let mut client = crate::postgres::connect(&config.postgres, "claiming the query").await?;
-    let epoch = owner::claim(&mut client, query_id, &owner::this_process(), &config.postgres.target()).await?;
-    tracing::info!(query_id, epoch, "owner epoch claimed");
-    Ok(epoch)
 }
 
 /// Loads the subscribers from Postgres and saves their snapshot.

@@ -5,8 +5,9 @@
 //! copy of it on another machine, or a process paused for minutes (a zombie)
 //! that wakes after a new owner took over. Kafka fences such a zombie's
 //! producer (`init_transactions` bumps the producer epoch); this is the same
-//! for Postgres. [`claim`] bumps `sparklet_owners.epoch` once per run (never on
-//! a reconnect, so a zombie that reconnects does not take the query back).
+//! for Postgres. [`Ownership::claim`] bumps `sparklet_owners.epoch` once per
+//! run (never on a reconnect, so a zombie that reconnects does not take the
+//! query back).
 //! [`check`] runs in each batch transaction, just before its marker and
 //! commit: an
 //! `UPDATE ... WHERE epoch = mine` that finds no row means a newer owner
@@ -34,7 +35,7 @@ const CLAIM_LOCK_TIMEOUT: &str = "10s";
 
 /// Makes this run the owner of `query_id`; returns its epoch. `owner` names
 /// the process (host and pid) for people looking at the table.
-pub(crate) async fn claim(client: &mut Client, query_id: &str, owner: &str, target: &str) -> Result<i64> {
+async fn claim(client: &mut Client, query_id: &str, owner: &str, target: &str) -> Result<i64> {
     let err = |e| Error::postgres(format!("claiming query {query_id} in sparklet_owners on {target}"), e);
     client.batch_execute(OWNERS_DDL).await.map_err(err)?;
     let txn = client.transaction().await.map_err(err)?;
@@ -79,7 +80,17 @@ pub(crate) struct Ownership {
 }
 
 impl Ownership {
-    /// Opens the connection the checks use and checks once.
+    /// Makes this run the owner of `query_id` ([`claim`]) and keeps the
+    /// connection for the checks.
+    pub(crate) async fn claim(config: &PostgresConfig, query_id: &str) -> Result<Self> {
+        let mut client = crate::postgres::connect(config, "the owner check").await?;
+        let epoch = claim(&mut client, query_id, &this_process(), &config.target()).await?;
+        tracing::info!(query_id, epoch, "owner epoch claimed");
+        Ok(Ownership { client: Arc::new(client), query_id: query_id.to_string(), epoch, target: config.target() })
+    }
+
+    /// After a failure: a new connection for the checks of the run that
+    /// claimed `epoch`, checked once (never a new claim).
     pub(crate) async fn connect(config: &PostgresConfig, query_id: &str, epoch: i64) -> Result<Self> {
         let client = crate::postgres::connect(config, "the owner check").await?;
         let ownership =
@@ -104,6 +115,11 @@ impl Ownership {
         }
     }
 
+    /// This run's epoch.
+    pub(crate) fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
     /// [`Ownership::verify`] from a blocking thread (the Kafka sink's).
     pub(crate) fn verify_blocking(&self) -> Result<()> {
         tokio::runtime::Handle::current().block_on(self.verify())
@@ -111,6 +127,6 @@ impl Ownership {
 }
 
 /// This process, as `host pid N`, for the owners table.
-pub(crate) fn this_process() -> String {
+fn this_process() -> String {
     format!("{} pid {}", crate::checkpoint::host_name(), std::process::id())
 }
