@@ -36,7 +36,9 @@ pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, res
     db.batch_execute("TRUNCATE subscribers_feedback").await?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let config = crate::config(&cluster, &topic, url, "exactly-once", trigger, checkpoint.path(), &progress)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let args = crate::run_args(&bootstrap, &topic, url, "exactly-once", trigger, checkpoint.path(), &progress);
+    let config = crate::config(args)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let query = tokio::spawn(sparklet::run(config, async move {
         let _ = stopped.await;

@@ -165,7 +165,15 @@ async fn tiny_batches(args: &Args, url: &str) -> Result<Vec<Value>> {
     let (cluster, topic) = new_cluster(args.tiny_batches * 10)?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let config = config(&cluster, &topic, url, "exactly-once", "0s", checkpoint.path(), &progress)?;
+    let config = config(run_args(
+        &cluster.bootstrap_servers(),
+        &topic,
+        url,
+        "exactly-once",
+        "0s",
+        checkpoint.path(),
+        &progress,
+    ))?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(sparklet::run(config, async move {
         let _ = stopped.await;
@@ -235,7 +243,15 @@ async fn run_job(
 ) -> Result<Vec<Value>> {
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let config = config(cluster, topic, url, guarantee, "available-now", checkpoint.path(), &progress)?;
+    let config = config(run_args(
+        &cluster.bootstrap_servers(),
+        topic,
+        url,
+        guarantee,
+        "available-now",
+        checkpoint.path(),
+        &progress,
+    ))?;
     sparklet::run(config, std::future::pending()).await?;
     read_progress(&progress)
 }
@@ -245,18 +261,9 @@ fn read_progress(path: &std::path::Path) -> Result<Vec<Value>> {
     text.lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
 }
 
-fn config(
-    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    topic: &str,
-    url: &str,
-    guarantee: &str,
-    trigger: &str,
-    checkpoint: &std::path::Path,
-    progress: &std::path::Path,
-) -> Result<sparklet::Config> {
-    let mut argv = vec!["sparklet".to_string()];
-    argv.extend(run_args(&cluster.bootstrap_servers(), topic, url, guarantee, trigger, checkpoint, progress));
-    let cli = <sparklet::cli::Cli as Parser>::try_parse_from(argv)?;
+/// The checked settings of a scenario's [`run_args`].
+fn config(args: Vec<String>) -> Result<sparklet::Config> {
+    let cli = <sparklet::cli::Cli as Parser>::try_parse_from(std::iter::once("sparklet".to_string()).chain(args))?;
     let sparklet::cli::Command::Run(run) = cli.command else { anyhow::bail!("not a run command") };
     Ok(sparklet::Config::try_from(*run)?)
 }

@@ -33,7 +33,9 @@ pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Startup> {
     crate::produce(&cluster, &topic, 1, subscribers / 10)?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let config = crate::config(&cluster, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let args = crate::run_args(&bootstrap, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
+    let config = crate::config(args)?;
     let started = Instant::now();
     sparklet::run(config, std::future::pending()).await?;
     Ok(Startup { subscribers, raw_copy, first_batch: started.elapsed() })
