@@ -27,6 +27,9 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// The default `--marker-topic`, shared by every sparklet query of a cluster.
+pub const DEFAULT_MARKER_TOPIC: &str = "sparklet-markers";
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -64,7 +67,7 @@ pub struct RunArgs {
     /// the batch's transaction, which recovery reads to learn whether the
     /// batch reached Kafka. Shared by all sparklet queries of a cluster;
     /// create it with 1 partition and cleanup.policy=compact. Checked at start.
-    #[arg(long, env = "SPARKLET_MARKER_TOPIC", default_value = "sparklet-markers")]
+    #[arg(long, env = "SPARKLET_MARKER_TOPIC", default_value = DEFAULT_MARKER_TOPIC)]
     pub marker_topic: String,
 
     /// Postgres connection, e.g. postgres://user@host:5432/db. The password is

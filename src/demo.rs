@@ -21,7 +21,7 @@ const SCHEMA: &str = "sparklet_demo";
 const INPUT: &str = "promotions_in";
 const OUTPUT: &str = "promotions_out";
 const DEAD_LETTERS: &str = "promotions_in-dead-letter";
-const MARKERS: &str = "sparklet-markers";
+const MARKERS: &str = sparklet::cli::DEFAULT_MARKER_TOPIC;
 const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
 /// Runs the demo.

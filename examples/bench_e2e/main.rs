@@ -211,7 +211,7 @@ fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::produce
     cluster.create_topic(&topic, 16, 1)?;
     cluster.create_topic(OUTPUT, OUTPUT_PARTITIONS, 1)?;
     cluster.create_topic(&format!("{topic}-dead-letter"), 1, 1)?;
-    cluster.create_topic("sparklet-markers", 1, 1)?;
+    cluster.create_topic(sparklet::cli::DEFAULT_MARKER_TOPIC, 1, 1)?;
     Ok((cluster, topic))
 }
 

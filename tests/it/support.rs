@@ -41,7 +41,7 @@ pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
 }
 
 /// The default `--marker-topic`; each test's cluster is its own.
-pub const MARKERS: &str = "sparklet-markers";
+pub const MARKERS: &str = sparklet::cli::DEFAULT_MARKER_TOPIC;
 
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
