@@ -48,7 +48,7 @@ fn transform(
     campaigns: RecordBatch,
     subs: &Subscribers,
 ) -> Vec<RecordBatch> {
-    rt.block_on(pipeline.run(campaigns, subs.batch.clone(), NOW, 0)).expect("transform")
+    rt.block_on(pipeline.run(campaigns, subs, NOW, 0)).expect("transform")
 }
 
 fn encode_both(output: &[RecordBatch]) -> usize {

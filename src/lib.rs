@@ -21,11 +21,16 @@
 //! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning
 //!   arithmetic ([`source::plan`]) and JSON-to-Arrow decoding ([`source::decode`]).
 //! - [`subscribers`]: the cached subscribers table and its snapshots, loaded
-//!   by binary COPY straight into Arrow (`subscribers_copy`).
+//!   by binary COPY straight into Arrow (`subscribers_copy`), scanned by the
+//!   SQL through a restaurant index ([`subscribers_scan`]) so a small batch
+//!   reads only its restaurants' rows.
 //! - [`source::validate`]: every input message checked before the sinks see
 //!   it, with a stable reason code for the dead-letter topic.
 //! - [`transform`]: the user's SQL files, run by DataFusion.
 //! - [`schema`]: the input and output message formats of the job.
+//! - [`shared_text`]: campaign text handed to the SQL as dictionaries, so the
+//!   join repeats a 4-byte key per subscriber instead of the text; the
+//!   sinks read text in either form.
 //! - [`sink`]: the Kafka and Postgres sinks, transactional with markers
 //!   (Kafka's in a marker topic, `sink::kafka_marker`), one owner per query
 //!   (`sink::owner`); [`sink::copy`] encodes binary COPY from Arrow.
@@ -61,10 +66,12 @@ pub mod postgres;
 pub(crate) mod progress;
 pub(crate) mod query;
 pub mod schema;
+pub mod shared_text;
 pub mod sink;
 pub mod source;
 pub mod subscribers;
 pub(crate) mod subscribers_copy;
+pub mod subscribers_scan;
 pub mod transform;
 
 pub use config::Config;

@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod allocator;
 mod demo;
 mod tools;
 
@@ -21,6 +22,7 @@ use sparklet::cli::{Cli, Command, LogFormat};
 const EXIT_GRACE: Duration = Duration::from_millis(500);
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     let format = cli.log_format;
     init_logging(format);

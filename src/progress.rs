@@ -67,6 +67,9 @@ pub(crate) struct SubscribersProgress {
     pub snapshot: String,
     pub num_rows: u64,
     pub age_ms: u64,
+    /// How long reading this version took (from Postgres, or from its
+    /// snapshot file for a replay).
+    pub load_ms: u64,
     /// Repeated (client, restaurant) pairs left out of the cache.
     pub duplicates_dropped: u64,
 }
@@ -145,6 +148,7 @@ impl BatchProgress {
                 snapshot: r.subscribers.id.clone(),
                 num_rows: r.subscribers.num_rows() as u64,
                 age_ms: ms(r.subscribers.age()),
+                load_ms: ms(r.subscribers.load_time),
                 duplicates_dropped: r.subscribers.duplicates_dropped as u64,
             },
         }

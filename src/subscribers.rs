@@ -22,6 +22,7 @@ use crate::checkpoint::{io_err, write_atomic_with};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::subscribers_copy::CopyRows;
+use crate::subscribers_scan::SubscribersTable;
 
 /// File (in the SQL directory) with the Postgres query that loads the cache.
 pub const SUBSCRIBERS_SQL: &str = "subscribers.sql";
@@ -31,10 +32,16 @@ pub const SUBSCRIBERS_SQL: &str = "subscribers.sql";
 pub struct Subscribers {
     /// `client_id`, `restaurant_id` rows.
     pub batch: RecordBatch,
+    /// The same rows as the SQL files scan them (`client_id` shared, see
+    /// [`crate::shared_text`]; indexed by restaurant, see
+    /// [`crate::subscribers_scan`]), made once per version, not per batch.
+    pub table: SubscribersTable,
     /// Content hash; also the snapshot's file name.
     pub id: String,
     /// When this version was read from Postgres (or from its snapshot).
     pub loaded_at: Instant,
+    /// How long reading it took, hashing and sharing included.
+    pub load_time: Duration,
     /// Repeated (client, restaurant) pairs left out when this version was
     /// loaded: a favourite saved twice must not notify twice.
     pub duplicates_dropped: usize,
@@ -47,12 +54,12 @@ impl Subscribers {
             vec![Arc::new(StringArray::from(client_ids)), Arc::new(StringArray::from(restaurant_ids))];
         let batch = RecordBatch::try_new(crate::schema::subscribers(), columns)
             .map_err(|e| Error::arrow("building the subscribers table", e))?;
-        Ok(Self::from_batch(batch, 0))
+        Self::from_batch(batch, 0)
     }
 
     /// A version holding `batch` (client_id, restaurant_id), its id the hash
     /// of its rows in order.
-    fn from_batch(batch: RecordBatch, duplicates_dropped: usize) -> Self {
+    fn from_batch(batch: RecordBatch, duplicates_dropped: usize) -> Result<Self> {
         let mut hasher = Fnv64::default();
         for (c, r) in pairs(&batch) {
             hasher.write(c.as_bytes());
@@ -61,7 +68,13 @@ impl Subscribers {
             hasher.write(&[1]);
         }
         let id = format!("{:016x}-{}", hasher.finish(), batch.num_rows());
-        Subscribers { batch, id, loaded_at: Instant::now(), duplicates_dropped }
+        Self::new(batch, id, duplicates_dropped)
+    }
+
+    fn new(batch: RecordBatch, id: String, duplicates_dropped: usize) -> Result<Self> {
+        let table = SubscribersTable::new(crate::shared_text::for_sql(batch.clone())?);
+        let (loaded_at, load_time) = (Instant::now(), Duration::ZERO);
+        Ok(Subscribers { batch, table, id, loaded_at, load_time, duplicates_dropped })
     }
 
     /// Number of (client, restaurant) rows.
@@ -79,6 +92,13 @@ impl Subscribers {
 /// streamed by binary COPY straight into Arrow columns
 /// ([`crate::subscribers_copy`]).
 pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribers> {
+    let started = Instant::now();
+    let mut subs = read_table(postgres, sql_dir).await?;
+    subs.load_time = started.elapsed();
+    Ok(subs)
+}
+
+async fn read_table(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribers> {
     let path = sql_dir.join(SUBSCRIBERS_SQL);
     let query = crate::transform::read_sql_file(&path)?;
     let client = crate::postgres::connect(postgres, "loading the subscribers cache").await?;
@@ -103,10 +123,10 @@ pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribe
     }
     let loaded = rows.finish().map_err(|e| Error::Sql { path: path.clone(), message: e.to_string() })?;
     if loaded.sorted {
-        return Ok(Subscribers::from_batch(loaded.batch, loaded.duplicates));
+        return Subscribers::from_batch(loaded.batch, loaded.duplicates);
     }
     let (batch, dropped) = distinct_unsorted(&loaded.batch)?;
-    Ok(Subscribers::from_batch(batch, dropped))
+    Subscribers::from_batch(batch, dropped)
 }
 
 /// The (client_id, restaurant_id) pairs of a subscribers batch.
@@ -153,6 +173,7 @@ pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
 
 /// Reads the snapshot `id` back (for a replayed batch).
 pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
+    let started = Instant::now();
     let path = snapshot_path(dir, id);
     let file = fs::File::open(&path).map_err(io_err("opening subscribers snapshot", &path))?;
     let reader = FileReader::try_new(file, None).map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
@@ -162,7 +183,9 @@ pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
     }
     let batch = arrow::compute::concat_batches(&crate::schema::subscribers(), &batches)
         .map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
-    Ok(Subscribers { batch, id: id.to_string(), loaded_at: Instant::now(), duplicates_dropped: 0 })
+    let mut subs = Subscribers::new(batch, id.to_string(), 0)?;
+    subs.load_time = started.elapsed();
+    Ok(subs)
 }
 
 /// Deletes snapshots whose id is not in `keep`.

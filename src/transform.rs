@@ -13,12 +13,15 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::{Error, Result};
 use crate::schema::{self, CAMPAIGNS_TABLE, OUTPUT_FIELDS, SUBSCRIBERS_TABLE};
+use crate::shared_text::Text;
+use crate::subscribers::Subscribers;
 
 /// One SQL file of the transform.
 #[derive(Debug, Clone)]
@@ -84,22 +87,24 @@ impl SqlPipeline {
     /// output without the sink's columns fails at start, naming the file.
     pub async fn validate(&self) -> Result<()> {
         let campaigns = RecordBatch::new_empty(schema::campaigns());
-        let subscribers = RecordBatch::new_empty(schema::subscribers());
-        self.run(campaigns, subscribers, 0, 0).await.map(|_| ())
+        let subscribers = Subscribers::from_rows(Vec::new(), Vec::new())?;
+        self.run(campaigns, &subscribers, 0, 0).await.map(|_| ())
     }
 
     /// Runs the files on one batch and returns the output, projected and cast
-    /// to the sink columns ([`schema::output`]), collected once ("persist").
+    /// to the sink columns ([`schema::output`]; text may stay shared, see
+    /// [`crate::shared_text`]), collected once ("persist").
     pub async fn run(
         &self,
         campaigns: RecordBatch,
-        subscribers: RecordBatch,
+        subscribers: &Subscribers,
         now: i64,
         batch_id: u64,
     ) -> Result<Vec<RecordBatch>> {
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        let ctx = SessionContext::new_with_config(session_config());
+        let campaigns = crate::shared_text::for_sql(campaigns)?;
         ctx.register_batch(CAMPAIGNS_TABLE, campaigns).map_err(|e| Error::transform("registering campaigns", e))?;
-        ctx.register_batch(SUBSCRIBERS_TABLE, subscribers)
+        ctx.register_table(SUBSCRIBERS_TABLE, Arc::new(subscribers.table.clone()))
             .map_err(|e| Error::transform("registering subscribers", e))?;
         let params =
             vec![("now", ScalarValue::Int64(Some(now))), ("batch_id", ScalarValue::Int64(Some(batch_id as i64)))];
@@ -119,6 +124,19 @@ impl SqlPipeline {
             Err(e) => Err(sql_err(failing_step(&ctx, init).await.unwrap_or(last), "running", e)),
         }
     }
+}
+
+/// One partition (a batch is small; the machine has two cores and the
+/// sinks use them), and the join's key filter pushed to the subscribers scan
+/// as a list of up to 10,000 restaurants (DataFusion's default, 150, would
+/// make a 1,000-campaign batch scan every cached row; see
+/// [`crate::subscribers_scan`]).
+pub(crate) fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_target_partitions(1);
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.hash_join_inlist_pushdown_max_distinct_values = 10_000;
+    optimizer.hash_join_inlist_pushdown_max_size = 1 << 20;
+    config
 }
 
 /// Which file a run-time error comes from: the views are evaluated one by
@@ -167,21 +185,29 @@ fn sql_err(step: &SqlStep, action: &'static str, source: DataFusionError) -> Err
     Error::SqlStep { path: step.path.clone(), action, source }
 }
 
-/// Picks the sink columns by name, in the output format's order, casting where needed.
+/// Picks the sink columns by name, in the output format's order, casting where
+/// needed; shared text ([`crate::shared_text`]) stays shared.
 fn to_output(batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
     let fail = |message: String| Error::OutputSchema { path: path.to_path_buf(), message };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(OUTPUT_FIELDS.len());
+    let mut fields = Vec::with_capacity(OUTPUT_FIELDS.len());
     for (name, ty) in OUTPUT_FIELDS {
         let column = batch
             .column_by_name(name)
             .ok_or_else(|| fail(format!("has no column {name} (the sinks need {})", output_names())))?;
-        let column = cast(column, ty).map_err(|e| fail(format!("column {name} is not {ty}: {e}")))?;
-        if column.null_count() > 0 {
+        let keep = *ty == DataType::Utf8 && Text::is_text(column.data_type());
+        let column = match keep {
+            true => column.clone(),
+            false => cast(column, ty).map_err(|e| fail(format!("column {name} is not {ty}: {e}")))?,
+        };
+        if column.logical_null_count() > 0 {
             return Err(fail(format!("has NULL in column {name}, which the sinks require")));
         }
+        fields.push(Field::new(*name, column.data_type().clone(), false));
         columns.push(column);
     }
-    RecordBatch::try_new(schema::output(), columns).map_err(|e| Error::arrow("building the output batch", e))
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::arrow("building the output batch", e))
 }
 
 fn output_names() -> String {

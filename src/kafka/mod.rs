@@ -107,9 +107,17 @@ pub fn producer_config(kafka: &KafkaConfig, query_id: &str, transactional: bool)
         .set("acks", "all")
         .set_default("linger.ms", "5")
         .set_default("batch.num.messages", "10000")
-        .set_default("queue.buffering.max.messages", "1000000");
+        // The queue of messages not yet acknowledged, bounded in bytes: a
+        // 900k-message batch would otherwise sit in it whole (about 500 MB);
+        // sends wait while it is full ([`send_when_room`]).
+        .set_default("queue.buffering.max.messages", "100000")
+        .set_default("queue.buffering.max.kbytes", PRODUCER_QUEUE_KIB);
     config
 }
+
+/// The output producer's queue bound (`queue.buffering.max.kbytes`), 32 MiB:
+/// several `batch.num.messages` batches in flight, a fraction of the memory.
+const PRODUCER_QUEUE_KIB: &str = "32768";
 
 /// Transactions must outlive a batch's writes; give them a generous budget
 /// above the request timeout.

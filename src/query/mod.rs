@@ -246,7 +246,7 @@ impl Query {
         campaigns: RecordBatch,
         subscribers: &Subscribers,
     ) -> Result<Vec<RecordBatch>> {
-        let run = self.pipeline.run(campaigns, subscribers.batch.clone(), plan.now_seconds(), plan.batch_id);
+        let run = self.pipeline.run(campaigns, subscribers, plan.now_seconds(), plan.batch_id);
         run.await.map_err(|e| match e {
             Error::SqlStep { path, action: "running", source } => {
                 Error::SqlRuntime { path, batch_id: plan.batch_id, offsets: plan.describe_ranges(), source }

@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Int32Type, Int64Type};
 use bytes::{BufMut, BytesMut};
 
 use crate::error::{Error, Result};
+use crate::shared_text::Text;
 
 /// Signature, flags and header-extension length.
 pub fn write_header(out: &mut BytesMut) {
@@ -43,13 +44,14 @@ impl From<CopyError> for Error {
 
 /// One column, typed once per batch rather than once per value.
 enum Column<'a> {
-    Text(&'a arrow::array::StringArray),
+    Text(Text<'a>),
     Int8(&'a arrow::array::Int64Array),
     Int4(&'a arrow::array::Int32Array),
 }
 
-/// Appends rows `start..end` of `batch`; columns must be Utf8, Int64 or Int32
-/// without nulls (the sink's schema guarantees both).
+/// Appends rows `start..end` of `batch`; columns must be text (plain or
+/// shared, [`Text`]), Int64 or Int32 without nulls (the sink's schema
+/// guarantees both).
 pub fn write_rows(batch: &RecordBatch, start: usize, end: usize, out: &mut BytesMut) -> Result<()> {
     let columns = typed_columns(batch)?;
     let count = i16::try_from(columns.len()).map_err(|_| CopyError::TooManyColumns(columns.len()))?;
@@ -82,11 +84,13 @@ fn typed_columns(batch: &RecordBatch) -> Result<Vec<Column<'_>>> {
         .iter()
         .zip(batch.schema().fields())
         .map(|(array, field)| {
-            if array.null_count() > 0 {
+            if array.logical_null_count() > 0 {
                 return Err(CopyError::Nulls(field.name().clone()).into());
             }
+            if let Some(text) = Text::of(array.as_ref()) {
+                return Ok(Column::Text(text));
+            }
             match array.data_type() {
-                DataType::Utf8 => Ok(Column::Text(array.as_string::<i32>())),
                 DataType::Int64 => Ok(Column::Int8(array.as_primitive::<Int64Type>())),
                 DataType::Int32 => Ok(Column::Int4(array.as_primitive::<Int32Type>())),
                 other => Err(CopyError::Type { column: field.name().clone(), data_type: other.clone() }.into()),

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::json::LineDelimitedWriter;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::Header;
@@ -32,6 +32,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::shared_text::Text;
 use crate::sink::deliveries::Deliveries;
 use crate::sink::owner::Ownership;
 use crate::sink::{kafka_marker, BatchOutput, Sink};
@@ -187,7 +188,7 @@ impl KafkaSink {
         let json = encode_json_lines(batch)?;
         let keys = batch
             .column_by_name(KEY_COLUMN)
-            .and_then(|c| c.as_string_opt::<i32>())
+            .and_then(|c| Text::of(c.as_ref()))
             .ok_or_else(|| Error::Runtime(format!("the output has no text column {KEY_COLUMN} for the message key")))?;
         let batch_id = plan.batch_id.to_string();
         let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
@@ -204,9 +205,13 @@ impl KafkaSink {
         Ok(sent)
     }
 
-    /// Waits until every sent message has its delivery report (woken by the
-    /// last one), then checks that all were delivered.
+    /// Flushes, waits until every sent message has its delivery report
+    /// (woken by the last one), then checks that all were delivered.
     fn await_deliveries(&self, sent: u64) -> Result<()> {
+        // The batch is complete: send what `linger.ms` still holds now
+        // rather than when it expires (up to 5 ms a batch). Whether it all
+        // arrived is the reports' to say, below.
+        let _ = self.producer.flush(self.timeout);
         let reports = self.producer.context().wait_for(sent, self.timeout);
         if reports.failed == 0 && reports.delivered == sent {
             return Ok(());

@@ -15,10 +15,17 @@ use arrow::json::reader::{Decoder, ReaderBuilder};
 use super::validate::{self, Limits, Reason, Refusal};
 use crate::error::{Error, Result};
 
-/// The raw messages of one batch, in (partition, offset) order, keys and
-/// values stored back to back in one buffer each.
+/// The raw messages of one batch, in (partition, offset) order: one part
+/// per partition read, keys and values stored back to back in one buffer
+/// each. Appending moves parts instead of copying bytes, so reading a batch
+/// holds its bytes once.
 #[derive(Debug, Default)]
 pub struct RawBatch {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Default)]
+struct Part {
     values: Bytes,
     keys: Bytes,
     /// Per message: (partition, offset).
@@ -75,33 +82,37 @@ pub struct Decoded {
 impl RawBatch {
     /// Appends one message.
     pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
-        self.keys.push(key);
-        self.values.push(value);
-        self.positions.push((partition, offset));
+        if self.parts.is_empty() {
+            self.parts.push(Part::default());
+        }
+        if let Some(part) = self.parts.last_mut() {
+            part.keys.push(key);
+            part.values.push(value);
+            part.positions.push((partition, offset));
+        }
     }
 
-    /// Appends all messages of `other`.
+    /// Appends all messages of `other`, moving its buffers.
     pub fn append(&mut self, other: RawBatch) {
-        let messages = other.keys.iter().zip(other.values.iter()).zip(&other.positions);
-        for ((key, value), &(partition, offset)) in messages {
-            self.push(partition, offset, key, value);
-        }
+        self.parts.extend(other.parts.into_iter().filter(|p| !p.positions.is_empty()));
     }
 
     /// Number of messages.
     pub fn len(&self) -> usize {
-        self.positions.len()
+        self.parts.iter().map(|p| p.positions.len()).sum()
     }
 
     /// Whether there are no messages.
     pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
+        self.len() == 0
     }
 
     /// (partition, offset, key, value) of every message.
     fn messages(&self) -> impl Iterator<Item = (i32, i64, Option<&[u8]>, Option<&[u8]>)> {
-        let positions = self.positions.iter();
-        positions.zip(self.keys.iter().zip(self.values.iter())).map(|(&(p, o), (k, v))| (p, o, k, v))
+        self.parts.iter().flat_map(|part| {
+            let positions = part.positions.iter();
+            positions.zip(part.keys.iter().zip(part.values.iter())).map(|(&(p, o), (k, v))| (p, o, k, v))
+        })
     }
 }
 

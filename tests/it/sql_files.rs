@@ -24,7 +24,7 @@ async fn run_fixture(pipeline: &SqlPipeline, fixture: &Value) -> Result<Vec<Valu
         pairs.iter().map(|p| p[1].as_str().unwrap_or_default().to_string()).collect(),
     )?;
     let now = fixture["now"].as_i64().context("now")?;
-    let batches = pipeline.run(campaigns.batch, subs.batch, now, 0).await?;
+    let batches = pipeline.run(campaigns.batch, &subs, now, 0).await?;
     let mut json = Vec::new();
     let mut writer = LineDelimitedWriter::new(&mut json);
     for b in &batches {
