@@ -59,7 +59,25 @@ pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, res
     query.await??;
     let _ = reader.join();
     poller.await??;
+    print_steps(rate, trigger, &crate::read_progress(&progress)?);
     Ok(latencies(&produced, &kafka_seen, &pg_seen))
+}
+
+/// The batches' time per step (p50 / p99 ms), to see where latency goes.
+fn print_steps(rate: usize, trigger: &str, batches: &[serde_json::Value]) {
+    let steps = ["triggerExecution", "latestOffset", "walCommit", "getBatch", "queryPlanningAndExecution"];
+    let sinks = ["kafkaSink", "postgresSink", "commitOffsets"];
+    let cells: Vec<String> = steps
+        .iter()
+        .chain(&sinks)
+        .map(|step| {
+            let mut v: Vec<u64> = batches.iter().filter_map(|b| b["durationMs"][step].as_u64()).collect();
+            v.sort_unstable();
+            let at = |q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied();
+            format!("{step} {}/{}", at(0.5).unwrap_or(0), at(0.99).unwrap_or(0))
+        })
+        .collect();
+    println!("latency steps: {rate}/s | {trigger} | {} batches | p50/p99 ms: {}", batches.len(), cells.join(", "));
 }
 
 /// Produces `rate / 10` campaigns every 100 ms; returns when each campaign

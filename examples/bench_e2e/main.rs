@@ -11,12 +11,15 @@
 //! (the cost of exactly-once), a run of tiny batches (latency floor),
 //! per-campaign latency at steady input rates ([`latency`]), with
 //! `--trigger 0s` against `--trigger 100ms` as the baseline in the same run,
-//! and the time to a first batch with 10k and 1M subscribers against a raw
-//! COPY of the table ([`startup`]).
+//! the time to a first batch with 10k and 1M subscribers against a raw
+//! COPY of the table ([`startup`]), peak memory of the binary ([`memory`]),
+//! and small batches' time as the table grows to 10M rows ([`flat`]).
 
+mod flat;
 mod latency;
 mod memory;
 mod raw_copy;
+mod raw_produce;
 mod startup;
 #[path = "../../src/tools.rs"]
 mod tools;
@@ -46,11 +49,14 @@ struct Args {
     /// Postgres to write to (schema sparklet_bench is recreated).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
-    /// Scenarios to run: throughput, tiny, latency, startup, memory
+    /// Scenarios to run: throughput, tiny, latency, startup, memory, flat
     /// (comma-separated; startup leaves 1M subscribers in the table, which
-    /// memory then uses, so they run last, in that order).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency,startup,memory")]
+    /// memory then uses, so they run late, in that order; flat refills it).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency,startup,memory,flat")]
     scenarios: Vec<String>,
+    /// Cached subscribers of the flat scenario (100-campaign batches).
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
+    flat_subscribers: Vec<usize>,
     /// Batch sizes (campaigns) of the memory scenario.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     memory_campaigns: Vec<usize>,
@@ -96,6 +102,13 @@ async fn main() -> Result<()> {
             rate(trigger_ms),
             rate(trigger_ms) / raw_rate
         );
+        let kafka_ms = batches.iter().map(|b| b["durationMs"]["kafkaSink"].as_u64().unwrap_or(0)).sum::<u64>();
+        let (messages, raw) = raw_produce::produce_output_again(&cluster, &url).await?;
+        let raw_ms = raw.as_secs_f64() * 1000.0;
+        println!(
+            "baseline raw transactional produce of the same {messages} messages: {raw_ms:.0} ms; sparklet's Kafka sink {kafka_ms} ms (ratio {:.2}, goal <= 1.25)",
+            kafka_ms as f64 / raw_ms.max(1.0)
+        );
     }
     if wants("tiny") {
         let tiny = tiny_batches(&args, &url).await?;
@@ -105,11 +118,12 @@ async fn main() -> Result<()> {
         latency_table(&args, &url).await?;
     }
     if wants("startup") {
-        println!("startup: subscribers | raw COPY ms | start to first batch done ms | ratio");
+        println!("startup: subscribers | raw COPY ms | load ms | ratio | start to first batch done ms");
         for &n in &args.startup_subscribers {
             let s = startup::run(&url, n).await?;
             let (raw, first) = (s.raw_copy.as_secs_f64() * 1000.0, s.first_batch.as_secs_f64() * 1000.0);
-            println!("startup: {} | {raw:.0} | {first:.0} | {:.2}", s.subscribers, first / raw.max(0.001));
+            let load = s.load_ms;
+            println!("startup: {} | {raw:.0} | {load:.0} | {:.2} | {first:.0}", s.subscribers, load / raw.max(0.001));
         }
     }
     if wants("memory") {
@@ -122,6 +136,22 @@ async fn main() -> Result<()> {
             let mib = memory::peak_rss_mib(&url, n, (subscribers / 10).max(1))?;
             let base = *first.get_or_insert(mib);
             println!("memory: {n} | {subscribers} | {mib:.0} | {:.2}", mib / base);
+        }
+    }
+    if wants("flat") {
+        println!("flat: subscribers | load ms | batch ms (median of 20 x 100 campaigns) | SQL ms | batch ratio to the smallest table");
+        let mut first = None;
+        for &n in &args.flat_subscribers {
+            let f = flat::run(&url, n).await?;
+            let base = *first.get_or_insert(f.trigger_ms);
+            println!(
+                "flat: {} | {:.0} | {:.1} | {:.1} | {:.2}",
+                f.subscribers,
+                f.load_ms,
+                f.trigger_ms,
+                f.sql_ms,
+                f.trigger_ms / base
+            );
         }
     }
     Ok(())

@@ -1,0 +1,53 @@
+//! The table-size scenario of `bench_e2e`: the per-batch time of small
+//! batches (100 campaigns) as the cached subscribers table grows from 10k to
+//! 10M rows (10 per restaurant). The baseline is the smallest table, in the
+//! same run: the goal is a ratio within 1.5.
+
+use anyhow::Result;
+use serde_json::Value;
+
+/// Batches timed per table size.
+const BATCHES: usize = 20;
+/// Campaigns per batch.
+const CAMPAIGNS: usize = 100;
+
+/// Median per-batch times (ms) with one table size.
+pub(crate) struct Flat {
+    pub subscribers: usize,
+    /// Whole trigger.
+    pub trigger_ms: f64,
+    /// The SQL step (join included).
+    pub sql_ms: f64,
+    /// Loading the table at start (from the progress record).
+    pub load_ms: f64,
+}
+
+/// Fills the table with `subscribers` rows and runs 20 batches of 100
+/// campaigns over it with `--max-offsets-per-trigger 100`.
+pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Flat> {
+    let db = crate::connect(url).await?;
+    crate::startup::fill_subscribers(&db, subscribers).await?;
+    let (cluster, topic) = crate::new_cluster(BATCHES * CAMPAIGNS)?;
+    crate::produce(&cluster, &topic, BATCHES * CAMPAIGNS, (subscribers / 10).max(1))?;
+    let checkpoint = tempfile::tempdir()?;
+    let progress = checkpoint.path().join("progress.jsonl");
+    let bootstrap = cluster.bootstrap_servers();
+    let mut args =
+        crate::run_args(&bootstrap, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
+    let limit = args.iter().position(|a| a == "--max-offsets-per-trigger").map_or(args.len(), |i| i + 1);
+    args[limit] = CAMPAIGNS.to_string();
+    sparklet::run(crate::config(args)?, std::future::pending()).await?;
+    let batches = crate::read_progress(&progress)?;
+    let median = |pick: &dyn Fn(&Value) -> f64| {
+        let mut v: Vec<f64> = batches.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let ms = |b: &Value, k: &str| b["durationMs"][k].as_f64().unwrap_or(f64::NAN);
+    Ok(Flat {
+        subscribers,
+        trigger_ms: median(&|b| ms(b, "triggerExecution")),
+        sql_ms: median(&|b| ms(b, "queryPlanningAndExecution")),
+        load_ms: batches.first().and_then(|b| b["subscribers"]["loadMs"].as_f64()).unwrap_or(f64::NAN),
+    })
+}
