@@ -205,13 +205,9 @@ impl KafkaSink {
         Ok(sent)
     }
 
-    /// Flushes, waits until every sent message has its delivery report
-    /// (woken by the last one), then checks that all were delivered.
+    /// Waits until every sent message has its delivery report (woken by the
+    /// last one), then checks that all were delivered.
     fn await_deliveries(&self, sent: u64) -> Result<()> {
-        // The batch is complete: send what `linger.ms` still holds now
-        // rather than when it expires (up to 5 ms a batch). Whether it all
-        // arrived is the reports' to say, below.
-        let _ = self.producer.flush(self.timeout);
         let reports = self.producer.context().wait_for(sent, self.timeout);
         if reports.failed == 0 && reports.delivered == sent {
             return Ok(());
