@@ -107,10 +107,11 @@ pub fn producer_config(kafka: &KafkaConfig, query_id: &str, transactional: bool)
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // A batch's messages are all sent at once, so waiting for more adds
-        // latency and little batching (rdkafka's `flush` was tried instead:
-        // it polls in 100 ms steps, and a small batch took 100 ms).
-        .set_default("linger.ms", "1")
+        // 5 ms: 1 ms saved about 4 ms a small batch, but then a crash lets
+        // a batch's records reach the test broker (which cannot abort them)
+        // before the crash, and the crash tests stop proving anything there.
+        // rdkafka's `flush` polls in 100 ms steps: no substitute.
+        .set_default("linger.ms", "5")
         .set_default("batch.num.messages", "10000")
         // The queue of messages not yet acknowledged, bounded in bytes: a
         // 900k-message batch would otherwise sit in it whole (about 500 MB);
