@@ -3,8 +3,9 @@
 //! 10M rows (10 per restaurant). The baseline is the smallest table, in the
 //! same run: the goal is a ratio within 1.5.
 
+use std::time::Duration;
+
 use anyhow::Result;
-use serde_json::Value;
 
 /// Batches timed per table size.
 const BATCHES: usize = 20;
@@ -38,16 +39,16 @@ pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Flat> {
     args[limit] = CAMPAIGNS.to_string();
     sparklet::run(crate::config(args)?, std::future::pending()).await?;
     let batches = crate::read_progress(&progress)?;
-    let median = |pick: &dyn Fn(&Value) -> f64| {
-        let mut v: Vec<f64> = batches.iter().map(pick).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    let median = |step: &str| {
+        let mut v: Vec<Duration> =
+            batches.iter().filter_map(|b| b["durationMs"][step].as_u64()).map(Duration::from_millis).collect();
+        v.sort_unstable();
+        crate::latency::percentiles(&v).0
     };
-    let ms = |b: &Value, k: &str| b["durationMs"][k].as_f64().unwrap_or(f64::NAN);
     Ok(Flat {
         subscribers,
-        trigger_ms: median(&|b| ms(b, "triggerExecution")),
-        sql_ms: median(&|b| ms(b, "queryPlanningAndExecution")),
+        trigger_ms: median("triggerExecution"),
+        sql_ms: median("queryPlanningAndExecution"),
         load_ms: batches.first().and_then(|b| b["subscribers"]["loadMs"].as_f64()).unwrap_or(f64::NAN),
     })
 }

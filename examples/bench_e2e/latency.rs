@@ -71,10 +71,11 @@ fn print_steps(rate: usize, trigger: &str, batches: &[serde_json::Value]) {
         .iter()
         .chain(&sinks)
         .map(|step| {
-            let mut v: Vec<u64> = batches.iter().filter_map(|b| b["durationMs"][step].as_u64()).collect();
+            let mut v: Vec<Duration> =
+                batches.iter().filter_map(|b| b["durationMs"][step].as_u64()).map(Duration::from_millis).collect();
             v.sort_unstable();
-            let at = |q: f64| v.get(((v.len() as f64 * q) as usize).min(v.len().saturating_sub(1))).copied();
-            format!("{step} {}/{}", at(0.5).unwrap_or(0), at(0.99).unwrap_or(0))
+            let (p50, p99, _) = percentiles(&v);
+            format!("{step} {p50:.0}/{p99:.0}")
         })
         .collect();
     println!("latency steps: {rate}/s | {trigger} | {} batches | p50/p99 ms: {}", batches.len(), cells.join(", "));

@@ -14,8 +14,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-use crate::tools;
-
 /// (messages, time from begin to commit) of producing the output again.
 pub(crate) async fn produce_output_again(
     cluster: &MockCluster<'static, DefaultProducerContext>,
@@ -24,19 +22,17 @@ pub(crate) async fn produce_output_again(
     let messages = output_messages(url).await?;
     let topic = "bench_raw_produce";
     cluster.create_topic(topic, crate::OUTPUT_PARTITIONS, 1)?;
-    let mut config = tools::client_config(&cluster.bootstrap_servers(), &[]);
-    config
-        .set("transactional.id", format!("bench-raw-{}", uuid::Uuid::new_v4()))
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "32768");
-    let producer: ThreadedProducer<DefaultProducerContext> = config.create().context("raw producer")?;
+    // sparklet's own producer settings (`sparklet::kafka::producer_config`),
+    // under a transactional id of its own.
+    let dir = tempfile::tempdir()?;
+    let args =
+        crate::run_args(&cluster.bootstrap_servers(), topic, url, "exactly-once", "once", dir.path(), dir.path());
+    let kafka = crate::config(args)?.kafka;
+    let query_id = uuid::Uuid::new_v4().to_string();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        sparklet::kafka::producer_config(&kafka, &query_id, true).create().context("raw producer")?;
     let timeout = Duration::from_secs(120);
     producer.init_transactions(timeout)?;
-    let query_id = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();
     producer.begin_transaction()?;
     for (key, value) in &messages {
