@@ -78,9 +78,10 @@ pub enum Error {
     },
 
     /// A SQL file failed at run time on some batch's data (a failing cast,
-    /// a division by zero); nothing of that batch was written.
+    /// a division by zero); nothing of that batch was committed (a large
+    /// output's transactions, already started, were aborted).
     #[error(
-        "sql: {path}: failed at run time on batch {batch_id} (offsets {offsets}); nothing of the batch was written. Fix the SQL (for example TRY_CAST instead of CAST) and restart: the batch is replayed with the fixed files"
+        "sql: {path}: failed at run time on batch {batch_id} (offsets {offsets}); nothing of the batch was committed. Fix the SQL (for example TRY_CAST instead of CAST) and restart: the batch is replayed with the fixed files"
     )]
     SqlRuntime {
         path: PathBuf,
@@ -170,6 +171,12 @@ pub enum Error {
     /// The output could not be encoded for Postgres' binary COPY.
     #[error("postgres: encoding rows for COPY")]
     CopyEncoding(#[source] crate::sink::copy::CopyError),
+
+    /// A sink's input stopped before the end of the batch's output, because
+    /// the SQL or the other sink failed; the sink aborted its transaction.
+    /// The failure that caused it is reported instead.
+    #[error("output: the batch's output stopped before its end (the SQL or the other sink failed); the transaction was aborted")]
+    OutputCut,
 
     /// A background task died.
     #[error("runtime: {0}")]

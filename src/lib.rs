@@ -33,7 +33,9 @@
 //!   sinks read text in either form.
 //! - [`sink`]: the Kafka and Postgres sinks, transactional with markers
 //!   (Kafka's in a marker topic, `sink::kafka_marker`), one owner per query
-//!   (`sink::owner`); [`sink::copy`] encodes binary COPY from Arrow.
+//!   (`sink::owner`); [`sink::copy`] encodes binary COPY from Arrow;
+//!   [`sink::feed`] hands the SQL's output to both sinks chunk by chunk as it
+//!   is computed (a small output is computed in full before either starts).
 //! - [`kafka`]: librdkafka settings, the start-up reachability check, the
 //!   one loop that reads offset ranges with `assign()` ([`kafka::read_ranges`]),
 //!   a topic's partitions, the QueueFull back-off.

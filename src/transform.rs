@@ -18,9 +18,12 @@ use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use futures::{StreamExt, TryStreamExt};
+
 use crate::error::{Error, Result};
 use crate::schema::{self, CAMPAIGNS_TABLE, OUTPUT_FIELDS, SUBSCRIBERS_TABLE};
 use crate::shared_text::Text;
+use crate::sink::feed::RowStream;
 use crate::subscribers::Subscribers;
 
 /// One SQL file of the transform.
@@ -93,7 +96,7 @@ impl SqlPipeline {
 
     /// Runs the files on one batch and returns the output, projected and cast
     /// to the sink columns ([`schema::output`]; text may stay shared, see
-    /// [`crate::shared_text`]), collected once ("persist").
+    /// [`crate::shared_text`]), collected.
     pub async fn run(
         &self,
         campaigns: RecordBatch,
@@ -101,6 +104,19 @@ impl SqlPipeline {
         now: i64,
         batch_id: u64,
     ) -> Result<Vec<RecordBatch>> {
+        self.execute(campaigns, subscribers, now, batch_id).await?.try_collect().await
+    }
+
+    /// Plans the files on one batch and returns the output as a stream of
+    /// chunks in the sink columns, computed as it is read; an error while
+    /// computing names the file that fails.
+    pub async fn execute(
+        &self,
+        campaigns: RecordBatch,
+        subscribers: &Subscribers,
+        now: i64,
+        batch_id: u64,
+    ) -> Result<RowStream> {
         let ctx = SessionContext::new_with_config(session_config());
         let campaigns = crate::shared_text::for_sql(campaigns)?;
         ctx.register_batch(CAMPAIGNS_TABLE, campaigns).map_err(|e| Error::transform("registering campaigns", e))?;
@@ -119,10 +135,35 @@ impl SqlPipeline {
         // start-up validation) with no rows catches a wrong output.
         let planned = RecordBatch::new_empty(Arc::new(df.schema().as_arrow().clone()));
         to_output(&planned, &last.path)?;
-        match df.collect().await {
-            Ok(batches) => batches.iter().map(|b| to_output(b, &last.path)).collect(),
-            Err(e) => Err(sql_err(failing_step(&ctx, init).await.unwrap_or(last), "running", e)),
-        }
+        let running = Arc::new(Running { ctx, views: init.to_vec(), last: last.clone() });
+        let rows = match df.execute_stream().await {
+            Ok(rows) => rows,
+            Err(e) => return Err(running.failed(e).await),
+        };
+        Ok(rows
+            .then(move |batch| {
+                let running = running.clone();
+                async move {
+                    match batch {
+                        Ok(batch) => to_output(&batch, &running.last.path),
+                        Err(e) => Err(running.failed(e).await),
+                    }
+                }
+            })
+            .boxed())
+    }
+}
+
+/// A planned run, kept with its stream to name the file that fails.
+struct Running {
+    ctx: SessionContext,
+    views: Vec<SqlStep>,
+    last: SqlStep,
+}
+
+impl Running {
+    async fn failed(&self, e: DataFusionError) -> Error {
+        sql_err(failing_step(&self.ctx, &self.views).await.unwrap_or(&self.last), "running", e)
     }
 }
 

@@ -11,12 +11,13 @@
 mod offsets;
 mod refresh;
 mod replay;
+mod write;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
+use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::batch::{epoch_ms, BatchPlan};
@@ -24,11 +25,11 @@ use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
 use crate::events;
-use crate::progress::{self, BatchProgress, BatchReport, DurationMs, SinkProgress};
+use crate::progress::{self, BatchProgress, BatchReport, DurationMs};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
-use crate::sink::{write_once, BatchOutput, Sink, SinkOutcome};
+use crate::sink::{BatchOutput, Sink};
 use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
@@ -159,17 +160,17 @@ impl Query {
         let (bad_records, dead_letters) = self.screen_bad_records(plan, decoded.bad)?;
         let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
 
+        let dead_lettered = dead_letters.len() as u64;
+
         let t = Instant::now();
-        let rows = self.transform(plan, decoded.batch, &subscribers).await?;
-        let output = Arc::new(BatchOutput { rows, dead_letters });
+        let output = self.transform(plan, decoded.batch, &subscribers).await?;
         d.query_planning_and_execution = progress::ms(t.elapsed());
 
         let t = Instant::now();
-        let sinks = self.write(plan, &output, attempt, &mut d).await?;
+        let (sinks, output_rows) = self.write(plan, output, dead_letters.into(), attempt, &mut d).await?;
         d.add_batch = progress::ms(t.elapsed());
 
         let t = Instant::now();
-        let output_rows = output.num_rows();
         self.commit(plan, output_rows)?;
         d.commit_offsets = progress::ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
@@ -183,7 +184,7 @@ impl Query {
                 replayed: attempt == Attempt::Replay,
                 input_rows,
                 bad_records,
-                dead_lettered: output.dead_letters.len() as u64,
+                dead_lettered,
                 expired_rows,
                 output_rows,
                 durations: d,
@@ -238,50 +239,19 @@ impl Query {
     }
 
     /// Step 4, transform: the SQL files over the campaigns and the pinned
-    /// subscribers. A failure at run time names the file, the batch and its
-    /// offsets; nothing of the batch has been written then.
+    /// subscribers, computed up to [`crate::sink::feed::HEAD_ROWS`] rows (the rest is
+    /// computed while the sinks write). A failure at run time names the
+    /// file, the batch and its offsets; nothing of the batch is committed.
     async fn transform(
         &self,
         plan: &BatchPlan,
         campaigns: RecordBatch,
         subscribers: &Subscribers,
-    ) -> Result<Vec<RecordBatch>> {
-        let run = self.pipeline.run(campaigns, subscribers, plan.now_seconds(), plan.batch_id);
-        run.await.map_err(|e| match e {
-            Error::SqlStep { path, action: "running", source } => {
-                Error::SqlRuntime { path, batch_id: plan.batch_id, offsets: plan.describe_ranges(), source }
-            }
-            other => other,
-        })
-    }
-
-    /// Step 5: both sinks at once; each is one transaction with its marker.
-    async fn write(
-        &mut self,
-        plan: &BatchPlan,
-        output: &Arc<BatchOutput>,
-        attempt: Attempt,
-        d: &mut DurationMs,
-    ) -> Result<[SinkProgress; 2]> {
-        let check = attempt == Attempt::Replay;
-        let kafka = timed(write_once(&mut self.kafka, plan, output, check));
-        let postgres = timed(write_once(&mut self.postgres, plan, output, check));
-        let ((kafka, kafka_time), (postgres, pg_time)) = tokio::join!(kafka, postgres);
-        d.kafka_sink = progress::ms(kafka_time);
-        d.postgres_sink = progress::ms(pg_time);
-        // A fenced sink wins over the other's error: the run must stop, not retry.
-        for result in [&kafka, &postgres] {
-            if let Err(Error::Fenced { sink, query_id }) = result {
-                return Err(Error::Fenced { sink, query_id: query_id.clone() });
-            }
-        }
-        let (kafka, postgres) = (kafka?, postgres?);
-        for (name, outcome) in [("kafka", kafka), ("postgres", postgres)] {
-            if outcome.skipped {
-                events::SinkWriteSkipped { sink: name, batch_id: plan.batch_id }.emit();
-            }
-        }
-        Ok([sink_progress("kafka", kafka), sink_progress("postgres", postgres)])
+    ) -> Result<BatchOutput> {
+        let (batch_id, offsets) = (plan.batch_id, plan.describe_ranges());
+        let rows = self.pipeline.execute(campaigns, subscribers, plan.now_seconds(), batch_id).await;
+        let rows = rows.map_err(|e| at_run_time(e, batch_id, &offsets))?;
+        BatchOutput::start(rows.map(move |r| r.map_err(|e| at_run_time(e, batch_id, &offsets))).boxed()).await
     }
 
     /// Step 6: record the batch as done.
@@ -377,12 +347,12 @@ pub(super) async fn load_subscribers(config: &Config, checkpoint: &CheckpointSto
     Ok(subs)
 }
 
-async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
-    let started = Instant::now();
-    let out = f.await;
-    (out, started.elapsed())
-}
-
-fn sink_progress(name: &str, outcome: SinkOutcome) -> SinkProgress {
-    SinkProgress { description: name.to_string(), num_output_rows: outcome.rows_written, skipped: outcome.skipped }
+/// A SQL file's failure while computing a batch, named with the batch.
+fn at_run_time(error: Error, batch_id: u64, offsets: &str) -> Error {
+    match error {
+        Error::SqlStep { path, action: "running", source } => {
+            Error::SqlRuntime { path, batch_id, offsets: offsets.to_string(), source }
+        }
+        other => other,
+    }
 }

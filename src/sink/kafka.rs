@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::shared_text::Text;
 use crate::sink::deliveries::Deliveries;
 use crate::sink::owner::Ownership;
-use crate::sink::{kafka_marker, BatchOutput, Sink};
+use crate::sink::{kafka_marker, Chunks, Sink};
 use crate::source::blocking;
 use crate::source::decode::BadMessage;
 
@@ -103,16 +103,16 @@ impl KafkaSink {
     }
 
     /// Sends, awaits and commits; blocking, run off the async runtime.
-    fn write_blocking(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<u64> {
+    fn write_blocking(&self, plan: &BatchPlan, rows: Chunks, dead: &[BadMessage]) -> Result<u64> {
         self.ownership.verify_blocking()?;
         self.producer.context().reset();
         if !self.transactional {
-            let sent = self.send_all(plan, output)?;
+            let sent = self.send_all(plan, rows, dead)?;
             self.await_deliveries(sent.0 + sent.1)?;
             return Ok(sent.0);
         }
         self.producer.begin_transaction().map_err(|e| Error::kafka("beginning the output transaction", e))?;
-        let result = self.send_and_commit(plan, output);
+        let result = self.send_and_commit(plan, rows, dead);
         if result.is_err() {
             if let Err(e) = self.producer.abort_transaction(self.timeout) {
                 tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed");
@@ -121,21 +121,27 @@ impl KafkaSink {
         result
     }
 
-    fn send_and_commit(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<u64> {
-        let (sent, dead) = self.send_all(plan, output)?;
+    fn send_and_commit(&self, plan: &BatchPlan, rows: Chunks, dead: &[BadMessage]) -> Result<u64> {
+        let (sent, dead) = self.send_all(plan, rows, dead)?;
         if sent > 0 {
             crate::crash::point("kafka-mid-transaction");
         }
         self.send_marker(plan, sent)?;
-        self.await_deliveries(sent + dead + 1)?;
         let offsets = self.input_offsets(plan)?;
         self.producer
             .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
             .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
         self.ownership.verify_blocking()?;
-        self.producer
-            .commit_transaction(self.timeout)
-            .map_err(|e| Error::kafka("committing the output transaction", e))?;
+        // Committing sends at once what `linger.ms` still holds and succeeds
+        // only once every message of the transaction is delivered; the
+        // delivery reports are awaited either way, so a failure names them.
+        let committed = self.producer.commit_transaction(self.timeout);
+        let delivered = self.await_deliveries(sent + dead + 1);
+        match (committed, delivered) {
+            (Ok(()), Ok(())) => {}
+            (_, Err(e)) => return Err(e),
+            (Err(e), Ok(())) => return Err(Error::kafka("committing the output transaction", e)),
+        }
         crate::crash::point("after-kafka-commit");
         Ok(sent)
     }
@@ -151,11 +157,14 @@ impl KafkaSink {
             .map_err(|e| Error::kafka(format!("sending the batch marker to '{}'", self.marker_topic), e))
     }
 
-    /// Sends the dead letters, then the rows; returns (rows, dead letters).
-    fn send_all(&self, plan: &BatchPlan, output: &BatchOutput) -> Result<(u64, u64)> {
-        let dead = self.send_dead_letters(plan, &output.dead_letters)?;
-        let sent =
-            output.rows.iter().try_fold(0, |sent, batch| Ok::<_, Error>(sent + self.send_batch(plan, batch)?))?;
+    /// Sends the dead letters, then the rows as they arrive; returns (rows,
+    /// dead letters).
+    fn send_all(&self, plan: &BatchPlan, mut rows: Chunks, dead: &[BadMessage]) -> Result<(u64, u64)> {
+        let dead = self.send_dead_letters(plan, dead)?;
+        let mut sent = 0;
+        while let Some(batch) = rows.next_blocking()? {
+            sent += self.send_batch(plan, &batch)?;
+        }
         Ok((sent, dead))
     }
 
@@ -267,12 +276,12 @@ impl Sink for KafkaSink {
         Ok(latest.is_some_and(|latest| latest >= plan.batch_id))
     }
 
-    async fn write(&mut self, plan: &BatchPlan, output: &Arc<BatchOutput>) -> Result<u64> {
+    async fn write(&mut self, plan: &BatchPlan, rows: Chunks, dead_letters: &Arc<[BadMessage]>) -> Result<u64> {
         let this = self.clone();
         let plan = plan.clone();
-        let output = output.clone();
+        let dead = dead_letters.clone();
         let query_id = self.query_id.clone();
-        blocking(move || this.write_blocking(&plan, &output)).await.map_err(|e| match e.is_kafka_fenced() {
+        blocking(move || this.write_blocking(&plan, rows, &dead)).await.map_err(|e| match e.is_kafka_fenced() {
             true => {
                 tracing::error!(cause = %e.chain(), "the output producer was fenced");
                 Error::Fenced { sink: "kafka", query_id }

@@ -4,39 +4,24 @@
 //! Both are exactly-once per batch: each commits the batch's rows together
 //! with a marker naming (query, batch) in one transaction, and can tell
 //! afterwards whether that transaction landed. Recovery asks each sink and
-//! redoes only the one that did not.
+//! redoes only the one that did not. Both read the batch's rows from one
+//! [`feed`] as the SQL computes them.
 
 pub mod copy;
 mod deliveries;
+pub mod feed;
 pub mod kafka;
 pub(crate) mod kafka_marker;
 pub(crate) mod owner;
 pub(crate) mod postgres;
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
 
 use crate::batch::BatchPlan;
 use crate::error::Result;
 use crate::source::decode::BadMessage;
 
-/// What one batch writes, materialised once ("persist") and shared by both
-/// sinks.
-#[derive(Debug, Default)]
-pub struct BatchOutput {
-    /// The output rows: every sink writes all of them.
-    pub rows: Vec<RecordBatch>,
-    /// Refused input messages for the dead-letter topic (the Kafka sink
-    /// writes them in the batch's transaction); empty unless
-    /// `--on-bad-record dead-letter`.
-    pub dead_letters: Vec<BadMessage>,
-}
-
-impl BatchOutput {
-    /// Number of output rows.
-    pub fn num_rows(&self) -> u64 {
-        self.rows.iter().map(|b| b.num_rows() as u64).sum()
-    }
-}
+pub use feed::{BatchOutput, Chunks};
 
 /// A destination of the batch output.
 #[allow(async_fn_in_trait)]
@@ -51,9 +36,10 @@ pub trait Sink {
     /// Whether batch `plan.batch_id` is already committed in this sink.
     async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool>;
 
-    /// Writes the batch's output (and its marker) in one transaction;
-    /// returns the number of rows written.
-    async fn write(&mut self, plan: &BatchPlan, output: &std::sync::Arc<BatchOutput>) -> Result<u64>;
+    /// Writes the batch's rows as they arrive (and its marker) in one
+    /// transaction, committed only once the rows' end has been read; returns
+    /// the number of rows written.
+    async fn write(&mut self, plan: &BatchPlan, rows: Chunks, dead_letters: &Arc<[BadMessage]>) -> Result<u64>;
 }
 
 /// What one sink did with one batch.
@@ -65,16 +51,17 @@ pub struct SinkOutcome {
     pub skipped: bool,
 }
 
-/// Writes the batch to `sink` unless it is already committed there.
+/// Writes the batch to `sink`, or skips it when recovery found it there
+/// (`rows` is `None`).
 pub async fn write_once<S: Sink>(
     sink: &mut S,
     plan: &BatchPlan,
-    output: &std::sync::Arc<BatchOutput>,
-    check: bool,
+    rows: Option<Chunks>,
+    dead_letters: &Arc<[BadMessage]>,
 ) -> Result<SinkOutcome> {
-    if check && sink.is_committed(plan).await? {
+    let Some(rows) = rows else {
         return Ok(SinkOutcome { rows_written: 0, skipped: true });
-    }
-    let rows_written = sink.write(plan, output).await?;
+    };
+    let rows_written = sink.write(plan, rows, dead_letters).await?;
     Ok(SinkOutcome { rows_written, skipped: false })
 }

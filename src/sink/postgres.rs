@@ -6,7 +6,8 @@
 //! even if a zombie run writes the same batch concurrently, and the owner
 //! epoch ([`super::owner`]) makes a zombie's transaction fail altogether.
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use futures::SinkExt;
 use tokio_postgres::Client;
@@ -15,7 +16,8 @@ use crate::batch::BatchPlan;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::schema::OUTPUT_FIELDS;
-use crate::sink::{copy, owner, BatchOutput, Sink};
+use crate::sink::{copy, owner, Chunks, Sink};
+use crate::source::decode::BadMessage;
 
 /// The job's target table.
 pub(crate) const FEEDBACK_TABLE: &str = "subscribers_feedback";
@@ -61,19 +63,20 @@ impl PostgresSink {
     }
 }
 
-/// Streams `rows` into the feedback table with binary COPY inside `txn`.
-async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, rows: &[RecordBatch], target: &str) -> Result<u64> {
+/// Streams `rows`, as they arrive, into the feedback table with binary COPY
+/// inside `txn`.
+async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, mut rows: Chunks, target: &str) -> Result<u64> {
     let err = |action: &str, e| Error::postgres(format!("{action} into {FEEDBACK_TABLE} on {target}"), e);
     let statement = format!("COPY {FEEDBACK_TABLE} ({}) FROM STDIN (FORMAT binary)", column_list());
     let sink = txn.copy_in::<_, bytes::Bytes>(statement.as_str()).await.map_err(|e| err("starting COPY", e))?;
     futures::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
     copy::write_header(&mut buf);
-    for batch in rows {
+    while let Some(batch) = rows.next().await? {
         let mut row = 0;
         while row < batch.num_rows() {
             let end = (row + 1024).min(batch.num_rows());
-            copy::write_rows(batch, row, end, &mut buf)?;
+            copy::write_rows(&batch, row, end, &mut buf)?;
             row = end;
             if buf.len() >= CHUNK_BYTES {
                 sink.send(buf.split().freeze()).await.map_err(|e| err("sending COPY data", e))?;
@@ -118,14 +121,14 @@ impl Sink for PostgresSink {
         Ok(row.get(0))
     }
 
-    async fn write(&mut self, plan: &BatchPlan, output: &std::sync::Arc<BatchOutput>) -> Result<u64> {
+    async fn write(&mut self, plan: &BatchPlan, rows: Chunks, _dead_letters: &Arc<[BadMessage]>) -> Result<u64> {
         let target = self.target.clone();
         let txn = self
             .client
             .transaction()
             .await
             .map_err(|e| Error::postgres(format!("beginning a transaction on {target}"), e))?;
-        let written = copy_rows(&txn, &output.rows, &target).await?;
+        let written = copy_rows(&txn, rows, &target).await?;
         owner::check(&txn, &self.query_id, self.epoch, &target).await?;
         if self.markers {
             record_marker(&txn, &self.query_id, plan, written, &target).await?;

@@ -16,6 +16,7 @@ mod restart;
 mod security;
 mod sql_files;
 mod startup_errors;
+mod streaming;
 mod support;
 #[path = "../../src/tools.rs"]
 mod tools;
