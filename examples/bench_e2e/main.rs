@@ -91,8 +91,7 @@ async fn main() -> Result<()> {
         report(&format!("1 x {} msgs, {guarantee}", args.messages), &batches);
         let (rows, raw) = raw_copy::copy_feedback_rows(&url).await?;
         let raw_rate = rows as f64 / raw.as_secs_f64();
-        let sink_ms = batches.iter().map(|b| b["durationMs"]["postgresSink"].as_u64().unwrap_or(0)).sum::<u64>();
-        let trigger_ms = batches.iter().map(|b| b["durationMs"]["triggerExecution"].as_u64().unwrap_or(0)).sum::<u64>();
+        let (sink_ms, trigger_ms) = (sum_ms(&batches, "postgresSink"), sum_ms(&batches, "triggerExecution"));
         let rate = |ms: u64| rows as f64 / (ms.max(1) as f64 / 1000.0);
         println!(
             "baseline raw COPY of the same {rows} rows: {:.0} ms, {raw_rate:.0} rows/s; sparklet's Postgres sink {:.0} rows/s (ratio {:.2}), whole trigger {:.0} rows/s (ratio {:.2})",
@@ -102,12 +101,18 @@ async fn main() -> Result<()> {
             rate(trigger_ms),
             rate(trigger_ms) / raw_rate
         );
-        let kafka_ms = batches.iter().map(|b| b["durationMs"]["kafkaSink"].as_u64().unwrap_or(0)).sum::<u64>();
+        let kafka_ms = sum_ms(&batches, "kafkaSink");
         let (messages, raw) = raw_produce::produce_output_again(&cluster, &url).await?;
         let raw_ms = raw.as_secs_f64() * 1000.0;
         println!(
             "baseline raw transactional produce of the same {messages} messages: {raw_ms:.0} ms; sparklet's Kafka sink {kafka_ms} ms (ratio {:.2}, goal <= 1.25)",
             kafka_ms as f64 / raw_ms.max(1.0)
+        );
+        let (both_ms, add_batch_ms) = (both_at_once(&cluster, &url).await?, sum_ms(&batches, "addBatch"));
+        println!(
+            "baseline raw COPY and raw produce at once (both sinks' work, nothing else): {both_ms:.0} ms; sparklet's write step {add_batch_ms} ms (ratio {:.2}), whole trigger {trigger_ms} ms (ratio {:.2})",
+            both_ms / add_batch_ms.max(1) as f64,
+            both_ms / trigger_ms.max(1) as f64
         );
     }
     if wants("tiny") {
@@ -158,6 +163,27 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Milliseconds of a raw COPY and a raw produce of the batch's output run
+/// concurrently, as sparklet's two sinks run: what the machine does for both
+/// sinks without sparklet.
+async fn both_at_once(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    url: &str,
+) -> Result<f64> {
+    let copy = raw_copy::RawCopy::prepare(url).await?;
+    let produce = raw_produce::RawProduce::prepare(cluster, url, "bench_raw_both").await?;
+    let started = Instant::now();
+    let (copied, produced) = tokio::join!(copy.run(), tokio::task::spawn_blocking(move || produce.run()));
+    let elapsed = started.elapsed();
+    copied?;
+    produced??;
+    Ok(elapsed.as_secs_f64() * 1000.0)
+}
+
+fn sum_ms(batches: &[Value], step: &str) -> u64 {
+    batches.iter().map(|b| b["durationMs"][step].as_u64().unwrap_or(0)).sum()
 }
 
 /// Per-campaign latency, produce to visible in each sink, at each rate, with

@@ -10,41 +10,59 @@ use futures::{SinkExt, StreamExt};
 
 /// (rows, time) of a raw COPY of the feedback table's rows.
 pub(crate) async fn copy_feedback_rows(url: &str) -> Result<(u64, Duration)> {
-    let mut db = crate::connect(url).await?;
-    let columns: Vec<&str> = sparklet::schema::OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect();
-    let columns = columns.join(", ");
-    let out = db
-        .copy_out(format!("COPY (SELECT {columns} FROM subscribers_feedback) TO STDOUT (FORMAT binary)").as_str())
-        .await?;
-    futures::pin_mut!(out);
-    // COPY TO yields one message per row; send 1 MiB chunks, as sparklet does.
-    let mut chunks = Vec::new();
-    let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-    while let Some(chunk) = out.next().await {
-        buf.extend_from_slice(&chunk?);
-        if buf.len() >= 1 << 20 {
-            chunks.push(buf.split().freeze());
+    RawCopy::prepare(url).await?.run().await
+}
+
+/// A raw COPY made ready: the rows read out, the target table created.
+pub(crate) struct RawCopy {
+    db: tokio_postgres::Client,
+    chunks: Vec<bytes::Bytes>,
+    rows: u64,
+    columns: String,
+}
+
+impl RawCopy {
+    pub(crate) async fn prepare(url: &str) -> Result<Self> {
+        let db = crate::connect(url).await?;
+        let columns: Vec<&str> = sparklet::schema::OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect();
+        let columns = columns.join(", ");
+        let out = db
+            .copy_out(format!("COPY (SELECT {columns} FROM subscribers_feedback) TO STDOUT (FORMAT binary)").as_str())
+            .await?;
+        futures::pin_mut!(out);
+        // COPY TO yields one message per row; send 1 MiB chunks, as sparklet does.
+        let mut chunks = Vec::new();
+        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+        while let Some(chunk) = out.next().await {
+            buf.extend_from_slice(&chunk?);
+            if buf.len() >= 1 << 20 {
+                chunks.push(buf.split().freeze());
+            }
         }
-    }
-    chunks.push(buf.freeze());
-    db.batch_execute(
-        "DROP TABLE IF EXISTS feedback_raw_copy;
-         CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING ALL)",
-    )
-    .await?;
-    let rows: i64 = db.query_one("SELECT count(*) FROM subscribers_feedback", &[]).await?.get(0);
-    let started = Instant::now();
-    let txn = db.transaction().await?;
-    let sink = txn
-        .copy_in::<_, bytes::Bytes>(format!("COPY feedback_raw_copy ({columns}) FROM STDIN (FORMAT binary)").as_str())
+        chunks.push(buf.freeze());
+        db.batch_execute(
+            "DROP TABLE IF EXISTS feedback_raw_copy;
+             CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING ALL)",
+        )
         .await?;
-    futures::pin_mut!(sink);
-    for chunk in chunks {
-        sink.send(chunk).await?;
+        let rows: i64 = db.query_one("SELECT count(*) FROM subscribers_feedback", &[]).await?.get(0);
+        Ok(RawCopy { db, chunks, rows: rows as u64, columns })
     }
-    sink.finish().await?;
-    txn.commit().await?;
-    let elapsed = started.elapsed();
-    db.batch_execute("DROP TABLE feedback_raw_copy").await?;
-    Ok((rows as u64, elapsed))
+
+    /// The timed part: one transaction, one COPY, commit.
+    pub(crate) async fn run(mut self) -> Result<(u64, Duration)> {
+        let started = Instant::now();
+        let txn = self.db.transaction().await?;
+        let statement = format!("COPY feedback_raw_copy ({}) FROM STDIN (FORMAT binary)", self.columns);
+        let sink = txn.copy_in::<_, bytes::Bytes>(statement.as_str()).await?;
+        futures::pin_mut!(sink);
+        for chunk in std::mem::take(&mut self.chunks) {
+            sink.send(chunk).await?;
+        }
+        sink.finish().await?;
+        txn.commit().await?;
+        let elapsed = started.elapsed();
+        self.db.batch_execute("DROP TABLE feedback_raw_copy").await?;
+        Ok((self.rows, elapsed))
+    }
 }

@@ -19,33 +19,57 @@ pub(crate) async fn produce_output_again(
     cluster: &MockCluster<'static, DefaultProducerContext>,
     url: &str,
 ) -> Result<(usize, Duration)> {
-    let messages = output_messages(url).await?;
-    let topic = "bench_raw_produce";
-    cluster.create_topic(topic, crate::OUTPUT_PARTITIONS, 1)?;
-    // sparklet's own producer settings (`sparklet::kafka::producer_config`),
-    // under a transactional id of its own.
-    let dir = tempfile::tempdir()?;
-    let args =
-        crate::run_args(&cluster.bootstrap_servers(), topic, url, "exactly-once", "once", dir.path(), dir.path());
-    let kafka = crate::config(args)?.kafka;
-    let query_id = uuid::Uuid::new_v4().to_string();
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        sparklet::kafka::producer_config(&kafka, &query_id, true).create().context("raw producer")?;
-    let timeout = Duration::from_secs(120);
-    producer.init_transactions(timeout)?;
-    let started = Instant::now();
-    producer.begin_transaction()?;
-    for (key, value) in &messages {
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "sparklet.query", value: Some(query_id.as_str()) })
-            .insert(Header { key: "sparklet.batch", value: Some("0") });
-        let record = BaseRecord::to(topic).key(key.as_str()).payload(value.as_str()).headers(headers);
-        sparklet::kafka::send_when_room(&producer, record)?;
-    }
-    producer.flush(timeout)?;
-    producer.commit_transaction(timeout)?;
-    Ok((messages.len(), started.elapsed()))
+    let raw = RawProduce::prepare(cluster, url, "bench_raw_produce").await?;
+    tokio::task::spawn_blocking(move || raw.run()).await?
 }
+
+/// A raw produce made ready: the messages rebuilt, the producer initialised.
+pub(crate) struct RawProduce {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    messages: Vec<(String, String)>,
+    topic: String,
+    query_id: String,
+}
+
+impl RawProduce {
+    pub(crate) async fn prepare(
+        cluster: &MockCluster<'static, DefaultProducerContext>,
+        url: &str,
+        topic: &str,
+    ) -> Result<Self> {
+        let messages = output_messages(url).await?;
+        cluster.create_topic(topic, crate::OUTPUT_PARTITIONS, 1)?;
+        // sparklet's own producer settings (`sparklet::kafka::producer_config`),
+        // under a transactional id of its own.
+        let dir = tempfile::tempdir()?;
+        let args =
+            crate::run_args(&cluster.bootstrap_servers(), topic, url, "exactly-once", "once", dir.path(), dir.path());
+        let kafka = crate::config(args)?.kafka;
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            sparklet::kafka::producer_config(&kafka, &query_id, true).create().context("raw producer")?;
+        producer.init_transactions(TIMEOUT)?;
+        Ok(RawProduce { producer, messages, topic: topic.to_string(), query_id })
+    }
+
+    /// The timed part (blocking): begin, send every message, flush, commit.
+    pub(crate) fn run(self) -> Result<(usize, Duration)> {
+        let started = Instant::now();
+        self.producer.begin_transaction()?;
+        for (key, value) in &self.messages {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "sparklet.query", value: Some(self.query_id.as_str()) })
+                .insert(Header { key: "sparklet.batch", value: Some("0") });
+            let record = BaseRecord::to(&self.topic).key(key.as_str()).payload(value.as_str()).headers(headers);
+            sparklet::kafka::send_when_room(&self.producer, record)?;
+        }
+        self.producer.flush(TIMEOUT)?;
+        self.producer.commit_transaction(TIMEOUT)?;
+        Ok((self.messages.len(), started.elapsed()))
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// (client_id, JSON) of every row of the feedback table, fields in the
 /// output message's order, compact as sparklet writes them.

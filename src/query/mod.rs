@@ -204,10 +204,10 @@ impl Query {
         let t = Instant::now();
         let raw = self.source.read(plan).await?;
         d.get_batch = progress::ms(t.elapsed());
-        let t = Instant::now();
-        let decoded = decode::decode(&raw, &crate::schema::campaigns(), &self.config.bad_records.limits)?;
+        let (t, messages) = (Instant::now(), raw.len() as u64);
+        let decoded = decode::decode_owned(raw, &crate::schema::campaigns(), &self.config.bad_records.limits)?;
         d.decode = progress::ms(t.elapsed());
-        Ok((decoded, raw.len() as u64))
+        Ok((decoded, messages))
     }
 
     /// Applies `--on-bad-record` to the refused messages: counts per reason,

@@ -127,21 +127,15 @@ impl KafkaSink {
             crate::crash::point("kafka-mid-transaction");
         }
         self.send_marker(plan, sent)?;
+        self.await_deliveries(sent + dead + 1)?;
         let offsets = self.input_offsets(plan)?;
         self.producer
             .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
             .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
         self.ownership.verify_blocking()?;
-        // Committing sends at once what `linger.ms` still holds and succeeds
-        // only once every message of the transaction is delivered; the
-        // delivery reports are awaited either way, so a failure names them.
-        let committed = self.producer.commit_transaction(self.timeout);
-        let delivered = self.await_deliveries(sent + dead + 1);
-        match (committed, delivered) {
-            (Ok(()), Ok(())) => {}
-            (_, Err(e)) => return Err(e),
-            (Err(e), Ok(())) => return Err(Error::kafka("committing the output transaction", e)),
-        }
+        self.producer
+            .commit_transaction(self.timeout)
+            .map_err(|e| Error::kafka("committing the output transaction", e))?;
         crate::crash::point("after-kafka-commit");
         Ok(sent)
     }
