@@ -59,14 +59,14 @@ pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, res
     query.await??;
     let _ = reader.join();
     poller.await??;
-    print_steps(rate, trigger, &crate::read_progress(&progress)?);
+    print_steps(&format!("latency steps: {rate}/s | {trigger}"), &crate::read_progress(&progress)?);
     Ok(latencies(&produced, &kafka_seen, &pg_seen))
 }
 
-/// The batches' time per step (p50 / p99 ms), to see where latency goes.
-fn print_steps(rate: usize, trigger: &str, batches: &[serde_json::Value]) {
-    let steps = ["triggerExecution", "latestOffset", "walCommit", "getBatch", "queryPlanningAndExecution"];
-    let sinks = ["kafkaSink", "postgresSink", "commitOffsets"];
+/// The batches' time per step (p50 / p99 ms), to see where the time goes.
+pub(crate) fn print_steps(label: &str, batches: &[serde_json::Value]) {
+    let steps = ["triggerExecution", "latestOffset", "walCommit", "getBatch", "decode", "queryPlanningAndExecution"];
+    let sinks = ["addBatch", "kafkaSink", "postgresSink", "commitOffsets"];
     let cells: Vec<String> = steps
         .iter()
         .chain(&sinks)
@@ -78,7 +78,7 @@ fn print_steps(rate: usize, trigger: &str, batches: &[serde_json::Value]) {
             format!("{step} {p50:.0}/{p99:.0}")
         })
         .collect();
-    println!("latency steps: {rate}/s | {trigger} | {} batches | p50/p99 ms: {}", batches.len(), cells.join(", "));
+    println!("{label} | {} batches | p50/p99 ms: {}", batches.len(), cells.join(", "));
 }
 
 /// Produces `rate / 10` campaigns every 100 ms; returns when each campaign

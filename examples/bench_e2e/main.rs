@@ -13,7 +13,9 @@
 //! `--trigger 0s` against `--trigger 100ms` as the baseline in the same run,
 //! the time to a first batch with 10k and 1M subscribers against a raw
 //! COPY of the table ([`startup`]), peak memory of the binary ([`memory`]),
-//! and small batches' time as the table grows to 10M rows ([`flat`]).
+//! small batches' time as the table grows to 10M rows ([`flat`]), and
+//! consecutive batches of 1k to 100k campaigns against raw COPY in
+//! transactions of the same size ([`steady`]).
 
 mod flat;
 mod latency;
@@ -21,6 +23,7 @@ mod memory;
 mod raw_copy;
 mod raw_produce;
 mod startup;
+mod steady;
 #[path = "../../src/tools.rs"]
 mod tools;
 
@@ -49,11 +52,15 @@ struct Args {
     /// Postgres to write to (schema sparklet_bench is recreated).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
-    /// Scenarios to run: throughput, tiny, latency, startup, memory, flat
-    /// (comma-separated; startup, memory and flat each fill the subscribers
-    /// table with their own sizes, so they run last).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,tiny,latency,startup,memory,flat")]
+    /// Scenarios to run: throughput, steady, tiny, latency, startup, memory,
+    /// flat (comma-separated; startup, memory and flat each fill the
+    /// subscribers table with their own sizes, so they run last).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,steady,tiny,latency,startup,memory,flat")]
     scenarios: Vec<String>,
+    /// Batch sizes (campaigns) of the steady scenario; each runs
+    /// 300,000 / size consecutive batches, at least 3 and at most 30.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    steady_campaigns: Vec<usize>,
     /// Cached subscribers of the flat scenario (100-campaign batches).
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
     flat_subscribers: Vec<usize>,
@@ -114,6 +121,15 @@ async fn main() -> Result<()> {
             both_ms / add_batch_ms.max(1) as f64,
             both_ms / trigger_ms.max(1) as f64
         );
+    }
+    if wants("steady") {
+        println!("steady: campaigns per batch | batches | rows | sparklet rows/s | raw COPY rows/s (same transactions) | ratio");
+        for &n in &args.steady_campaigns {
+            let s = steady::run(&url, n, (300_000 / n.max(1)).clamp(3, 30), args.restaurants).await?;
+            let rate = |d: Duration| s.rows as f64 / d.as_secs_f64().max(0.001);
+            let (ours, raw) = (rate(s.sparklet), rate(s.raw));
+            println!("steady: {n} | {} | {} | {ours:.0} | {raw:.0} | {:.2}", s.batches, s.rows, ours / raw);
+        }
     }
     if wants("tiny") {
         let tiny = tiny_batches(&args, &url).await?;
@@ -265,9 +281,9 @@ async fn prepare_postgres(args: &Args) -> Result<String> {
 fn new_cluster(messages: usize) -> Result<(MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String)> {
     let cluster = MockCluster::new(1)?;
     let topic = format!("bench_in_{messages}");
-    // The mock cluster keeps about 5 MB per partition; 16 partitions hold
-    // 100k campaigns without dropping the oldest.
-    cluster.create_topic(&topic, 16, 1)?;
+    // The mock cluster keeps about 5 MB per partition: at least 16
+    // partitions, and one per 8,000 campaigns (~3.8 MB), so none is dropped.
+    cluster.create_topic(&topic, (messages / 8_000 + 1).max(16) as i32, 1)?;
     cluster.create_topic(OUTPUT, OUTPUT_PARTITIONS, 1)?;
     cluster.create_topic(&format!("{topic}-dead-letter"), 1, 1)?;
     cluster.create_topic(sparklet::cli::DEFAULT_MARKER_TOPIC, 1, 1)?;
@@ -300,17 +316,25 @@ async fn run_job(
     url: &str,
     guarantee: &str,
 ) -> Result<Vec<Value>> {
+    run_job_with(cluster, topic, url, guarantee, "unlimited").await
+}
+
+/// [`run_job`] with batches of at most `max_offsets` messages.
+async fn run_job_with(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    url: &str,
+    guarantee: &str,
+    max_offsets: &str,
+) -> Result<Vec<Value>> {
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let config = config(run_args(
-        &cluster.bootstrap_servers(),
-        topic,
-        url,
-        guarantee,
-        "available-now",
-        checkpoint.path(),
-        &progress,
-    ))?;
+    let mut args =
+        run_args(&cluster.bootstrap_servers(), topic, url, guarantee, "available-now", checkpoint.path(), &progress);
+    if let Some(at) = args.iter().position(|a| a == "--max-offsets-per-trigger") {
+        args[at + 1] = max_offsets.to_string();
+    }
+    let config = config(args)?;
     sparklet::run(config, std::future::pending()).await?;
     read_progress(&progress)
 }
