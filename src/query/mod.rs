@@ -31,6 +31,7 @@ use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::{BatchOutput, Sink};
 use crate::source::decode::{self, BadMessage, Decoded};
+use crate::source::read_ahead::ReadAhead;
 use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
 use crate::transform::SqlPipeline;
@@ -63,6 +64,8 @@ pub(crate) struct Query {
     ownership: owner::Ownership,
     /// Failed reloads of the subscribers cache, for their back-off.
     reloads: refresh::Reloads,
+    /// The next batch's input, read while the last one was written.
+    ahead: Option<tokio::task::JoinHandle<Result<ReadAhead>>>,
 }
 
 impl Query {
@@ -112,6 +115,7 @@ impl Query {
             last_trigger: None,
             ownership,
             reloads: Default::default(),
+            ahead: None,
         })
     }
 
@@ -157,6 +161,7 @@ impl Query {
         };
         let subscribers = self.subscribers_for(plan)?;
         let (decoded, input_rows) = self.read(&readable, &mut d).await?;
+        self.read_ahead_after(plan);
         let (bad_records, dead_letters) = self.screen_bad_records(plan, decoded.bad)?;
         let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
 
@@ -199,15 +204,41 @@ impl Query {
         Ok(progress)
     }
 
-    /// Steps 2 and 3, read and decode: the plan's messages, validated.
-    async fn read(&self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64)> {
+    /// Steps 2 and 3, read and decode: the plan's messages (what was read
+    /// ahead of them while the last batch was written, then the rest),
+    /// validated.
+    async fn read(&mut self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64)> {
         let t = Instant::now();
-        let raw = self.source.read(plan).await?;
+        let ahead = match self.ahead.take() {
+            Some(task) => match task.await {
+                Ok(Ok(ahead)) => {
+                    tracing::debug!(messages = ahead.len(), "input read ahead while the last batch was written");
+                    Some(ahead)
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(cause = %e.chain(), "reading ahead failed; reading the batch as planned");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(cause = %e, "the read-ahead task failed; reading the batch as planned");
+                    None
+                }
+            },
+            None => None,
+        };
+        let raw = self.source.read_with(plan, ahead).await?;
         d.get_batch = progress::ms(t.elapsed());
         let (t, messages) = (Instant::now(), raw.len() as u64);
         let decoded = decode::decode_owned(raw, &crate::schema::campaigns(), &self.config.bad_records.limits)?;
         d.decode = progress::ms(t.elapsed());
         Ok((decoded, messages))
+    }
+
+    /// Starts reading what follows `plan` while it is transformed and
+    /// written ([`crate::source::read_ahead`]); the next read takes it.
+    fn read_ahead_after(&mut self, plan: &BatchPlan) {
+        let (source, plan) = (self.source.clone(), plan.clone());
+        self.ahead = Some(tokio::spawn(async move { source.read_ahead(&plan).await }));
     }
 
     /// Applies `--on-bad-record` to the refused messages: counts per reason,

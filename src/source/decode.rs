@@ -108,7 +108,7 @@ impl RawBatch {
     }
 
     /// (partition, offset, key, value) of every message.
-    fn messages(&self) -> impl Iterator<Item = (i32, i64, Option<&[u8]>, Option<&[u8]>)> {
+    pub(crate) fn messages(&self) -> impl Iterator<Item = (i32, i64, Option<&[u8]>, Option<&[u8]>)> {
         self.parts.iter().flat_map(|part| {
             let positions = part.positions.iter();
             positions.zip(part.keys.iter().zip(part.values.iter())).map(|(&(p, o), (k, v))| (p, o, k, v))

@@ -8,6 +8,7 @@
 
 pub mod decode;
 pub(crate) mod plan;
+pub(crate) mod read_ahead;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -143,16 +144,21 @@ impl KafkaSource {
 
     /// Reads the ranges and returns their messages in (partition, offset) order.
     fn read_blocking(&self, ranges: &[OffsetRange]) -> Result<RawBatch> {
+        let mut out = RawBatch::default();
+        for raw in self.read_partitions(ranges)?.into_values() {
+            out.append(raw);
+        }
+        Ok(out)
+    }
+
+    /// Reads the ranges; each partition's messages in offset order.
+    fn read_partitions(&self, ranges: &[OffsetRange]) -> Result<BTreeMap<i32, RawBatch>> {
         let mut by_partition: BTreeMap<i32, RawBatch> = BTreeMap::new();
         crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
             let (partition, offset) = (message.partition(), message.offset());
             by_partition.entry(partition).or_default().push(partition, offset, message.key(), message.payload());
         })?;
-        let mut out = RawBatch::default();
-        for raw in by_partition.into_values() {
-            out.append(raw);
-        }
-        Ok(out)
+        Ok(by_partition)
     }
 }
 
