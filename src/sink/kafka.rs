@@ -122,19 +122,16 @@ impl KafkaSink {
     }
 
     fn send_and_commit(&self, plan: &BatchPlan, rows: Chunks, dead: &[BadMessage]) -> Result<u64> {
-        // The input offsets first (two round trips to the coordinator): the
-        // records then reach the broker as late as possible before the
-        // commit, which keeps a killed run's open transaction short.
-        let offsets = self.input_offsets(plan)?;
-        self.producer
-            .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
-            .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
         let (sent, dead) = self.send_all(plan, rows, dead)?;
         if sent > 0 {
             crate::crash::point("kafka-mid-transaction");
         }
         self.send_marker(plan, sent)?;
         self.await_deliveries(sent + dead + 1)?;
+        let offsets = self.input_offsets(plan)?;
+        self.producer
+            .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
+            .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
         self.ownership.verify_blocking()?;
         self.producer
             .commit_transaction(self.timeout)
