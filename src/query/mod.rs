@@ -209,29 +209,30 @@ impl Query {
     /// validated.
     async fn read(&mut self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64)> {
         let t = Instant::now();
-        let ahead = match self.ahead.take() {
-            Some(task) => match task.await {
-                Ok(Ok(ahead)) => {
-                    tracing::debug!(messages = ahead.len(), "input read ahead while the last batch was written");
-                    Some(ahead)
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(cause = %e.chain(), "reading ahead failed; reading the batch as planned");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(cause = %e, "the read-ahead task failed; reading the batch as planned");
-                    None
-                }
-            },
-            None => None,
-        };
+        let ahead = self.take_read_ahead().await;
         let raw = self.source.read_with(plan, ahead).await?;
         d.get_batch = progress::ms(t.elapsed());
         let (t, messages) = (Instant::now(), raw.len() as u64);
         let decoded = decode::decode_owned(raw, &crate::schema::campaigns(), &self.config.bad_records.limits)?;
         d.decode = progress::ms(t.elapsed());
         Ok((decoded, messages))
+    }
+
+    /// What was read ahead, once that read is done; a failed read-ahead only
+    /// means the batch is read as planned.
+    async fn take_read_ahead(&mut self) -> Option<ReadAhead> {
+        let task = self.ahead.take()?;
+        let ahead = task.await.map_err(|e| Error::Runtime(format!("the read-ahead task failed: {e}"))).and_then(|r| r);
+        match ahead {
+            Ok(ahead) => {
+                tracing::debug!(messages = ahead.len(), "input read ahead while the last batch was written");
+                Some(ahead)
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e.chain(), "reading ahead failed; reading the batch as planned");
+                None
+            }
+        }
     }
 
     /// Starts reading what follows `plan` while it is transformed and

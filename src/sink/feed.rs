@@ -59,16 +59,6 @@ impl BatchOutput {
         Ok(BatchOutput { head, rest: Some(rows) })
     }
 
-    /// An output computed in full beforehand.
-    pub fn complete(rows: Vec<RecordBatch>) -> Self {
-        BatchOutput { head: rows, rest: None }
-    }
-
-    /// Rows computed so far.
-    pub fn head_rows(&self) -> usize {
-        self.head.iter().map(RecordBatch::num_rows).sum()
-    }
-
     /// A feed of the rows to each sink that `writes`.
     pub fn feed<const N: usize>(self, writes: [bool; N]) -> (Feed, [Option<Chunks>; N]) {
         let mut senders = Vec::with_capacity(N);
@@ -201,7 +191,8 @@ mod tests {
     #[tokio::test]
     async fn a_small_output_is_computed_in_full_before_any_sink_starts() {
         let output = BatchOutput::start(stream(vec![Ok(rows(10)), Ok(rows(5))])).await.unwrap();
-        assert_eq!((output.head_rows(), output.rest.is_none()), (15, true));
+        let head_rows: usize = output.head.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!((head_rows, output.rest.is_none()), (15, true));
         let failing = stream(vec![Ok(rows(10)), Err(Error::Runtime("boom".into()))]);
         assert!(BatchOutput::start(failing).await.is_err(), "the error stops the batch before writing");
     }
@@ -240,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_sinks_the_rows_are_still_counted() {
-        let output = BatchOutput::complete(vec![rows(3), rows(4)]);
+        let output = BatchOutput::start(stream(vec![Ok(rows(3)), Ok(rows(4))])).await.unwrap();
         let (feed, chunks) = output.feed([false, false]);
         assert!(chunks.iter().all(Option::is_none));
         assert_eq!(feed.run().await.unwrap(), 7);

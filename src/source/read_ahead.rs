@@ -11,7 +11,7 @@
 //! stays identical. At most as many offsets per partition as the batch
 //! being written had are read ahead, so at most two batches' input is held.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::decode::RawBatch;
 use super::{blocking, KafkaSource};
@@ -76,15 +76,14 @@ impl KafkaSource {
         let Some(ahead) = ahead else {
             return self.read(plan).await;
         };
-        let (mut served, to_read) = ahead.serve(&plan.ranges);
+        let (mut by_partition, to_read) = ahead.serve(&plan.ranges);
         let this = self.clone();
-        let rest = blocking(move || this.read_partitions(&to_read)).await?;
+        for (partition, rest) in blocking(move || this.read_partitions(&to_read)).await? {
+            by_partition.entry(partition).or_default().append(rest);
+        }
         let mut out = RawBatch::default();
-        let partitions: std::collections::BTreeSet<i32> = served.keys().chain(rest.keys()).copied().collect();
-        let mut rest: HashMap<i32, RawBatch> = rest.into_iter().collect();
-        for p in partitions {
-            out.append(served.remove(&p).unwrap_or_default());
-            out.append(rest.remove(&p).unwrap_or_default());
+        for raw in by_partition.into_values() {
+            out.append(raw);
         }
         Ok(out)
     }
