@@ -26,20 +26,8 @@ impl RawCopy {
         let db = crate::connect(url).await?;
         let columns: Vec<&str> = sparklet::schema::OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect();
         let columns = columns.join(", ");
-        let out = db
-            .copy_out(format!("COPY (SELECT {columns} FROM subscribers_feedback) TO STDOUT (FORMAT binary)").as_str())
-            .await?;
-        futures::pin_mut!(out);
-        // COPY TO yields one message per row; send 1 MiB chunks, as sparklet does.
-        let mut chunks = Vec::new();
-        let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-        while let Some(chunk) = out.next().await {
-            buf.extend_from_slice(&chunk?);
-            if buf.len() >= 1 << 20 {
-                chunks.push(buf.split().freeze());
-            }
-        }
-        chunks.push(buf.freeze());
+        let query = format!("COPY (SELECT {columns} FROM subscribers_feedback) TO STDOUT (FORMAT binary)");
+        let chunks = copy_out(&db, &query).await?;
         db.batch_execute(
             "DROP TABLE IF EXISTS feedback_raw_copy;
              CREATE TABLE feedback_raw_copy (LIKE subscribers_feedback INCLUDING ALL)",
@@ -65,4 +53,21 @@ impl RawCopy {
         self.db.batch_execute("DROP TABLE feedback_raw_copy").await?;
         Ok((self.rows, elapsed))
     }
+}
+
+/// A COPY TO stream gathered in 1 MiB chunks, as sparklet sends them (COPY
+/// TO yields one message per row).
+pub(crate) async fn copy_out(db: &tokio_postgres::Client, query: &str) -> Result<Vec<bytes::Bytes>> {
+    let out = db.copy_out(query).await?;
+    futures::pin_mut!(out);
+    let mut chunks = Vec::new();
+    let mut buf = bytes::BytesMut::with_capacity(1 << 20);
+    while let Some(chunk) = out.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() >= 1 << 20 {
+            chunks.push(buf.split().freeze());
+        }
+    }
+    chunks.push(buf.freeze());
+    Ok(chunks)
 }

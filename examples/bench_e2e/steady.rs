@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 
 /// What one batch size gave.
 pub(crate) struct Steady {
@@ -47,7 +47,7 @@ async fn raw_copy_in_batches(url: &str, per_batch: &[u64]) -> Result<Duration> {
         let query = format!(
             "COPY (SELECT {columns} FROM subscribers_feedback WHERE id > {after} AND id <= {last} ORDER BY id) TO STDOUT (FORMAT binary)"
         );
-        streams.push(copy_out(&db, &query).await?);
+        streams.push(crate::raw_copy::copy_out(&db, &query).await?);
         after = i64::from(last);
     }
     db.batch_execute(
@@ -70,20 +70,4 @@ async fn raw_copy_in_batches(url: &str, per_batch: &[u64]) -> Result<Duration> {
     let elapsed = started.elapsed();
     db.batch_execute("DROP TABLE feedback_raw_copy").await?;
     Ok(elapsed)
-}
-
-/// A COPY TO stream gathered in 1 MiB chunks, as sparklet sends them.
-async fn copy_out(db: &tokio_postgres::Client, query: &str) -> Result<Vec<bytes::Bytes>> {
-    let out = db.copy_out(query).await?;
-    futures::pin_mut!(out);
-    let mut chunks = Vec::new();
-    let mut buf = bytes::BytesMut::with_capacity(1 << 20);
-    while let Some(chunk) = out.next().await {
-        buf.extend_from_slice(&chunk?);
-        if buf.len() >= 1 << 20 {
-            chunks.push(buf.split().freeze());
-        }
-    }
-    chunks.push(buf.freeze());
-    Ok(chunks)
 }
