@@ -152,10 +152,7 @@ async fn a_failing_cast_in_the_sql_names_file_batch_and_offsets_and_a_fix_replay
         &[campaign(RESTAURANT, "a", 0, FOREVER), campaign(RESTAURANT, "b", 0, FOREVER)],
     )?;
     let sql = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(repo_path("sql"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), sql.path().join(entry.file_name()))?;
-    }
+    copy_sql(sql.path())?;
     let step = sql.path().join("10_active_campaigns.sql");
     let original = std::fs::read_to_string(&step)?;
     let failing = original.replacen("WHERE", "WHERE CAST(adv_campaign_content AS BIGINT) > 0 AND", 1);

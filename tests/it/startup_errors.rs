@@ -1,19 +1,9 @@
 //! Bad configuration fails at start, with a message that names what and where,
 //! before anything is read or written.
 
-use std::path::Path;
-
 use anyhow::Result;
 
 use crate::support::*;
-
-fn copy_sql(to: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(repo_path("sql"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
-}
 
 async fn start_error(job: &Job, extra: &[&str]) -> String {
     match job.run_available_now(extra).await {

@@ -60,10 +60,7 @@ async fn an_output_larger_than_the_head_streams_to_both_sinks_exactly_once() -> 
 async fn a_sql_failure_after_the_sinks_started_commits_nothing_and_a_fix_replays_it() -> Result<()> {
     let (job, output) = job_with_a_wide_campaign().await?;
     let sql = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(repo_path("sql"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), sql.path().join(entry.file_name()))?;
-    }
+    copy_sql(sql.path())?;
     let step = sql.path().join("20_feedback.sql");
     let original = std::fs::read_to_string(&step)?;
     let last = format!("client-{SUBSCRIBERS:06}");

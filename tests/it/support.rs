@@ -194,6 +194,15 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Copies the repo's SQL files into `to`, for a test that edits them.
+pub fn copy_sql(to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(repo_path("sql"))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
 /// One test's topics, database and checkpoint directory.
 pub struct Job {
     pub kafka: Kafka,
