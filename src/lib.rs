@@ -19,8 +19,9 @@
 //! - [`batch`]: a batch's id, timestamp and offset ranges ([`batch::BatchPlan`]).
 //! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically.
 //! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning
-//!   arithmetic ([`source::plan`]), JSON-to-Arrow decoding ([`source::decode`])
-//!   and the next batch's input read while a batch is written
+//!   arithmetic ([`source::plan`]), JSON-to-Arrow decoding ([`source::decode`]),
+//!   done chunk by chunk while a batch is read (`source::stream_decode`), and
+//!   the next batch's input read while a batch is written
 //!   (`source::read_ahead`).
 //! - [`subscribers`]: the cached subscribers table and its snapshots, loaded
 //!   by binary COPY straight into Arrow (`subscribers_copy`), scanned by the

@@ -206,16 +206,15 @@ impl Query {
 
     /// Steps 2 and 3, read and decode: the plan's messages (what was read
     /// ahead of them while the last batch was written, then the rest),
-    /// validated.
+    /// validated and decoded as they arrive. `getBatch` is the time spent
+    /// waiting for them, `decode` the time spent decoding.
     async fn read(&mut self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64)> {
         let t = Instant::now();
         let ahead = self.take_read_ahead().await;
-        let raw = self.source.read_with(plan, ahead).await?;
-        d.get_batch = progress::ms(t.elapsed());
-        let (t, messages) = (Instant::now(), raw.len() as u64);
-        let decoded = decode::decode_owned(raw, &crate::schema::campaigns(), &self.config.bad_records.limits)?;
-        d.decode = progress::ms(t.elapsed());
-        Ok((decoded, messages))
+        let read = self.source.read_with(plan, ahead, self.config.bad_records.limits).await?;
+        d.decode = progress::ms(read.decode_time);
+        d.get_batch = progress::ms(t.elapsed().saturating_sub(read.decode_time));
+        Ok((read.decoded, read.messages))
     }
 
     /// What was read ahead, once that read is done; a failed read-ahead only

@@ -49,6 +49,11 @@ impl Bytes {
         self.ends.push(end);
     }
 
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
     fn iter(&self) -> impl Iterator<Item = Option<&[u8]>> {
         let mut start = 0;
         self.ends.iter().map(move |end| {
@@ -97,6 +102,16 @@ impl RawBatch {
         self.parts.extend(other.parts.into_iter().filter(|p| !p.positions.is_empty()));
     }
 
+    /// Drops every message, keeping the buffers for the next ones.
+    pub(crate) fn clear(&mut self) {
+        self.parts.truncate(1);
+        if let Some(part) = self.parts.first_mut() {
+            part.values.clear();
+            part.keys.clear();
+            part.positions.clear();
+        }
+    }
+
     /// Number of messages.
     pub fn len(&self) -> usize {
         self.parts.iter().map(|p| p.positions.len()).sum()
@@ -122,22 +137,14 @@ pub fn decode(raw: &RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<Dec
     decode_chunks(raw, schema, limits)?.join(schema)
 }
 
-/// [`decode`], taking the messages: they are freed before the decoded
-/// chunks are joined into one batch, so a batch's data is held at most twice
-/// (raw and decoded, or decoded chunks and their join), never three times.
-pub fn decode_owned(raw: RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<Decoded> {
-    let chunks = decode_chunks(&raw, schema, limits)?;
-    drop(raw);
-    chunks.join(schema)
-}
-
 /// Decoded chunks, not yet joined, and the refused messages (copied out).
-struct Chunks {
+pub(super) struct Chunks {
     chunks: Vec<RecordBatch>,
     bad: Vec<BadMessage>,
 }
 
-fn decode_chunks(raw: &RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<Chunks> {
+/// Validates and decodes `raw` into chunks; the refused messages in order.
+pub(super) fn decode_chunks(raw: &RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<Chunks> {
     let mut good = Vec::with_capacity(raw.len());
     let mut bad = Vec::new();
     for (partition, offset, key, value) in raw.messages() {
@@ -156,7 +163,17 @@ fn decode_chunks(raw: &RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<
 }
 
 impl Chunks {
-    fn join(mut self, schema: &SchemaRef) -> Result<Decoded> {
+    /// The chunks of `parts`, one after the other.
+    pub(super) fn concat(parts: impl Iterator<Item = Chunks>) -> Chunks {
+        let mut all = Chunks { chunks: Vec::new(), bad: Vec::new() };
+        for part in parts {
+            all.chunks.extend(part.chunks);
+            all.bad.extend(part.bad);
+        }
+        all
+    }
+
+    pub(super) fn join(mut self, schema: &SchemaRef) -> Result<Decoded> {
         let batch = match self.chunks.len() {
             0 => RecordBatch::new_empty(schema.clone()),
             1 => self.chunks.remove(0),
@@ -342,17 +359,13 @@ mod tests {
     }
 
     #[test]
-    fn decoding_owned_messages_gives_the_same_batch_and_refusals() {
-        let n = CHUNK_ROWS + 3;
-        let mut payloads: Vec<String> = (0..n).map(|i| EXAMPLE.replace("first campaign", &format!("c{i}"))).collect();
-        payloads[5] = "{not json".into();
-        let refs: Vec<Option<&str>> = payloads.iter().map(|p| Some(p.as_str())).collect();
-        let schema = crate::schema::campaigns();
-        let borrowed = decode(&raw(&refs), &schema, &Limits::default()).unwrap();
-        let owned = decode_owned(raw(&refs), &schema, &Limits::default()).unwrap();
-        assert_eq!(owned.batch, borrowed.batch);
-        assert_eq!(owned.bad, borrowed.bad);
-        assert_eq!((owned.batch.num_rows(), owned.bad.len()), (n - 1, 1));
+    fn a_cleared_raw_batch_holds_only_what_comes_after() {
+        let mut raw = raw(&[Some(EXAMPLE), None]);
+        raw.append(self::raw(&[Some("x")]));
+        raw.clear();
+        assert!(raw.is_empty());
+        raw.push(3, 7, None, Some(b"y".as_slice()));
+        assert_eq!(raw.messages().collect::<Vec<_>>(), vec![(3, 7, None, Some(b"y".as_slice()))]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod decode;
 pub(crate) mod plan;
 pub(crate) mod read_ahead;
+pub(crate) mod stream_decode;
 pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,9 @@ use crate::error::{Error, Result};
 use crate::kafka_log::LoggingContext;
 use decode::RawBatch;
 use plan::Watermarks;
+pub use stream_decode::ReadBatch;
+use stream_decode::StreamDecoder;
+use validate::Limits;
 
 /// Reads the input topic.
 #[derive(Clone)]
@@ -68,11 +72,10 @@ impl KafkaSource {
         .await
     }
 
-    /// Reads exactly the ranges of `plan`, in (partition, offset) order.
-    pub async fn read(&self, plan: &BatchPlan) -> Result<RawBatch> {
-        let this = self.clone();
-        let ranges = plan.ranges.clone();
-        blocking(move || this.read_blocking(&ranges)).await
+    /// Reads exactly the ranges of `plan`, validated and decoded as the
+    /// messages arrive, in (partition, offset) order.
+    pub async fn read(&self, plan: &BatchPlan, limits: Limits) -> Result<ReadBatch> {
+        self.read_with(plan, None, limits).await
     }
 
     /// Fails unless `topic` exists (the dead-letter and marker topics,
@@ -142,13 +145,12 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// Reads the ranges and returns their messages in (partition, offset) order.
-    fn read_blocking(&self, ranges: &[OffsetRange]) -> Result<RawBatch> {
-        let mut out = RawBatch::default();
-        for raw in self.read_partitions(ranges)?.into_values() {
-            out.append(raw);
-        }
-        Ok(out)
+    /// Reads the ranges into `decoder`, each partition's messages in offset
+    /// order.
+    fn read_into(&self, ranges: &[OffsetRange], decoder: &mut StreamDecoder) -> Result<()> {
+        crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
+            decoder.push(message.partition(), message.offset(), message.key(), message.payload());
+        })
     }
 
     /// Reads the ranges; each partition's messages in offset order.
