@@ -38,7 +38,8 @@ pub const OUTPUT_FIELDS: &[(&str, DataType)] = &[
     ("trigger_datetime_created", DataType::Int32),
 ];
 
-/// Columns of the subscribers cache.
+/// Columns of the subscribers table as the SQL files see it (the cache
+/// stores `restaurant_id` as a dictionary: see [`subscribers`]).
 pub const SUBSCRIBER_FIELDS: &[(&str, DataType)] = &[("client_id", DataType::Utf8), ("restaurant_id", DataType::Utf8)];
 
 /// Arrow schema of the `campaigns` table.
@@ -51,9 +52,16 @@ pub fn output() -> SchemaRef {
     schema(OUTPUT_FIELDS)
 }
 
-/// Arrow schema of the `subscribers` table.
+/// Arrow schema of the cached subscribers table: `restaurant_id` is a
+/// dictionary, each restaurant's id stored once for all its subscribers
+/// (for a million rows, 10 per restaurant: 6 MB instead of 20), and handed
+/// to the SQL as plain text ([`crate::subscribers_scan`]).
 pub fn subscribers() -> SchemaRef {
-    schema(SUBSCRIBER_FIELDS)
+    let fields = SUBSCRIBER_FIELDS.iter().map(|(name, ty)| {
+        let ty = if *name == "restaurant_id" { crate::shared_text::shared_type() } else { ty.clone() };
+        Field::new(*name, ty, false)
+    });
+    Arc::new(Schema::new(fields.collect::<Vec<_>>()))
 }
 
 fn schema(fields: &[(&str, DataType)]) -> SchemaRef {

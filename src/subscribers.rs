@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, DictionaryArray, RecordBatch, StringArray};
+use arrow::datatypes::Int32Type;
+use arrow::error::ArrowError;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use futures::StreamExt;
@@ -21,6 +23,7 @@ use futures::StreamExt;
 use crate::checkpoint::{io_err, write_atomic_with};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
+use crate::shared_text::Text;
 use crate::subscribers_copy::CopyRows;
 use crate::subscribers_scan::SubscribersTable;
 
@@ -50,8 +53,8 @@ pub struct Subscribers {
 impl Subscribers {
     /// Builds a version from rows, computing its id.
     pub fn from_rows(client_ids: Vec<String>, restaurant_ids: Vec<String>) -> Result<Self> {
-        let columns: Vec<ArrayRef> =
-            vec![Arc::new(StringArray::from(client_ids)), Arc::new(StringArray::from(restaurant_ids))];
+        let restaurants: DictionaryArray<Int32Type> = restaurant_ids.iter().map(String::as_str).collect();
+        let columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(client_ids)), Arc::new(restaurants)];
         let batch = RecordBatch::try_new(crate::schema::subscribers(), columns)
             .map_err(|e| Error::arrow("building the subscribers table", e))?;
         Self::from_batch(batch, 0)
@@ -131,7 +134,7 @@ async fn read_table(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscri
 
 /// The (client_id, restaurant_id) pairs of a subscribers batch.
 fn pairs(batch: &RecordBatch) -> impl Iterator<Item = (&str, &str)> {
-    let column = |i: usize| batch.column(i).as_string_opt::<i32>();
+    let column = |i: usize| Text::of(batch.column(i).as_ref());
     let (clients, restaurants) = (column(0), column(1));
     let n = if clients.is_some() && restaurants.is_some() { batch.num_rows() } else { 0 };
     (0..n).filter_map(move |i| Some((clients?.value(i), restaurants?.value(i))))
@@ -177,15 +180,28 @@ pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
     let path = snapshot_path(dir, id);
     let file = fs::File::open(&path).map_err(io_err("opening subscribers snapshot", &path))?;
     let reader = FileReader::try_new(file, None).map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
+    let reading = |e| Error::arrow(format!("reading {}", path.display()), e);
     let mut batches = Vec::new();
     for batch in reader {
-        batches.push(batch.map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?);
+        batches.push(compact(batch.map_err(reading)?).map_err(reading)?);
     }
-    let batch = arrow::compute::concat_batches(&crate::schema::subscribers(), &batches)
-        .map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
+    let batch = arrow::compute::concat_batches(&crate::schema::subscribers(), &batches).map_err(reading)?;
     let mut subs = Subscribers::new(batch, id.to_string(), 0)?;
     subs.load_time = started.elapsed();
     Ok(subs)
+}
+
+/// A snapshot batch in the cache's form: snapshots written before the cache
+/// kept `restaurant_id` as a dictionary hold it as plain text.
+fn compact(batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
+    let schema = crate::schema::subscribers();
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns)
 }
 
 /// Deletes snapshots whose id is not in `keep`.
@@ -249,6 +265,8 @@ impl Hasher for Fnv64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field, Schema};
 
     fn subs(rows: &[(&str, &str)]) -> Subscribers {
         Subscribers::from_rows(
@@ -272,6 +290,32 @@ mod tests {
         assert_eq!(a.id, subs(&[("c1", "r1"), ("c2", "r1")]).id);
         assert_ne!(a.id, subs(&[("c1", "r1")]).id);
         assert_ne!(subs(&[("c1r", "1")]).id, subs(&[("c1", "r1")]).id);
+    }
+
+    #[test]
+    fn restaurants_are_stored_once_each() {
+        let a = subs(&[("c1", "r1"), ("c2", "r1"), ("c3", "r2")]);
+        let restaurants = a.batch.column(1).as_dictionary::<Int32Type>();
+        assert_eq!(restaurants.values().len(), 2);
+        assert_eq!(pairs(&a.batch).collect::<Vec<_>>(), [("c1", "r1"), ("c2", "r1"), ("c3", "r2")]);
+    }
+
+    #[test]
+    fn a_snapshot_with_plain_restaurant_ids_loads_with_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = subs(&[("c1", "r1"), ("c2", "r1")]);
+        let plain = Schema::new(vec![
+            Field::new("client_id", DataType::Utf8, false),
+            Field::new("restaurant_id", DataType::Utf8, false),
+        ]);
+        let columns: Vec<ArrayRef> = vec![a.batch.column(0).clone(), Arc::new(StringArray::from(vec!["r1", "r1"]))];
+        let old = RecordBatch::try_new(Arc::new(plain), columns).unwrap();
+        let mut writer =
+            FileWriter::try_new(fs::File::create(snapshot_path(dir.path(), &a.id)).unwrap(), &old.schema()).unwrap();
+        writer.write(&old).unwrap();
+        writer.finish().unwrap();
+        let back = load_snapshot(dir.path(), &a.id).unwrap();
+        assert_eq!(back.batch, a.batch);
     }
 
     #[test]

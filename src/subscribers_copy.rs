@@ -1,13 +1,15 @@
 //! Reads the subscribers query's rows by binary `COPY ... TO STDOUT`, straight
-//! into Arrow string builders: no row objects, no per-value `String`, one pass
-//! that also drops repeated pairs while the rows come in byte order.
+//! into Arrow builders (`client_id` text, `restaurant_id` a dictionary): no
+//! row objects, no per-value `String`, one pass that also drops repeated
+//! pairs while the rows come in byte order.
 //!
 //! The binary format (PostgreSQL docs, "COPY", "Binary Format"): an 11-byte
 //! signature, a 32-bit flags field and a 32-bit header-extension length; then
 //! per tuple a 16-bit field count (-1 ends the data) and per field a 32-bit
 //! length (-1 for NULL) followed by that many bytes; text is UTF-8 as sent.
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringBuilder, StringDictionaryBuilder};
+use arrow::datatypes::Int32Type;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -21,7 +23,7 @@ pub(crate) struct CopyRows {
     header_done: bool,
     finished: bool,
     clients: StringBuilder,
-    restaurants: StringBuilder,
+    restaurants: StringDictionaryBuilder<Int32Type>,
     /// Rows kept; repeats dropped while the input is in byte order.
     rows: usize,
     duplicates: usize,
@@ -38,7 +40,7 @@ impl Default for CopyRows {
             header_done: false,
             finished: false,
             clients: StringBuilder::new(),
-            restaurants: StringBuilder::new(),
+            restaurants: StringDictionaryBuilder::new(),
             rows: 0,
             duplicates: 0,
             sorted: true,
@@ -100,7 +102,7 @@ impl CopyRows {
         }
         let text = |b| std::str::from_utf8(b).map_err(|_| bad("a value that is not UTF-8 text"));
         self.clients.append_value(text(client)?);
-        self.restaurants.append_value(text(restaurant)?);
+        self.restaurants.append(text(restaurant)?).map_err(|_| bad("more distinct restaurants than fit in 32 bits"))?;
         self.rows += 1;
         self.last_client.clear();
         self.last_client.extend_from_slice(client);

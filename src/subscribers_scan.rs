@@ -13,14 +13,20 @@
 //! `sql/subscribers.sql` orders them). The join still checks every row it
 //! gets, so the scan may return more than asked and never decides a result;
 //! with no usable filter, or rows not grouped, it returns the whole table.
+//!
+//! The cache keeps `restaurant_id` as a dictionary (each restaurant's id
+//! once); the SQL sees it as plain text, the join key's type on both sides
+//! (DataFusion would otherwise cast one side, every batch). The scan turns
+//! the rows it returns into plain text chunk by chunk, so at most one
+//! chunk's ids exist as text at a time.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray, UInt32Array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
@@ -37,9 +43,15 @@ use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
 use datafusion::physical_plan::filter_pushdown::{FilterPushdownPropagation, PushedDown};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+
+use crate::shared_text::Text;
 
 /// The join key the index is built on.
 const KEY: &str = "restaurant_id";
+
+/// Rows per chunk the scan returns.
+const CHUNK_ROWS: usize = 8192;
 
 /// One version of the subscribers table with its restaurant index; cloning
 /// shares both.
@@ -51,6 +63,8 @@ pub struct SubscribersTable {
 #[derive(Debug)]
 struct Indexed {
     batch: RecordBatch,
+    /// The batch's schema as the SQL sees it: the key as plain text.
+    schema: SchemaRef,
     /// `None` when the rows are not grouped by restaurant.
     index: Option<RestaurantIndex>,
 }
@@ -68,7 +82,13 @@ impl SubscribersTable {
     /// Indexes `batch` (as the SQL sees it) by its `restaurant_id` column.
     pub fn new(batch: RecordBatch) -> Self {
         let index = RestaurantIndex::build(&batch);
-        SubscribersTable { inner: Arc::new(Indexed { batch, index }) }
+        let stored = batch.schema();
+        let fields = stored.fields().iter().map(|f| match f.name().as_str() {
+            KEY => Arc::new(Field::new(KEY, DataType::Utf8, f.is_nullable())),
+            _ => f.clone(),
+        });
+        let schema = Arc::new(Schema::new(fields.collect::<Vec<_>>()));
+        SubscribersTable { inner: Arc::new(Indexed { batch, schema, index }) }
     }
 
     /// The rows, as the SQL files see them.
@@ -87,7 +107,7 @@ impl Indexed {
     /// every row (no index).
     fn rows_of<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Option<UInt32Array> {
         let index = self.index.as_ref()?;
-        let restaurants = self.batch.column_by_name(KEY)?.as_string_opt::<i32>()?;
+        let restaurants = Text::of(self.batch.column_by_name(KEY)?.as_ref())?;
         let mut groups: Vec<u32> = keys.filter_map(|k| index.group_of(k, restaurants)).collect();
         groups.sort_unstable();
         groups.dedup();
@@ -98,10 +118,10 @@ impl Indexed {
 
 impl RestaurantIndex {
     /// One pass over the key column; `None` if a restaurant's rows are not
-    /// together, the column is not plain text, or two keys share a hash.
+    /// together, the column is not text, or two keys share a hash.
     fn build(batch: &RecordBatch) -> Option<Self> {
-        let restaurants = batch.column_by_name(KEY)?.as_string_opt::<i32>()?;
-        let n = u32::try_from(restaurants.len()).ok()?;
+        let restaurants = Text::of(batch.column_by_name(KEY)?.as_ref())?;
+        let n = u32::try_from(batch.num_rows()).ok()?;
         let hasher = RandomState::new();
         let (mut starts, mut groups) = (Vec::new(), HashMap::new());
         for row in 0..n as usize {
@@ -118,7 +138,7 @@ impl RestaurantIndex {
         Some(RestaurantIndex { starts, groups, hasher })
     }
 
-    fn group_of(&self, key: &str, restaurants: &StringArray) -> Option<u32> {
+    fn group_of(&self, key: &str, restaurants: Text<'_>) -> Option<u32> {
         let group = *self.groups.get(&self.hasher.hash_one(key))?;
         (restaurants.value(self.starts[group as usize] as usize) == key).then_some(group)
     }
@@ -127,7 +147,7 @@ impl RestaurantIndex {
 #[async_trait::async_trait]
 impl TableProvider for SubscribersTable {
     fn schema(&self) -> SchemaRef {
-        self.inner.batch.schema()
+        self.inner.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -142,7 +162,7 @@ impl TableProvider for SubscribersTable {
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let projection = projection.cloned().unwrap_or_else(|| (0..self.inner.batch.num_columns()).collect());
-        let schema = Arc::new(self.inner.batch.schema().project(&projection)?);
+        let schema = Arc::new(self.inner.schema.project(&projection)?);
         let scan = Scan { table: self.inner.clone(), projection, schema, filters: Vec::new() };
         Ok(DataSourceExec::from_data_source(scan))
     }
@@ -158,7 +178,8 @@ struct Scan {
 }
 
 impl Scan {
-    /// The rows to return, decided from the filters as they stand now.
+    /// The rows to return, decided from the filters as they stand now, as
+    /// the cache stores them.
     fn read(&self) -> DfResult<RecordBatch> {
         let batch = self.table.batch.project(&self.projection)?;
         let keys = self.filters.iter().find_map(|f| restaurant_keys(f, &self.schema));
@@ -192,13 +213,34 @@ fn restaurant_keys(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> Option
     })
 }
 
+/// `rows` in chunks of [`CHUNK_ROWS`], each column cast to `schema`'s type
+/// (the key's dictionary to text) when the chunk is taken.
+fn as_sql_sees_it(rows: RecordBatch, schema: SchemaRef) -> impl Iterator<Item = DfResult<RecordBatch>> + Send {
+    (0..rows.num_rows()).step_by(CHUNK_ROWS).map(move |at| {
+        let chunk = rows.slice(at, CHUNK_ROWS.min(rows.num_rows() - at));
+        let columns = chunk
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    })
+}
+
 impl DataSource for Scan {
     fn open(&self, _partition: usize, _context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
         // Read when first polled: the join polls this side after its build
         // side is complete, when the filter holds the batch's restaurants.
-        let scan = self.clone();
-        let batch = futures::stream::once(async move { scan.read() });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batch)))
+        let (scan, schema) = (self.clone(), self.schema.clone());
+        let chunks = futures::stream::once(async move { scan.read() }).flat_map(move |rows| {
+            let chunks: Box<dyn Iterator<Item = DfResult<RecordBatch>> + Send> = match rows {
+                Ok(rows) => Box::new(as_sql_sees_it(rows, schema.clone())),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            futures::stream::iter(chunks)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), chunks)))
     }
 
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
