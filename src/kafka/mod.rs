@@ -131,12 +131,13 @@ pub fn producer_config(kafka: &KafkaConfig, query_id: &str, transactional: bool)
     config
 }
 
-/// The output producer's queue bound (`queue.buffering.max.kbytes`), 8 MiB:
-/// a few `batch.num.messages` batches in flight (about 4 MB each here), a
-/// fraction of the memory. At 32 MiB, peak RSS for a 100k-campaign batch
-/// ranged 167-205 MiB over five runs, at 4 MiB 167-176: the sink writes at
-/// the shared output's pace, so a deeper queue only holds more.
-const PRODUCER_QUEUE_KIB: &str = "8192";
+/// The output producer's queue bound (`queue.buffering.max.kbytes`), 4 MiB
+/// of payloads (librdkafka adds about 200 bytes a message): one
+/// `batch.num.messages` batch in flight and the next being filled. The sink
+/// writes at the pace of the shared output (the Postgres sink's), so a
+/// deeper queue only holds more: at 32 MiB, peak RSS for a 100k-campaign
+/// batch ranged 167-205 MiB over five runs, at 4 MiB 167-176.
+const PRODUCER_QUEUE_KIB: &str = "4096";
 
 /// Transactions must outlive a batch's writes; give them a generous budget
 /// above the request timeout.
