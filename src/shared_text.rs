@@ -11,15 +11,17 @@
 //! copied, not hashed), the join copies a 4-byte key instead, and the sinks
 //! read the text through it.
 //!
-//! The same holds for the subscribers' `client_id`, repeated once per
-//! campaign of the restaurant: the cache keeps its shared form, made once
-//! per loaded version.
+//! The subscribers' `client_id` stays plain: it appears once per output row
+//! (twice only for a restaurant with two campaigns in one batch), and the
+//! output is computed a chunk at a time, so a shared form would only add a
+//! 4-byte key per cached row (4 MB for a million).
 //!
 //! `restaurant_id`, the join key, stays plain text in both tables: DataFusion
 //! compares a dictionary with plain text by casting one side, and the cast
 //! must not fall on the cached subscribers (a million rows, every batch).
-//! The SQL files see the other text columns as `Dictionary(Int32, Utf8)`;
-//! text functions and comparisons accept them (README, "Editing the SQL").
+//! The SQL files see the campaigns' other text columns as
+//! `Dictionary(Int32, Utf8)`; text functions and comparisons accept them
+//! (README, "Editing the SQL").
 
 use std::sync::Arc;
 

@@ -35,8 +35,7 @@ pub const SUBSCRIBERS_SQL: &str = "subscribers.sql";
 pub struct Subscribers {
     /// `client_id`, `restaurant_id` rows.
     pub batch: RecordBatch,
-    /// The same rows as the SQL files scan them (`client_id` shared, see
-    /// [`crate::shared_text`]; indexed by restaurant, see
+    /// The same rows as the SQL files scan them (indexed by restaurant, see
     /// [`crate::subscribers_scan`]), made once per version, not per batch.
     pub table: SubscribersTable,
     /// Content hash; also the snapshot's file name.
@@ -75,7 +74,7 @@ impl Subscribers {
     }
 
     fn new(batch: RecordBatch, id: String, duplicates_dropped: usize) -> Result<Self> {
-        let table = SubscribersTable::new(crate::shared_text::for_sql(batch.clone())?);
+        let table = SubscribersTable::new(batch.clone());
         let (loaded_at, load_time) = (Instant::now(), Duration::ZERO);
         Ok(Subscribers { batch, table, id, loaded_at, load_time, duplicates_dropped })
     }
