@@ -8,7 +8,12 @@
 //! back to the system when freed) measured, with 1M cached subscribers and
 //! batches of 1k / 10k / 100k campaigns, 123 / 135 / 203 MiB against 137 /
 //! 152 / 245 MiB without them, one run each, back to back
-//! (`bench_e2e --scenarios memory`): about 10-17% less.
+//! (`bench_e2e --scenarios memory`): about 10-17% less. One arena
+//! (`MALLOC_ARENA_MAX=1`), once batches were decoded and written chunk by
+//! chunk: 100-105 / 116-118 / 139-141 MiB against 103-106 / 121-122 /
+//! 145-149 MiB with two (three runs each), but consecutive 1k-campaign
+//! batches ran at 205-220k rows/s against 231-236k with two (two runs each):
+//! the default stays two; the README names the setting for a tighter budget.
 //!
 //! The settings apply only where the user has not set glibc's own
 //! environment variables (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`),
