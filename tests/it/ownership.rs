@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Result};
 
 use crate::child::*;
-use crate::exactly_once::{assert_exactly_once, expected_pairs};
+use crate::exactly_once::{assert_exactly_once, assert_exactly_once_on_the_mock, expected_pairs};
 use crate::support::*;
 
 const FOREVER: i64 = 4_000_000_000;
@@ -159,7 +159,10 @@ async fn a_half_written_batch_replayed_with_changed_sql_is_refused() -> Result<(
 
     std::fs::write(&step, &original)?;
     job.run_available_now(&["--sql-dir", &sql_dir]).await?;
-    assert_exactly_once(&job, &expected_pairs(&first, &["c1".to_string()])).await?;
+    // Batch 0's Kafka transaction never committed; its records may have
+    // reached the test broker before the crash, which cannot abort them.
+    let expected = expected_pairs(&first, &["c1".to_string()]);
+    assert_exactly_once_on_the_mock(&job, &expected, expected.len()).await?;
     Ok(())
 }
 
