@@ -15,17 +15,11 @@ use arrow::json::reader::{Decoder, ReaderBuilder};
 use super::validate::{self, Limits, Reason, Refusal};
 use crate::error::{Error, Result};
 
-/// The raw messages of one batch, in (partition, offset) order: one part
-/// per partition read, keys and values stored back to back in one buffer
-/// each. Appending moves parts instead of copying bytes, so reading a batch
-/// holds its bytes once.
+/// Raw messages in the order they were pushed (a partition's read ahead, or
+/// the messages a chunk decodes), keys and values stored back to back in one
+/// buffer each.
 #[derive(Debug, Default)]
 pub struct RawBatch {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Default)]
-struct Part {
     values: Bytes,
     keys: Bytes,
     /// Per message: (partition, offset).
@@ -87,34 +81,21 @@ pub struct Decoded {
 impl RawBatch {
     /// Appends one message.
     pub fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
-        if self.parts.is_empty() {
-            self.parts.push(Part::default());
-        }
-        if let Some(part) = self.parts.last_mut() {
-            part.keys.push(key);
-            part.values.push(value);
-            part.positions.push((partition, offset));
-        }
-    }
-
-    /// Appends all messages of `other`, moving its buffers.
-    pub fn append(&mut self, other: RawBatch) {
-        self.parts.extend(other.parts.into_iter().filter(|p| !p.positions.is_empty()));
+        self.keys.push(key);
+        self.values.push(value);
+        self.positions.push((partition, offset));
     }
 
     /// Drops every message, keeping the buffers for the next ones.
     pub(crate) fn clear(&mut self) {
-        self.parts.truncate(1);
-        if let Some(part) = self.parts.first_mut() {
-            part.values.clear();
-            part.keys.clear();
-            part.positions.clear();
-        }
+        self.values.clear();
+        self.keys.clear();
+        self.positions.clear();
     }
 
     /// Number of messages.
     pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.positions.len()).sum()
+        self.positions.len()
     }
 
     /// Whether there are no messages.
@@ -124,10 +105,8 @@ impl RawBatch {
 
     /// (partition, offset, key, value) of every message.
     pub(crate) fn messages(&self) -> impl Iterator<Item = (i32, i64, Option<&[u8]>, Option<&[u8]>)> {
-        self.parts.iter().flat_map(|part| {
-            let positions = part.positions.iter();
-            positions.zip(part.keys.iter().zip(part.values.iter())).map(|(&(p, o), (k, v))| (p, o, k, v))
-        })
+        let positions = self.positions.iter();
+        positions.zip(self.keys.iter().zip(self.values.iter())).map(|(&(p, o), (k, v))| (p, o, k, v))
     }
 }
 
@@ -360,8 +339,7 @@ mod tests {
 
     #[test]
     fn a_cleared_raw_batch_holds_only_what_comes_after() {
-        let mut raw = raw(&[Some(EXAMPLE), None]);
-        raw.append(self::raw(&[Some("x")]));
+        let mut raw = raw(&[Some(EXAMPLE), None, Some("x")]);
         raw.clear();
         assert!(raw.is_empty());
         raw.push(3, 7, None, Some(b"y".as_slice()));
