@@ -79,7 +79,8 @@ struct RestaurantIndex {
 }
 
 impl SubscribersTable {
-    /// Indexes `batch` (as the SQL sees it) by its `restaurant_id` column.
+    /// Indexes `batch` (the cache's form, `restaurant_id` a dictionary or
+    /// text) by its `restaurant_id` column.
     pub fn new(batch: RecordBatch) -> Self {
         let index = RestaurantIndex::build(&batch);
         let stored = batch.schema();
@@ -91,7 +92,7 @@ impl SubscribersTable {
         SubscribersTable { inner: Arc::new(Indexed { batch, schema, index }) }
     }
 
-    /// The rows, as the SQL files see them.
+    /// The rows in the cache's form (the SQL sees `restaurant_id` as text).
     pub fn batch(&self) -> &RecordBatch {
         &self.inner.batch
     }
