@@ -184,6 +184,13 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_PROGRESS_JSON")]
     pub progress_json: Option<PathBuf>,
 
+    /// Serve the HTTP endpoint on this address (e.g. 127.0.0.1:9464; port 0
+    /// picks a free port, which the log names): /metrics (Prometheus),
+    /// /livez, /readyz, /progress (JSON) and a live status page at /.
+    /// Off by default.
+    #[arg(long, env = "SPARKLET_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+
     /// Number of old batches kept in the checkpoint (Spark's minBatchesToRetain).
     #[arg(long, env = "SPARKLET_MIN_BATCHES_TO_RETAIN", default_value_t = 100)]
     pub min_batches_to_retain: u64,

@@ -16,8 +16,10 @@ use crate::batch::{BatchId, BatchPlan};
 use crate::config::{Config, Trigger};
 use crate::error::Result;
 use crate::events;
+use crate::http::{self, health::Probes};
 use crate::progress::BatchProgress;
 use crate::query::{Attempt, Query};
+use crate::status::RunStatus;
 
 /// Longest wait between full planning rounds that found no new data with
 /// `--trigger 0s`; in between, [`Batches::wait_for_data`] returns as soon as
@@ -48,6 +50,11 @@ pub struct RunSummary {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
     tokio::pin!(shutdown);
     let policy = Policy { trigger: config.trigger, max_retries: config.max_retries };
+    let status = RunStatus::new(policy.interval(), crate::kafka::transaction_timeout(&config.kafka));
+    let _http = match config.http_addr {
+        Some(addr) => Some(http::serve(addr, status.clone(), Probes::new(&config.kafka, &config.postgres)?).await?),
+        None => None,
+    };
     let query = tokio::select! {
         biased;
         _ = &mut shutdown => {
@@ -56,7 +63,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
         }
         query = Query::start(config) => query?,
     };
-    Driver::new(policy, query).run(shutdown).await
+    status.query_started(query.id());
+    let summary = Driver::new(policy, query, status.clone()).run(shutdown).await;
+    status.stopped(if summary.is_ok() { "Stopped" } else { "Stopped by a failure" });
+    summary
 }
 
 /// What the driver needs of a query; [`Query`] in production, a scripted
@@ -127,12 +137,13 @@ pub(crate) struct Driver<B> {
     policy: Policy,
     batches: B,
     summary: RunSummary,
+    status: RunStatus,
 }
 
 impl<B: Batches> Driver<B> {
-    pub(crate) fn new(policy: Policy, batches: B) -> Self {
+    pub(crate) fn new(policy: Policy, batches: B, status: RunStatus) -> Self {
         let summary = RunSummary { query_id: batches.id().to_string(), ..Default::default() };
-        Driver { policy, batches, summary }
+        Driver { policy, batches, summary, status }
     }
 
     /// Runs triggers until shutdown, or the end of `once` / `available-now`.
@@ -156,7 +167,10 @@ impl<B: Batches> Driver<B> {
             let started = tokio::time::Instant::now();
             // The last run's batch does not count as `once`'s one batch.
             let from_last_run = pending.is_some();
-            match self.trigger(pending.take(), &mut shutdown).await? {
+            self.status.trigger_started();
+            let triggered = self.trigger(pending.take(), &mut shutdown).await?;
+            self.status.trigger_finished(triggered.progress(), triggered.message());
+            match triggered {
                 Triggered::Stopped => break,
                 Triggered::Idle if self.is_continuous() => {
                     next_trigger = tokio::time::Instant::now() + self.interval();
@@ -206,6 +220,7 @@ impl<B: Batches> Driver<B> {
             if !retryable {
                 return Err(error);
             }
+            self.status.trigger_finished(None, &format!("Waiting to retry after a {} failure", error.component()));
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => {
@@ -214,6 +229,7 @@ impl<B: Batches> Driver<B> {
                 }
                 _ = tokio::time::sleep(backoff(failures)) => {}
             }
+            self.status.trigger_started();
             if let Err(e) = self.batches.reconnect().await {
                 tracing::warn!(cause = %e.chain(), "reconnecting the sinks failed; retrying anyway");
             }
@@ -246,9 +262,34 @@ impl<B: Batches> Driver<B> {
     }
 
     fn interval(&self) -> Duration {
-        match self.policy.trigger {
+        self.policy.interval()
+    }
+}
+
+impl Policy {
+    /// The trigger interval (zero unless a processing-time trigger).
+    fn interval(&self) -> Duration {
+        match self.trigger {
             Trigger::ProcessingTime(d) => d,
             _ => Duration::ZERO,
+        }
+    }
+}
+
+impl Triggered {
+    fn progress(&self) -> Option<&BatchProgress> {
+        match self {
+            Triggered::Batch(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The status message after this trigger (Spark's words).
+    fn message(&self) -> &'static str {
+        match self {
+            Triggered::Batch(_) => "Waiting for next trigger",
+            Triggered::Idle => "Waiting for data to arrive",
+            Triggered::Stopped => "Stopped",
         }
     }
 }

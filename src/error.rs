@@ -213,6 +213,34 @@ impl Error {
         )
     }
 
+    /// The component that failed, as the message's first word says it
+    /// (`kafka`, `postgres`, ...): the `component` label of the failure metrics.
+    pub fn component(&self) -> &'static str {
+        match self {
+            Error::Config { .. } => "config",
+            Error::CheckpointIo { .. }
+            | Error::CheckpointInUse { .. }
+            | Error::CheckpointConflict { .. }
+            | Error::CheckpointBehind { .. }
+            | Error::CheckpointMismatch(_)
+            | Error::CheckpointFormat { .. } => "checkpoint",
+            Error::Sql { .. } | Error::SqlStep { .. } | Error::SqlRuntime { .. } => "sql",
+            Error::Transform { .. } | Error::OutputSchema { .. } => "transform",
+            Error::Kafka { .. }
+            | Error::KafkaUnreachable { .. }
+            | Error::KafkaTimeout(_)
+            | Error::KafkaState(_)
+            | Error::DataLoss { .. } => "kafka",
+            Error::Postgres { .. } | Error::CopyEncoding(_) => "postgres",
+            Error::BadRecord { .. } => "input",
+            Error::Fenced { sink, .. } => sink,
+            Error::SubscribersStale { .. } => "subscribers",
+            Error::Arrow { .. } => "arrow",
+            Error::OutputCut => "output",
+            Error::Runtime(_) => "runtime",
+        }
+    }
+
     /// The error and each of its causes, `: `-separated, for logs.
     pub fn chain(&self) -> Chain<'_> {
         Chain(self)

@@ -1,43 +1,9 @@
 //! Observable events. Each struct is one thing that happens; `emit()` both
-//! logs it (structured `tracing` fields) and bumps its counter, so logs and
-//! counts cannot drift apart. [`counters`] reads the totals of this process.
+//! logs it (structured `tracing` fields) and counts it in the process's
+//! Prometheus metrics ([`crate::metrics`]), so logs and metrics cannot drift
+//! apart.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Process-wide totals, one per event kind.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub batches_committed: AtomicU64,
-    pub batches_failed: AtomicU64,
-    pub input_rows: AtomicU64,
-    pub malformed_messages: AtomicU64,
-    pub dead_lettered_messages: AtomicU64,
-    pub output_rows: AtomicU64,
-    pub sink_writes_skipped: AtomicU64,
-    pub subscribers_loads: AtomicU64,
-    pub data_loss: AtomicU64,
-}
-
-static COUNTERS: Counters = Counters {
-    batches_committed: AtomicU64::new(0),
-    batches_failed: AtomicU64::new(0),
-    input_rows: AtomicU64::new(0),
-    malformed_messages: AtomicU64::new(0),
-    dead_lettered_messages: AtomicU64::new(0),
-    output_rows: AtomicU64::new(0),
-    sink_writes_skipped: AtomicU64::new(0),
-    subscribers_loads: AtomicU64::new(0),
-    data_loss: AtomicU64::new(0),
-};
-
-/// The totals of this process.
-pub fn counters() -> &'static Counters {
-    &COUNTERS
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
+use crate::metrics::{self, metrics, ComponentLabel, FailureLabels, OutcomeLabel, PhaseLabel, ReasonLabel, SinkLabel};
 
 /// An input message that failed validation, and what `--on-bad-record`
 /// did with it.
@@ -59,9 +25,10 @@ impl BadRecord<'_> {
             action = %self.action,
             "bad record"
         );
-        bump(&COUNTERS.malformed_messages, 1);
+        let reason = ReasonLabel { reason: m.refusal.reason.code().to_string() };
+        metrics().malformed_rows.get_or_create(&reason).inc();
         if self.action == crate::config::OnBadRecord::DeadLetter {
-            bump(&COUNTERS.dead_lettered_messages, 1);
+            metrics().dead_lettered_rows.get_or_create(&reason).inc();
         }
     }
 }
@@ -83,28 +50,53 @@ impl DataLossDetected<'_> {
             "data loss: {}; continuing from the earliest offset (--fail-on-data-loss false)",
             self.loss
         );
-        bump(&COUNTERS.data_loss, 1);
+        metrics().source_data_loss.inc();
     }
 }
 
 /// The subscribers cache was (re)loaded.
 pub(crate) struct SubscribersLoaded<'a> {
-    pub snapshot: &'a str,
-    pub rows: usize,
-    pub duplicates_dropped: usize,
-    pub elapsed_ms: u128,
+    pub subscribers: &'a crate::subscribers::Subscribers,
+    /// Why it was loaded: `start`, `timer`, `notification`, `version check`.
+    pub reason: &'a str,
 }
 
 impl SubscribersLoaded<'_> {
     pub(crate) fn emit(&self) {
+        let s = self.subscribers;
         tracing::info!(
-            snapshot = self.snapshot,
-            rows = self.rows,
-            duplicates_dropped = self.duplicates_dropped,
-            elapsed_ms = self.elapsed_ms as u64,
+            snapshot = %s.id,
+            version = s.version,
+            rows = s.num_rows(),
+            duplicates_dropped = s.duplicates_dropped,
+            elapsed_ms = crate::progress::ms(s.load_time),
+            reason = self.reason,
             "subscribers cache loaded"
         );
-        bump(&COUNTERS.subscribers_loads, 1);
+        let m = metrics();
+        m.subscribers_reloads.get_or_create(&OutcomeLabel { outcome: "ok" }).inc();
+        m.subscribers_rows.set(s.num_rows() as i64);
+        m.subscribers_version.set(s.version);
+        m.subscribers_loaded(crate::batch::epoch_ms() - crate::progress::ms(s.age()) as i64);
+    }
+}
+
+/// Reloading the subscribers cache failed; the current version is kept.
+pub(crate) struct SubscribersReloadFailed<'a> {
+    pub error: &'a crate::error::Error,
+    pub age: std::time::Duration,
+    pub retry_in: std::time::Duration,
+}
+
+impl SubscribersReloadFailed<'_> {
+    pub(crate) fn emit(&self) {
+        tracing::warn!(
+            cause = %self.error.chain(),
+            age_s = self.age.as_secs(),
+            retry_in_ms = crate::progress::ms(self.retry_in),
+            "reloading the subscribers cache failed; keeping the current version"
+        );
+        metrics().subscribers_reloads.get_or_create(&OutcomeLabel { outcome: "failed" }).inc();
     }
 }
 
@@ -121,7 +113,7 @@ impl SinkWriteSkipped<'_> {
             batch_id = self.batch_id,
             "batch already committed in sink; not written again"
         );
-        bump(&COUNTERS.sink_writes_skipped, 1);
+        metrics().sink_writes_skipped.get_or_create(&SinkLabel { sink: self.sink.to_string() }).inc();
     }
 }
 
@@ -144,7 +136,12 @@ impl TriggerFailed<'_> {
             error = %self.error.chain(),
             "trigger failed"
         );
-        bump(&COUNTERS.batches_failed, 1);
+        let component = self.error.component();
+        let retryable = if self.retryable { "true" } else { "false" };
+        metrics().failures.get_or_create(&FailureLabels { component, retryable }).inc();
+        if self.retryable {
+            metrics().retries.get_or_create(&ComponentLabel { component }).inc();
+        }
     }
 }
 
@@ -165,8 +162,61 @@ impl BatchCommitted<'_> {
             "{}",
             p.summary()
         );
-        bump(&COUNTERS.batches_committed, 1);
-        bump(&COUNTERS.input_rows, p.num_input_rows);
-        bump(&COUNTERS.output_rows, p.num_output_rows);
+        count_batch(p);
+    }
+}
+
+/// A batch's figures in the metrics.
+fn count_batch(p: &crate::progress::BatchProgress) {
+    let m = metrics();
+    m.batches_committed.inc();
+    if p.replayed {
+        m.batches_replayed.inc();
+    }
+    m.input_rows.inc_by(p.num_input_rows);
+    m.expired_rows.inc_by(p.num_expired_rows);
+    for sink in p.sinks.iter().filter(|s| !s.skipped) {
+        m.output_rows.get_or_create(&SinkLabel { sink: sink.description.clone() }).inc_by(sink.num_output_rows);
+    }
+    for (phase, ms) in p.duration_ms.phases() {
+        m.batch_duration.get_or_create(&PhaseLabel { phase }).observe(ms as f64 / 1000.0);
+    }
+    m.last_committed_batch_id.set(p.batch_id as i64);
+    m.last_committed_batch_timestamp.set(metrics::seconds(crate::batch::epoch_ms()));
+    for source in &p.sources {
+        let topic = source.description.trim_start_matches("KafkaV2[Assign[").trim_end_matches("]]");
+        for (partition, behind) in &source.offsets_behind_latest {
+            let labels = metrics::PartitionLabels { topic: topic.to_string(), partition: partition.clone() };
+            m.source_lag_records.get_or_create(&labels).set(*behind);
+            if let Some(seconds) = source.seconds_behind_latest.get(partition) {
+                m.source_lag_seconds.get_or_create(&labels).set(*seconds);
+            }
+        }
+    }
+    m.subscribers_rows.set(p.subscribers.num_rows as i64);
+}
+
+/// An output transaction was aborted (its batch is retried or replayed).
+pub(crate) struct TransactionAborted<'a> {
+    pub batch_id: u64,
+    pub cause: &'a crate::error::Error,
+}
+
+impl TransactionAborted<'_> {
+    pub(crate) fn emit(&self) {
+        tracing::warn!(batch_id = self.batch_id, cause = %self.cause.chain(), "output transaction aborted");
+        metrics().transactions_aborted.inc();
+    }
+}
+
+/// The output producer was fenced: a newer owner of the query runs.
+pub(crate) struct ProducerFenced<'a> {
+    pub query_id: &'a str,
+}
+
+impl ProducerFenced<'_> {
+    pub(crate) fn emit(&self) {
+        tracing::error!(query_id = self.query_id, "the output producer was fenced by a newer owner of the query");
+        metrics().producer_fenced.inc();
     }
 }

@@ -46,6 +46,11 @@
 //!   distinct message once (then at most once a minute).
 //! - [`postgres`]: Postgres connections (TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
+//! - [`metrics`]: the process's Prometheus metrics, fed by the events.
+//! - [`status`]: what the run is doing now (recent progress, liveness),
+//!   shared by the trigger loop and the HTTP endpoint.
+//! - [`http`]: the optional endpoint (`--http-addr`): `/metrics`, `/livez`,
+//!   `/readyz` ([`http::health`]), `/progress` and the status page.
 //! - [`crash`]: named crash points for the exactly-once tests (test-only: the
 //!   `crash-points` feature, which `cargo test` enables).
 //!
@@ -65,8 +70,10 @@ pub mod crash;
 pub(crate) mod driver;
 pub mod error;
 pub(crate) mod events;
+pub(crate) mod http;
 pub mod kafka;
 pub(crate) mod kafka_log;
+pub mod metrics;
 pub mod postgres;
 pub(crate) mod progress;
 pub(crate) mod query;
@@ -74,6 +81,7 @@ pub mod schema;
 pub mod shared_text;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod subscribers;
 pub(crate) mod subscribers_copy;
 pub mod subscribers_scan;
@@ -82,4 +90,3 @@ pub mod transform;
 pub use config::Config;
 pub use driver::{run, RunSummary};
 pub use error::{Error, Result};
-pub use events::{counters, Counters};

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::batch::BatchPlan;
+use crate::batch::{epoch_ms, BatchPlan};
 use crate::error::{Error, Result};
 use crate::subscribers::Subscribers;
 
@@ -37,6 +37,24 @@ pub(crate) struct DurationMs {
     pub trigger_execution: u64,
 }
 
+impl DurationMs {
+    /// Each phase with its metric label (`trigger` is the whole batch).
+    pub(crate) fn phases(&self) -> [(&'static str, u64); 10] {
+        [
+            ("latest_offset", self.latest_offset),
+            ("wal_commit", self.wal_commit),
+            ("get_batch", self.get_batch),
+            ("decode", self.decode),
+            ("query", self.query_planning_and_execution),
+            ("add_batch", self.add_batch),
+            ("kafka_sink", self.kafka_sink),
+            ("postgres_sink", self.postgres_sink),
+            ("commit_offsets", self.commit_offsets),
+            ("trigger", self.trigger_execution),
+        ]
+    }
+}
+
 /// Offsets and row count of the input topic in this batch.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -48,6 +66,14 @@ pub(crate) struct SourceProgress {
     /// High watermarks when the batch was planned (absent for a replay).
     pub latest_offset: Option<BTreeMap<String, BTreeMap<String, i64>>>,
     pub num_input_rows: u64,
+    /// Per partition, offsets left behind the high watermark after this
+    /// batch (`latestOffset - endOffset`; empty for a replay, whose
+    /// watermarks were not asked for).
+    pub offsets_behind_latest: BTreeMap<String, i64>,
+    /// Per partition with offsets behind, how old the newest message this
+    /// batch read there is, in seconds (an upper bound of how far behind
+    /// the partition is); 0 for a partition with none behind.
+    pub seconds_behind_latest: BTreeMap<String, f64>,
 }
 
 /// What a sink did with the batch.
@@ -65,6 +91,9 @@ pub(crate) struct SinkProgress {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SubscribersProgress {
     pub snapshot: String,
+    /// The table's change version the snapshot was read at (0 unless
+    /// `--subscribers-refresh on-change` installed the version counter).
+    pub version: i64,
     pub num_rows: u64,
     pub age_ms: u64,
     /// How long reading this version took (from Postgres, or from its
@@ -121,6 +150,8 @@ pub(crate) struct BatchReport<'a> {
     pub elapsed: Duration,
     /// High watermarks when the batch was planned (none for a replay).
     pub latest: Option<Vec<(i32, i64)>>,
+    /// Per partition, the newest message timestamp read (epoch ms).
+    pub newest_timestamps: &'a BTreeMap<i32, i64>,
     pub sinks: [SinkProgress; 2],
     pub subscribers: &'a Subscribers,
 }
@@ -128,6 +159,7 @@ pub(crate) struct BatchReport<'a> {
 impl BatchProgress {
     /// The progress record of a batch of query `id`.
     pub(crate) fn new(id: &str, r: BatchReport<'_>) -> Self {
+        let sources = vec![source_progress(&r)];
         BatchProgress {
             id: id.to_string(),
             batch_id: r.plan.batch_id,
@@ -142,10 +174,11 @@ impl BatchProgress {
             input_rows_per_second: r.since_last_trigger.map_or(0.0, |s| rate(r.input_rows, s)),
             processed_rows_per_second: rate(r.input_rows, r.elapsed),
             duration_ms: r.durations,
-            sources: vec![source_progress(r.plan, r.latest.as_deref(), r.input_rows)],
+            sources,
             sinks: r.sinks.into(),
             subscribers: SubscribersProgress {
                 snapshot: r.subscribers.id.clone(),
+                version: r.subscribers.version,
                 num_rows: r.subscribers.num_rows() as u64,
                 age_ms: ms(r.subscribers.age()),
                 load_ms: ms(r.subscribers.load_time),
@@ -211,14 +244,45 @@ pub(crate) fn offsets_json(
 }
 
 /// The source part of a batch's progress.
-fn source_progress(plan: &BatchPlan, latest: Option<&[(i32, i64)]>, rows: u64) -> SourceProgress {
+fn source_progress(r: &BatchReport<'_>) -> SourceProgress {
+    let plan = r.plan;
+    let latest = r.latest.as_deref();
+    let (behind, seconds) = latest.map(|l| lag(plan, l, r.newest_timestamps, epoch_ms())).unwrap_or_default();
     SourceProgress {
         description: format!("KafkaV2[Assign[{}]]", plan.topic),
         start_offset: offsets_json(&plan.topic, plan.ranges.iter().map(|r| (r.partition, r.start))),
         end_offset: offsets_json(&plan.topic, plan.ranges.iter().map(|r| (r.partition, r.end))),
         latest_offset: latest.map(|l| offsets_json(&plan.topic, l.iter().copied())),
-        num_input_rows: rows,
+        num_input_rows: r.input_rows,
+        offsets_behind_latest: behind,
+        seconds_behind_latest: seconds,
     }
+}
+
+/// Per partition, offsets behind `latest` after `plan`, and the age in
+/// seconds at `now_ms` of the newest message read there (0 when none is
+/// behind; left out when nothing was read there to tell).
+fn lag(
+    plan: &BatchPlan,
+    latest: &[(i32, i64)],
+    newest: &BTreeMap<i32, i64>,
+    now_ms: i64,
+) -> (BTreeMap<String, i64>, BTreeMap<String, f64>) {
+    let (mut records, mut seconds) = (BTreeMap::new(), BTreeMap::new());
+    for range in &plan.ranges {
+        let high = latest.iter().find(|(p, _)| *p == range.partition).map_or(range.end, |(_, h)| *h);
+        let behind = (high - range.end).max(0);
+        records.insert(range.partition.to_string(), behind);
+        let age = match newest.get(&range.partition) {
+            _ if behind == 0 => Some(0.0),
+            Some(ts) => Some((now_ms - ts).max(0) as f64 / 1000.0),
+            None => None,
+        };
+        if let Some(age) = age {
+            seconds.insert(range.partition.to_string(), age);
+        }
+    }
+    (records, seconds)
 }
 
 /// `1 message`, `2 messages`: a count that agrees in number.
@@ -273,6 +337,28 @@ mod tests {
             sinks: vec![SinkProgress { description: "kafka".into(), num_output_rows: output, skipped: false }],
             subscribers: SubscribersProgress { snapshot: "s".into(), num_rows: subscribers, ..Default::default() },
         }
+    }
+
+    #[test]
+    fn lag_is_what_is_left_behind_the_watermark_and_the_age_of_the_newest_message_read() {
+        use crate::batch::OffsetRange;
+        let plan = BatchPlan {
+            batch_id: 1,
+            batch_timestamp_ms: 0,
+            topic: "in".into(),
+            ranges: vec![
+                OffsetRange { partition: 0, start: 0, end: 10 },
+                OffsetRange { partition: 1, start: 5, end: 5 },
+                OffsetRange { partition: 2, start: 0, end: 3 },
+            ],
+            subscribers_snapshot: "s".into(),
+            sql_fingerprint: None,
+        };
+        let newest = BTreeMap::from([(0, 7_000), (2, 9_500)]);
+        let (records, seconds) = lag(&plan, &[(0, 15), (1, 9), (2, 3)], &newest, 10_000);
+        assert_eq!(records, BTreeMap::from([("0".into(), 5), ("1".into(), 4), ("2".into(), 0)]));
+        // Partition 1 is behind but read nothing: its age is unknown.
+        assert_eq!(seconds, BTreeMap::from([("0".into(), 3.0), ("2".into(), 0.0)]));
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct Subscribers {
     /// Repeated (client, restaurant) pairs left out when this version was
     /// loaded: a favourite saved twice must not notify twice.
     pub duplicates_dropped: usize,
+    /// The table's change version this content was read at (the counter
+    /// bumped by the on-change trigger, [`crate::subscribers_watch`]); 0
+    /// when the counter is not installed or the version is not known.
+    pub version: i64,
 }
 
 impl Subscribers {
@@ -76,7 +80,7 @@ impl Subscribers {
     fn new(batch: RecordBatch, id: String, duplicates_dropped: usize) -> Result<Self> {
         let table = SubscribersTable::new(batch.clone());
         let (loaded_at, load_time) = (Instant::now(), Duration::ZERO);
-        Ok(Subscribers { batch, table, id, loaded_at, load_time, duplicates_dropped })
+        Ok(Subscribers { batch, table, id, loaded_at, load_time, duplicates_dropped, version: 0 })
     }
 
     /// Number of (client, restaurant) rows.

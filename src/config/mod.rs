@@ -100,6 +100,8 @@ pub struct Config {
     pub guarantee: Guarantee,
     pub progress_json: Option<PathBuf>,
     pub min_batches_to_retain: u64,
+    /// `--http-addr`: where the HTTP endpoint listens, if anywhere.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// librdkafka keys sparklet sets itself; a user value would break offsets or
@@ -178,8 +180,20 @@ impl TryFrom<RunArgs> for Config {
             guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
             min_batches_to_retain: args.min_batches_to_retain,
+            http_addr: args.http_addr.as_deref().map(parse_http_addr).transpose()?,
         })
     }
+}
+
+/// `--http-addr`: HOST:PORT with an IP address (127.0.0.1:9464, [::]:9464,
+/// 0.0.0.0:9464 to serve every interface).
+fn parse_http_addr(value: &str) -> Result<std::net::SocketAddr> {
+    value.trim().parse().map_err(|_| {
+        Error::config(
+            "--http-addr",
+            format!("'{value}' is not IP:PORT (e.g. 127.0.0.1:9464, or 0.0.0.0:9464 for every interface)"),
+        )
+    })
 }
 
 impl FromStr for Trigger {

@@ -143,7 +143,10 @@ async fn drive(
     stop_after: Duration,
 ) -> (Result<RunSummary>, Vec<(Duration, String)>) {
     let calls = script.calls.clone();
-    let result = Driver::new(policy(trigger), script).run(tokio::time::sleep(stop_after)).await;
+    let result =
+        Driver::new(policy(trigger), script, crate::status::RunStatus::new(Duration::ZERO, Duration::from_secs(60)))
+            .run(tokio::time::sleep(stop_after))
+            .await;
     let calls = calls.lock().unwrap().clone();
     (result, calls)
 }

@@ -142,8 +142,13 @@ const PRODUCER_QUEUE_KIB: &str = "4096";
 /// Transactions must outlive a batch's writes; give them a generous budget
 /// above the request timeout.
 fn transaction_timeout_ms(kafka: &KafkaConfig) -> String {
-    let ms = (kafka.timeout.as_millis() * 4).clamp(60_000, 900_000);
-    ms.to_string()
+    transaction_timeout(kafka).as_millis().to_string()
+}
+
+/// The output transaction's timeout: 4x `--kafka-timeout`, 1 to 15 minutes.
+/// A batch that takes longer cannot commit.
+pub fn transaction_timeout(kafka: &KafkaConfig) -> Duration {
+    (kafka.timeout * 4).clamp(Duration::from_secs(60), Duration::from_secs(900))
 }
 
 trait SetDefault {
@@ -210,6 +215,17 @@ pub fn topic_partitions<X: ConsumerContext, C: Consumer<X>>(
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect())
+}
+
+/// Where the next batch after `plan` starts, per partition: the offsets
+/// committed to the query's consumer group.
+pub(crate) fn end_offsets(plan: &crate::batch::BatchPlan) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for range in &plan.ranges {
+        tpl.add_partition_offset(&plan.topic, range.partition, Offset::Offset(range.end))
+            .map_err(|e| Error::kafka("building the input offsets", e))?;
+    }
+    Ok(tpl)
 }
 
 /// Whether `positions` (a consumer's) are at or past `end` in `topic[partition]`.

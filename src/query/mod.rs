@@ -78,7 +78,7 @@ impl Query {
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
         let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
-        let subscribers = load_subscribers(&config, &checkpoint).await?;
+        let subscribers = load_subscribers(&config, &checkpoint, "start").await?;
         crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
         if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
@@ -160,7 +160,7 @@ impl Query {
             Attempt::New => plan.clone(),
         };
         let subscribers = self.subscribers_for(plan)?;
-        let (decoded, input_rows) = self.read(&readable, &mut d).await?;
+        let (decoded, input_rows, newest_timestamps) = self.read(&readable, &mut d).await?;
         self.read_ahead_after(plan);
         let (bad_records, dead_letters) = self.screen_bad_records(plan, decoded.bad)?;
         let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
@@ -196,6 +196,7 @@ impl Query {
                 since_last_trigger,
                 elapsed: started.elapsed(),
                 latest: self.offsets.latest_for(plan),
+                newest_timestamps: &newest_timestamps,
                 sinks,
                 subscribers: &subscribers,
             },
@@ -208,13 +209,13 @@ impl Query {
     /// ahead of them while the last batch was written, then the rest),
     /// validated and decoded as they arrive. `getBatch` is the time spent
     /// waiting for them, `decode` the time spent decoding.
-    async fn read(&mut self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64)> {
+    async fn read(&mut self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64, BTreeMap<i32, i64>)> {
         let t = Instant::now();
         let ahead = self.take_read_ahead().await;
         let read = self.source.read_with(plan, ahead, self.config.bad_records.limits).await?;
         d.decode = progress::ms(read.decode_time);
         d.get_batch = progress::ms(t.elapsed().saturating_sub(read.decode_time));
-        Ok((read.decoded, read.messages))
+        Ok((read.decoded, read.messages, read.newest_timestamps))
     }
 
     /// What was read ahead, once that read is done; a failed read-ahead only
@@ -299,6 +300,9 @@ impl Query {
     /// needs any more.
     fn after_commit(&mut self, plan: &BatchPlan, progress: &BatchProgress) {
         events::BatchCommitted { progress }.emit();
+        if !self.config.guarantee.exactly_once() {
+            self.source.commit_offsets(plan);
+        }
         if let Some(path) = &self.config.progress_json {
             if let Err(e) = progress.append_json(path) {
                 tracing::warn!(cause = %e.chain(), "writing the progress record failed");
@@ -363,18 +367,16 @@ async fn check_sinks_not_ahead(
     Ok(())
 }
 
-/// Loads the subscribers from Postgres and saves their snapshot.
-pub(super) async fn load_subscribers(config: &Config, checkpoint: &CheckpointStore) -> Result<Subscribers> {
-    let started = Instant::now();
+/// Loads the subscribers from Postgres and saves their snapshot; `reason`
+/// says why (for the log).
+pub(super) async fn load_subscribers(
+    config: &Config,
+    checkpoint: &CheckpointStore,
+    reason: &str,
+) -> Result<Subscribers> {
     let subs = subscribers::load(&config.postgres, &config.sql_dir).await?;
     subscribers::save_snapshot(&checkpoint.snapshots_dir(), &subs)?;
-    events::SubscribersLoaded {
-        snapshot: &subs.id,
-        rows: subs.num_rows(),
-        duplicates_dropped: subs.duplicates_dropped,
-        elapsed_ms: started.elapsed().as_millis(),
-    }
-    .emit();
+    events::SubscribersLoaded { subscribers: &subs, reason }.emit();
     Ok(subs)
 }
 

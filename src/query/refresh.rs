@@ -28,7 +28,7 @@ impl Query {
         if self.reloads.retry_at.is_some_and(|at| Instant::now() < at) {
             return self.check_staleness(age);
         }
-        match load_subscribers(&self.config, &self.checkpoint).await {
+        match load_subscribers(&self.config, &self.checkpoint, "timer").await {
             Ok(fresh) => {
                 self.subscribers = fresh;
                 self.reloads = Reloads::default();
@@ -39,12 +39,7 @@ impl Query {
                 let retry_in = crate::driver::backoff(self.reloads.failures);
                 self.reloads.retry_at = Some(Instant::now() + retry_in);
                 self.reloads.last_error = Some(error.chain().to_string());
-                tracing::warn!(
-                    cause = %error.chain(),
-                    age_s = age.as_secs(),
-                    retry_in_ms = retry_in.as_millis() as u64,
-                    "reloading the subscribers cache failed; keeping the current version"
-                );
+                crate::events::SubscribersReloadFailed { error: &error, age, retry_in }.emit();
             }
         }
         self.check_staleness(age)

@@ -27,7 +27,6 @@ use arrow::json::LineDelimitedWriter;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::message::Header;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
@@ -113,9 +112,12 @@ impl KafkaSink {
         }
         self.producer.begin_transaction().map_err(|e| Error::kafka("beginning the output transaction", e))?;
         let result = self.send_and_commit(plan, rows, dead);
-        if result.is_err() {
-            if let Err(e) = self.producer.abort_transaction(self.timeout) {
-                tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed");
+        if let Err(cause) = &result {
+            match self.producer.abort_transaction(self.timeout) {
+                Ok(()) => crate::events::TransactionAborted { batch_id: plan.batch_id, cause }.emit(),
+                Err(e) => {
+                    tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed")
+                }
             }
         }
         result
@@ -128,7 +130,7 @@ impl KafkaSink {
         }
         self.send_marker(plan, sent)?;
         self.await_deliveries(sent + dead + 1)?;
-        let offsets = self.input_offsets(plan)?;
+        let offsets = crate::kafka::end_offsets(plan)?;
         self.producer
             .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
             .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
@@ -231,15 +233,6 @@ impl KafkaSink {
             ))),
         }
     }
-
-    fn input_offsets(&self, plan: &BatchPlan) -> Result<TopicPartitionList> {
-        let mut tpl = TopicPartitionList::new();
-        for range in &plan.ranges {
-            tpl.add_partition_offset(&plan.topic, range.partition, Offset::Offset(range.end))
-                .map_err(|e| Error::kafka("building the input offsets", e))?;
-        }
-        Ok(tpl)
-    }
 }
 
 /// Rows encoded at a time: a chunk's JSON is about 400 bytes a row, 3 MB
@@ -285,6 +278,7 @@ impl Sink for KafkaSink {
         blocking(move || this.write_blocking(&plan, rows, &dead)).await.map_err(|e| match e.is_kafka_fenced() {
             true => {
                 tracing::error!(cause = %e.chain(), "the output producer was fenced");
+                crate::events::ProducerFenced { query_id: &query_id }.emit();
                 Error::Fenced { sink: "kafka", query_id }
             }
             false => e,

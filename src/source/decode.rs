@@ -24,6 +24,8 @@ pub struct RawBatch {
     keys: Bytes,
     /// Per message: (partition, offset).
     positions: Vec<(i32, i64)>,
+    /// The newest message timestamp seen (epoch ms), for the lag in seconds.
+    newest_timestamp_ms: Option<i64>,
 }
 
 /// Optional byte strings stored back to back.
@@ -84,6 +86,16 @@ impl RawBatch {
         self.keys.push(key);
         self.values.push(value);
         self.positions.push((partition, offset));
+    }
+
+    /// Notes a message's timestamp (epoch ms), if it has one.
+    pub(crate) fn note_timestamp(&mut self, timestamp_ms: Option<i64>) {
+        self.newest_timestamp_ms = self.newest_timestamp_ms.max(timestamp_ms);
+    }
+
+    /// The newest timestamp noted (see [`note_timestamp`](Self::note_timestamp)).
+    pub(crate) fn newest_timestamp_ms(&self) -> Option<i64> {
+        self.newest_timestamp_ms
     }
 
     /// Drops every message, keeping the buffers for the next ones.

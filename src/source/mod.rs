@@ -3,8 +3,10 @@
 //!
 //! Offsets belong to sparklet's checkpoint, not to a consumer group: the
 //! consumer never subscribes and never auto-commits. The group named after the
-//! query only receives offsets inside the sink's transaction (see
-//! [`crate::sink::kafka`]), which is also what lag tools read.
+//! query receives each committed batch's end offsets, for lag tools
+//! (`kafka-consumer-groups`, Burrow, KEDA) only: inside the sink's
+//! transaction with exactly-once (see [`crate::sink::kafka`]), by
+//! [`KafkaSource::commit_offsets`] after the commit with at-least-once.
 
 pub mod decode;
 pub(crate) mod plan;
@@ -16,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -91,6 +93,18 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Commits where the next batch after `plan` starts to the query's
+    /// consumer group, outside any transaction (at-least-once; exactly-once
+    /// commits them in the output transaction). For lag tools only: sparklet
+    /// reads its offsets from the checkpoint, so a failure is only logged.
+    pub fn commit_offsets(&self, plan: &BatchPlan) {
+        let committed = crate::kafka::end_offsets(plan)
+            .and_then(|tpl| self.consumer.commit(&tpl, CommitMode::Async).map_err(|e| Error::kafka("committing", e)));
+        if let Err(e) = committed {
+            tracing::warn!(batch_id = plan.batch_id, cause = %e.chain(), "committing the input offsets to the consumer group failed");
+        }
+    }
+
     /// The consumer-group metadata the sink's transaction commits offsets for.
     pub fn group_metadata(&self) -> Result<rdkafka::consumer::ConsumerGroupMetadata> {
         self.consumer
@@ -149,6 +163,7 @@ impl KafkaSource {
     /// order.
     fn read_into(&self, ranges: &[OffsetRange], decoder: &mut StreamDecoder) -> Result<()> {
         crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
+            decoder.note_timestamp(message.partition(), message.timestamp().to_millis());
             decoder.push(message.partition(), message.offset(), message.key(), message.payload());
         })
     }
@@ -158,7 +173,9 @@ impl KafkaSource {
         let mut by_partition: BTreeMap<i32, RawBatch> = BTreeMap::new();
         crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
             let (partition, offset) = (message.partition(), message.offset());
-            by_partition.entry(partition).or_default().push(partition, offset, message.key(), message.payload());
+            let raw = by_partition.entry(partition).or_default();
+            raw.note_timestamp(message.timestamp().to_millis());
+            raw.push(partition, offset, message.key(), message.payload());
         })?;
         Ok(by_partition)
     }

@@ -33,6 +33,8 @@ pub(crate) struct StreamDecoder {
     messages: u64,
     busy: Duration,
     failed: Option<crate::error::Error>,
+    /// Per partition, the newest message timestamp read (epoch ms).
+    newest: BTreeMap<i32, i64>,
 }
 
 /// One partition: its decoded chunks and the messages not yet decoded.
@@ -50,13 +52,25 @@ pub struct ReadBatch {
     pub messages: u64,
     /// Time spent validating and decoding (the rest was waiting for the broker).
     pub decode_time: Duration,
+    /// Per partition, the newest message timestamp read (epoch ms): how old
+    /// the data is that the batch brought the partition up to.
+    pub newest_timestamps: BTreeMap<i32, i64>,
 }
 
 impl StreamDecoder {
     /// A decoder for a batch read from `partitions` partitions at once.
     pub(crate) fn new(schema: SchemaRef, limits: Limits, partitions: usize) -> Self {
         let chunk = (PENDING_MESSAGES / partitions.max(1)).max(MIN_CHUNK);
-        StreamDecoder { schema, limits, chunk, parts: BTreeMap::new(), messages: 0, busy: Duration::ZERO, failed: None }
+        StreamDecoder {
+            schema,
+            limits,
+            chunk,
+            parts: BTreeMap::new(),
+            messages: 0,
+            busy: Duration::ZERO,
+            failed: None,
+            newest: BTreeMap::new(),
+        }
     }
 
     /// Takes one message; its partition's messages must come in offset order.
@@ -73,11 +87,20 @@ impl StreamDecoder {
     /// before any later [`push`](Self::push) of that partition.
     pub(crate) fn push_read(&mut self, partition: i32, raw: RawBatch) {
         self.messages += raw.len() as u64;
+        self.note_timestamp(partition, raw.newest_timestamp_ms());
         self.flush(partition);
         let started = Instant::now();
         let decoded = decode_chunks(&raw, &self.schema, &self.limits);
         drop(raw);
         self.keep(partition, decoded, started);
+    }
+
+    /// Notes the timestamp (epoch ms) of a message of `partition`.
+    pub(crate) fn note_timestamp(&mut self, partition: i32, timestamp_ms: Option<i64>) {
+        if let Some(ms) = timestamp_ms {
+            let newest = self.newest.entry(partition).or_insert(ms);
+            *newest = (*newest).max(ms);
+        }
     }
 
     /// The decoded batch: every partition's chunks joined in partition order.
@@ -93,7 +116,8 @@ impl StreamDecoder {
         let parts = std::mem::take(&mut self.parts).into_values().flat_map(|part| part.done);
         let decoded = Chunks::concat(parts).join(&self.schema)?;
         let decode_time = self.busy + started.elapsed();
-        Ok(ReadBatch { decoded, messages: self.messages, decode_time })
+        let newest_timestamps = std::mem::take(&mut self.newest);
+        Ok(ReadBatch { decoded, messages: self.messages, decode_time, newest_timestamps })
     }
 
     /// Decodes what `partition` holds undecoded.

@@ -50,7 +50,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// Every reason, in code order (for tests and documentation).
+    /// Every reason, in code order (for tests, documentation and metrics).
     pub const ALL: [Reason; 16] = [
         Reason::Empty,
         Reason::TooLarge,

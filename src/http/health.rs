@@ -1,0 +1,102 @@
+//! `/readyz`: whether this process can do its job now. Each check asks the
+//! real thing when probed (a metadata request to Kafka, `SELECT 1` on a new
+//! Postgres connection) with a short timeout, so a probe tells the truth
+//! even while the trigger loop waits in a back-off; the query's own state
+//! says whether it owns its checkpoint and holds its subscribers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
+
+use crate::config::{KafkaConfig, PostgresConfig};
+use crate::kafka_log::LoggingContext;
+use crate::status::RunStatus;
+
+/// How long one check may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One check's answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Every check's answer; ready when all are ok.
+#[derive(Debug, Serialize)]
+pub(crate) struct Readiness {
+    pub ready: bool,
+    pub checks: std::collections::BTreeMap<&'static str, Check>,
+}
+
+/// What the checks talk to.
+#[derive(Clone)]
+pub(crate) struct Probes {
+    postgres: PostgresConfig,
+    topic: String,
+    kafka: Arc<BaseConsumer<LoggingContext>>,
+}
+
+impl Probes {
+    /// A Kafka client for the metadata probe (made once, with the query's
+    /// settings: SASL, TLS) and the Postgres settings.
+    pub(crate) fn new(kafka: &KafkaConfig, postgres: &PostgresConfig) -> crate::Result<Self> {
+        let consumer = crate::kafka::base_config(kafka)
+            .create_with_context(LoggingContext::new("readiness probe"))
+            .map_err(|e| crate::Error::kafka("creating the readiness probe's Kafka client", e))?;
+        Ok(Probes { postgres: postgres.clone(), topic: kafka.input_topic.clone(), kafka: Arc::new(consumer) })
+    }
+
+    /// Runs every check (Kafka and Postgres at once).
+    pub(crate) async fn check(&self, status: &RunStatus) -> Readiness {
+        let (kafka, postgres) = tokio::join!(self.check_kafka(), self.check_postgres());
+        let started = status.is_started();
+        let query = Check {
+            ok: started,
+            detail: if started {
+                "the checkpoint is owned and the subscribers are loaded".to_string()
+            } else {
+                "starting: the checkpoint, the subscribers or the sinks are not ready yet".to_string()
+            },
+        };
+        let checks = [("kafka", kafka), ("postgres", postgres), ("query", query)].into_iter().collect();
+        let mut readiness = Readiness { ready: false, checks };
+        readiness.ready = readiness.checks.values().all(|c| c.ok);
+        readiness
+    }
+
+    async fn check_kafka(&self) -> Check {
+        let (consumer, topic) = (self.kafka.clone(), self.topic.clone());
+        let answer = tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&topic), PROBE_TIMEOUT)?;
+            let brokers = metadata.brokers().len();
+            Ok::<_, rdkafka::error::KafkaError>(format!(
+                "{brokers} broker(s) answered a metadata request for '{topic}'"
+            ))
+        })
+        .await;
+        match answer {
+            Ok(Ok(detail)) => Check { ok: true, detail },
+            Ok(Err(e)) => Check { ok: false, detail: format!("kafka: {e}") },
+            Err(e) => Check { ok: false, detail: format!("kafka: the probe task failed: {e}") },
+        }
+    }
+
+    async fn check_postgres(&self) -> Check {
+        let probe = async {
+            let client = crate::postgres::connect(&self.postgres, "the readiness probe").await?;
+            client.simple_query("SELECT 1").await.map_err(|e| crate::Error::postgres("SELECT 1", e))?;
+            Ok::<_, crate::Error>(())
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(())) => Check { ok: true, detail: format!("{} answered SELECT 1", self.postgres.target()) },
+            Ok(Err(e)) => Check { ok: false, detail: e.chain().to_string() },
+            Err(_) => Check {
+                ok: false,
+                detail: format!("postgres: {} did not answer within {PROBE_TIMEOUT:?}", self.postgres.target()),
+            },
+        }
+    }
+}
