@@ -152,13 +152,28 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_MAX_RECORD_BYTES", default_value_t = 262_144)]
     pub max_record_bytes: usize,
 
-    /// How often the subscribers cache is reloaded from Postgres (e.g. 60s).
+    /// When the subscribers cache is reloaded from Postgres: a duration
+    /// (every 60s, whether or not the table changed), or `on-change`: a
+    /// statement-level trigger on subscribers_restaurants (installed at
+    /// start from sql/subscribers_on_change.sql) bumps a version and
+    /// notifies; sparklet LISTENs and reloads in the background on a
+    /// notification, after a listener reconnect and every
+    /// --subscribers-version-check, and checks the version before planning
+    /// each batch, so a batch never joins with a table older than a change
+    /// committed before it was planned.
     #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH", default_value = "60s")]
     pub subscribers_refresh: String,
 
-    /// How old the subscribers cache may grow while reloads fail (the
-    /// database away) before sparklet stops with an error rather than join
-    /// with stale data. Must be longer than --subscribers-refresh.
+    /// With --subscribers-refresh on-change: how often the version is read
+    /// even without a notification (notifications sent while the listener
+    /// is away are lost).
+    #[arg(long, env = "SPARKLET_SUBSCRIBERS_VERSION_CHECK", default_value = "60s")]
+    pub subscribers_version_check: String,
+
+    /// How long the subscribers cache may go without being confirmed
+    /// current while reloads fail (the database away) before sparklet stops
+    /// with an error rather than join with stale data. Must be longer than
+    /// --subscribers-refresh (or --subscribers-version-check).
     #[arg(long, env = "SPARKLET_SUBSCRIBERS_MAX_STALENESS", default_value = "1h")]
     pub subscribers_max_staleness: String,
 

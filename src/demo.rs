@@ -115,6 +115,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         max_record_bytes: 262_144,
         kafka_options: Vec::new(),
         subscribers_refresh: "60s".into(),
+        subscribers_version_check: "60s".into(),
         subscribers_max_staleness: "1h".into(),
         fail_on_data_loss: true,
         kafka_timeout: "10s".into(),

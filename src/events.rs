@@ -81,20 +81,24 @@ impl SubscribersLoaded<'_> {
     }
 }
 
-/// Reloading the subscribers cache failed; the current version is kept.
+/// Reloading the subscribers cache (or checking its version) failed; the
+/// current version is kept.
 pub(crate) struct SubscribersReloadFailed<'a> {
     pub error: &'a crate::error::Error,
+    /// Since the cache was last confirmed current.
     pub age: std::time::Duration,
-    pub retry_in: std::time::Duration,
+    /// What failed (`reloading on the timer`, ...).
+    pub doing: &'a str,
 }
 
 impl SubscribersReloadFailed<'_> {
     pub(crate) fn emit(&self) {
         tracing::warn!(
             cause = %self.error.chain(),
-            age_s = self.age.as_secs(),
-            retry_in_ms = crate::progress::ms(self.retry_in),
-            "reloading the subscribers cache failed; keeping the current version"
+            unconfirmed_s = self.age.as_secs(),
+            doing = self.doing,
+            "keeping the current subscribers version: {} failed",
+            self.doing
         );
         metrics().subscribers_reloads.get_or_create(&OutcomeLabel { outcome: "failed" }).inc();
     }

@@ -27,6 +27,10 @@
 //!   by binary COPY straight into Arrow (`subscribers_copy`), scanned by the
 //!   SQL through a restaurant index ([`subscribers_scan`]) so a small batch
 //!   reads only its restaurants' rows.
+//! - [`subscribers_refresh`]: the cache kept fresh in the background (a
+//!   timer, or on change), each version published for a plan to pin;
+//!   [`subscribers_watch`]: change detection in Postgres (a trigger's
+//!   version counter and LISTEN/NOTIFY).
 //! - [`source::validate`]: every input message checked before the sinks see
 //!   it, with a stable reason code for the dead-letter topic.
 //! - [`transform`]: the user's SQL files, run by DataFusion.
@@ -84,7 +88,9 @@ pub mod source;
 pub mod status;
 pub mod subscribers;
 pub(crate) mod subscribers_copy;
+pub mod subscribers_refresh;
 pub mod subscribers_scan;
+pub mod subscribers_watch;
 pub mod transform;
 
 pub use config::Config;

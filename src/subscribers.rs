@@ -1,7 +1,8 @@
 //! The cached copy of `subscribers_restaurants` and its snapshots.
 //!
 //! The cache is loaded from Postgres with the query in `sql/subscribers.sql`,
-//! at start and again every `--subscribers-refresh`. Each distinct content is
+//! at start and again as `--subscribers-refresh` says
+//! ([`crate::subscribers_refresh`]). Each distinct content is
 //! saved once as an Arrow IPC file under `<checkpoint>/snapshots/`, named by
 //! its content hash; `offsets/N` names the snapshot batch N joined with, so a
 //! replay joins with the same rows even if the table changed since.
@@ -96,15 +97,17 @@ impl Subscribers {
 
 /// Loads the subscribers with the query in `<sql_dir>/subscribers.sql`,
 /// streamed by binary COPY straight into Arrow columns
-/// ([`crate::subscribers_copy`]).
-pub async fn load(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribers> {
+/// ([`crate::subscribers_copy`]), in one REPEATABLE READ transaction: with
+/// `versioned`, the table's change version is read in the same snapshot
+/// ([`crate::subscribers_watch`]), so the version names exactly these rows.
+pub async fn load(postgres: &PostgresConfig, sql_dir: &Path, versioned: bool) -> Result<Subscribers> {
     let started = Instant::now();
-    let mut subs = read_table(postgres, sql_dir).await?;
+    let mut subs = read_table(postgres, sql_dir, versioned).await?;
     subs.load_time = started.elapsed();
     Ok(subs)
 }
 
-async fn read_table(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscribers> {
+async fn read_table(postgres: &PostgresConfig, sql_dir: &Path, versioned: bool) -> Result<Subscribers> {
     let path = sql_dir.join(SUBSCRIBERS_SQL);
     let query = crate::transform::read_sql_file(&path)?;
     let client = crate::postgres::connect(postgres, "loading the subscribers cache").await?;
@@ -117,6 +120,12 @@ async fn read_table(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscri
             missing_table_hint(&e, sql_dir)
         ),
     };
+    let snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    client.batch_execute(snapshot).await.map_err(|e| Error::postgres("starting the subscribers read", e))?;
+    let version = match versioned {
+        true => crate::subscribers_watch::read_version(&client).await?,
+        false => 0,
+    };
     let copy = format!(
         "COPY (SELECT client_id::text, restaurant_id::text FROM ({}\n) AS subscribers_query) TO STDOUT (FORMAT binary)",
         query.trim().trim_end_matches(';')
@@ -127,12 +136,17 @@ async fn read_table(postgres: &PostgresConfig, sql_dir: &Path) -> Result<Subscri
     while let Some(chunk) = stream.next().await {
         rows.feed(&chunk.map_err(failed)?).map_err(|e| Error::Sql { path: path.clone(), message: e.to_string() })?;
     }
+    client.batch_execute("COMMIT").await.map_err(|e| Error::postgres("ending the subscribers read", e))?;
     let loaded = rows.finish().map_err(|e| Error::Sql { path: path.clone(), message: e.to_string() })?;
-    if loaded.sorted {
-        return Subscribers::from_batch(loaded.batch, loaded.duplicates);
-    }
-    let (batch, dropped) = distinct_unsorted(&loaded.batch)?;
-    Subscribers::from_batch(batch, dropped)
+    let mut subs = match loaded.sorted {
+        true => Subscribers::from_batch(loaded.batch, loaded.duplicates)?,
+        false => {
+            let (batch, dropped) = distinct_unsorted(&loaded.batch)?;
+            Subscribers::from_batch(batch, dropped)?
+        }
+    };
+    subs.version = version;
+    Ok(subs)
 }
 
 /// The (client_id, restaurant_id) pairs of a subscribers batch.

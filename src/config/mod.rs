@@ -10,9 +10,11 @@ use std::time::Duration;
 
 mod bad_records;
 mod postgres;
+mod subscribers;
 
 pub use bad_records::{BadRecords, OnBadRecord};
 pub use postgres::{url_with_search_path, PostgresConfig};
+pub use subscribers::{RefreshPolicy, SubscribersSettings};
 
 use crate::cli::RunArgs;
 use crate::error::{Error, Result};
@@ -91,11 +93,11 @@ pub struct Config {
     pub max_offsets_per_trigger: Option<u64>,
     /// `--on-bad-record`, `--dead-letter-topic`, size limits.
     pub bad_records: BadRecords,
-    pub subscribers_refresh: Duration,
+    /// `--subscribers-refresh`, `--subscribers-version-check`,
+    /// `--subscribers-max-staleness`.
+    pub subscribers: SubscribersSettings,
     /// Stop on lost input offsets (Spark's `failOnDataLoss`).
     pub fail_on_data_loss: bool,
-    /// A cache older than this (reloads failing) stops the run.
-    pub subscribers_max_staleness: Duration,
     pub max_retries: u32,
     pub guarantee: Guarantee,
     pub progress_json: Option<PathBuf>,
@@ -151,19 +153,11 @@ impl TryFrom<RunArgs> for Config {
                 "must be at least 1 (a replay needs the last batch), got 0",
             ));
         }
-        let subscribers_refresh =
-            parse_bounded_duration("--subscribers-refresh", &args.subscribers_refresh, SUBSCRIBERS_REFRESH_RANGE)?;
-        let subscribers_max_staleness = parse_duration("--subscribers-max-staleness", &args.subscribers_max_staleness)?;
-        if subscribers_max_staleness <= subscribers_refresh {
-            return Err(Error::config(
-                "--subscribers-max-staleness",
-                format!(
-                    "'{}' must be longer than --subscribers-refresh ({})",
-                    args.subscribers_max_staleness.trim(),
-                    humantime::format_duration(subscribers_refresh)
-                ),
-            ));
-        }
+        let subscribers = SubscribersSettings::parse(
+            &args.subscribers_refresh,
+            &args.subscribers_version_check,
+            &args.subscribers_max_staleness,
+        )?;
         Ok(Config {
             kafka,
             postgres: PostgresConfig::parse(&args.database_url)?.with_ca_file(args.database_ca_file)?,
@@ -173,8 +167,7 @@ impl TryFrom<RunArgs> for Config {
             starting_offsets: args.starting_offsets.parse()?,
             max_offsets_per_trigger,
             bad_records,
-            subscribers_refresh,
-            subscribers_max_staleness,
+            subscribers,
             fail_on_data_loss: args.fail_on_data_loss,
             max_retries: args.max_retries,
             guarantee: args.guarantee.parse()?,
@@ -265,7 +258,7 @@ impl Config {
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
              --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
-             --subscribers-refresh {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
+             {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
              --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
@@ -273,8 +266,8 @@ impl Config {
             self.bad_records.on_bad_record,
             self.bad_records.dead_letter_topic,
             self.bad_records.limits.max_record_bytes,
-            humantime::format_duration(self.subscribers_refresh),
-            humantime::format_duration(self.subscribers_max_staleness),
+            self.subscribers.refresh,
+            humantime::format_duration(self.subscribers.max_staleness),
             self.fail_on_data_loss,
             humantime::format_duration(self.kafka.timeout),
             self.max_retries,
@@ -325,8 +318,6 @@ const KAFKA_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), D
 
 /// `--subscribers-refresh` bounds: each reload reads the whole table, so a
 /// zero interval would reload it before every batch.
-const SUBSCRIBERS_REFRESH_RANGE: (Duration, Duration) =
-    (Duration::from_millis(100), Duration::from_secs(7 * 24 * 3600));
 
 /// Parses a duration that must lie within `(min, max)`, both inclusive.
 fn parse_bounded_duration(option: &str, value: &str, (min, max): (Duration, Duration)) -> Result<Duration> {

@@ -34,7 +34,7 @@ fn defaults_match_spark() {
     assert_eq!(config.max_offsets_per_trigger, Some(100_000), "a default cap, unlike Spark (see --help)");
     assert_eq!(config.bad_records.on_bad_record, OnBadRecord::DeadLetter);
     assert_eq!(config.bad_records.dead_letter_topic, "in-dead-letter");
-    assert_eq!(config.subscribers_refresh, Duration::from_secs(60));
+    assert_eq!(config.subscribers.refresh, RefreshPolicy::Every(Duration::from_secs(60)));
     assert_eq!(config.sql_dir, PathBuf::from("sql"));
     assert_eq!(config.guarantee, Guarantee::ExactlyOnce);
 }

@@ -9,7 +9,6 @@
 //! is the driver's business ([`crate::driver`]).
 
 mod offsets;
-mod refresh;
 mod replay;
 mod write;
 
@@ -34,6 +33,7 @@ use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::read_ahead::ReadAhead;
 use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
+use crate::subscribers_refresh::Refresher;
 use crate::transform::SqlPipeline;
 
 pub(crate) use offsets::OffsetState;
@@ -62,8 +62,9 @@ pub(crate) struct Query {
     last_trigger: Option<Instant>,
     /// This run's claim on the query in Postgres, taken once at start.
     ownership: owner::Ownership,
-    /// Failed reloads of the subscribers cache, for their back-off.
-    reloads: refresh::Reloads,
+    /// Reloads the subscribers in the background; `subscribers` is the
+    /// version the last plan pinned.
+    refresher: Refresher,
     /// The next batch's input, read while the last one was written.
     ahead: Option<tokio::task::JoinHandle<Result<ReadAhead>>>,
 }
@@ -78,7 +79,9 @@ impl Query {
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
         let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
-        let subscribers = load_subscribers(&config, &checkpoint, "start").await?;
+        let refresher =
+            Refresher::start(&config.postgres, &config.sql_dir, checkpoint.snapshots_dir(), config.subscribers).await?;
+        let subscribers = refresher.current().await?;
         crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
         if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
@@ -114,7 +117,7 @@ impl Query {
             offsets,
             last_trigger: None,
             ownership,
-            reloads: Default::default(),
+            refresher,
             ahead: None,
         })
     }
@@ -309,7 +312,9 @@ impl Query {
             }
         }
         self.offsets.advance_past(plan);
-        self.offsets.purge(&self.checkpoint, plan.batch_id, self.config.min_batches_to_retain, &self.subscribers.id);
+        self.offsets.purge(&self.checkpoint, plan.batch_id, self.config.min_batches_to_retain, || {
+            self.refresher.purge(&self.subscribers.id)
+        });
     }
 
     /// The subscribers a batch joins with: the snapshot its plan names.
@@ -365,19 +370,6 @@ async fn check_sinks_not_ahead(
         }
     }
     Ok(())
-}
-
-/// Loads the subscribers from Postgres and saves their snapshot; `reason`
-/// says why (for the log).
-pub(super) async fn load_subscribers(
-    config: &Config,
-    checkpoint: &CheckpointStore,
-    reason: &str,
-) -> Result<Subscribers> {
-    let subs = subscribers::load(&config.postgres, &config.sql_dir).await?;
-    subscribers::save_snapshot(&checkpoint.snapshots_dir(), &subs)?;
-    events::SubscribersLoaded { subscribers: &subs, reason }.emit();
-    Ok(subs)
 }
 
 /// A SQL file's failure while computing a batch, named with the batch.

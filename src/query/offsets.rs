@@ -6,7 +6,7 @@
 //! its first trigger, and moves on after each commit. Planning asks the
 //! broker for watermarks; the arithmetic is [`crate::source::plan`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::batch::{epoch_ms, BatchId, BatchPlan};
@@ -15,7 +15,6 @@ use crate::config::Trigger;
 use crate::error::{Error, Result};
 use crate::events;
 use crate::source::plan::{self, Watermarks};
-use crate::subscribers;
 
 use super::Query;
 
@@ -105,12 +104,16 @@ impl OffsetState {
 
     /// Drops checkpoint files and snapshots no replay needs any more
     /// (Spark's `minBatchesToRetain`); a failure is logged, not fatal.
-    pub(crate) fn purge(&self, checkpoint: &CheckpointStore, committed: BatchId, retain: u64, current_snapshot: &str) {
+    /// `purge_snapshots` removes the snapshots no replay needs.
+    pub(crate) fn purge(
+        &self,
+        checkpoint: &CheckpointStore,
+        committed: BatchId,
+        retain: u64,
+        purge_snapshots: impl FnOnce() -> Result<()>,
+    ) {
         let keep_from = (committed + 1).saturating_sub(retain);
-        let keep = HashSet::from([current_snapshot.to_string()]);
-        let result = checkpoint
-            .purge_before(keep_from)
-            .and_then(|_| subscribers::purge_snapshots(&checkpoint.snapshots_dir(), &keep));
+        let result = checkpoint.purge_before(keep_from).and_then(|_| purge_snapshots());
         if let Err(e) = result {
             tracing::warn!(cause = %e.chain(), "cleaning the checkpoint failed");
         }
@@ -146,7 +149,7 @@ impl Query {
     /// `available-now`, by the first trigger's watermarks), with `now` and
     /// the subscribers snapshot pinned. `None` when there is no new data.
     pub(crate) async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
-        self.refresh_subscribers_if_stale().await?;
+        self.subscribers = self.refresher.current().await?;
         let started = Instant::now();
         let mut marks = self.source.watermarks().await?;
         let latest: Vec<(i32, i64)> = marks.iter().map(|w| (w.partition, w.high)).collect();

@@ -21,6 +21,7 @@ mod sql_files;
 mod startup_errors;
 mod status_page;
 mod streaming;
+mod subscribers_fresh;
 mod support;
 #[path = "../../src/tools.rs"]
 mod tools;

@@ -1,0 +1,254 @@
+//! Keeping the subscribers cache fresh, off the batch path.
+//!
+//! A background task reloads the table and publishes each new version as an
+//! immutable [`Subscribers`] snapshot (saved under the checkpoint first); a
+//! batch pins the newest published version when it is planned
+//! ([`Refresher::current`]). When it reloads depends on
+//! `--subscribers-refresh`:
+//!
+//! - an interval: every interval;
+//! - `on-change`: when the table's change version moves past the cache's:
+//!   on a notification, after every (re)connect of the listener, and every
+//!   `--subscribers-version-check` (notifications sent while the listener
+//!   is away are lost). Before each plan the version is read once more and
+//!   a newer table is loaded there and then, so a batch never joins with a
+//!   table older than a change committed before it was planned.
+//!
+//! A failed reload keeps the published version and is retried with
+//! back-off; once the cache has gone unconfirmed longer than
+//! `--subscribers-max-staleness`, [`Refresher::current`] fails the run.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{PostgresConfig, RefreshPolicy, SubscribersSettings};
+use crate::error::{Error, Result};
+use crate::events;
+use crate::subscribers::{self, Subscribers};
+use crate::subscribers_watch::{self, Listener};
+
+/// How long reading the version before a plan may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The newest published version and how sure it is.
+#[derive(Debug, Clone)]
+pub(crate) struct Published {
+    pub subscribers: Subscribers,
+    /// When the table was last known to hold this version.
+    pub confirmed_at: Instant,
+    /// The last reload failure, while reloads fail.
+    pub failure: Option<String>,
+}
+
+/// Loads, saves and publishes versions; shared by the task and the planner.
+#[derive(Clone)]
+struct Loader {
+    postgres: PostgresConfig,
+    sql_dir: PathBuf,
+    snapshots: PathBuf,
+    versioned: bool,
+    published: watch::Sender<Published>,
+    /// Held while a snapshot is saved and published, and while old ones are
+    /// purged, so a purge never removes one about to be pinned.
+    files: Arc<Mutex<()>>,
+}
+
+/// The planner's handle on the background refresh; dropping it stops it.
+pub(crate) struct Refresher {
+    loader: Loader,
+    settings: SubscribersSettings,
+    published: watch::Receiver<Published>,
+    task: tokio::task::JoinHandle<()>,
+    /// On-change: a connection for reading the version before a plan.
+    probe: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Refresher {
+    /// Loads the first version (installing the change trigger first with
+    /// `on-change`), saves it and starts the background refresh.
+    pub(crate) async fn start(
+        postgres: &PostgresConfig,
+        sql_dir: &Path,
+        snapshots: PathBuf,
+        settings: SubscribersSettings,
+    ) -> Result<Self> {
+        let versioned = matches!(settings.refresh, RefreshPolicy::OnChange { .. });
+        if versioned {
+            subscribers_watch::install(postgres, sql_dir).await?;
+        }
+        let first = subscribers::load(postgres, sql_dir, versioned).await?;
+        let files = Arc::new(Mutex::new(()));
+        subscribers::save_snapshot(&snapshots, &first)?;
+        events::SubscribersLoaded { subscribers: &first, reason: "start" }.emit();
+        let (published, receiver) =
+            watch::channel(Published { subscribers: first, confirmed_at: Instant::now(), failure: None });
+        let loader = Loader {
+            postgres: postgres.clone(),
+            sql_dir: sql_dir.to_path_buf(),
+            snapshots,
+            versioned,
+            published,
+            files,
+        };
+        let task = tokio::spawn(background(loader.clone(), settings.refresh));
+        Ok(Refresher { loader, settings, published: receiver, task, probe: Default::default() })
+    }
+
+    /// The version a batch planned now joins with (see the module docs).
+    pub(crate) async fn current(&self) -> Result<Subscribers> {
+        if matches!(self.settings.refresh, RefreshPolicy::OnChange { .. }) {
+            self.catch_up().await;
+        }
+        let published = self.published.borrow().clone();
+        let unconfirmed = published.confirmed_at.elapsed();
+        if let Some(cause) = published.failure.filter(|_| unconfirmed > self.settings.max_staleness) {
+            return Err(Error::SubscribersStale {
+                age_s: unconfirmed.as_secs(),
+                max: humantime::format_duration(self.settings.max_staleness).to_string(),
+                cause,
+            });
+        }
+        Ok(published.subscribers)
+    }
+
+    /// On-change: reads the table's version and, if it moved past the
+    /// published one, loads it now. A failure leaves the published version
+    /// (the staleness bound applies).
+    async fn catch_up(&self) {
+        let read = tokio::time::timeout(VERSION_TIMEOUT, self.read_version()).await;
+        let version =
+            match read.unwrap_or_else(|_| Err(Error::Runtime(format!("no answer within {VERSION_TIMEOUT:?}")))) {
+                Ok(version) => version,
+                Err(e) => return self.loader.failed(&e, "checking the version before a plan"),
+            };
+        let have = self.published.borrow().subscribers.version;
+        if version <= have {
+            return self.loader.published.send_modify(|p| p.confirmed_at = Instant::now());
+        }
+        if let Err(e) = self.loader.reload("version check before a plan").await {
+            self.loader.failed(&e, "loading a changed table before a plan");
+        }
+    }
+
+    /// The version, on the probe connection (made again after a failure).
+    async fn read_version(&self) -> Result<i64> {
+        let mut probe = self.probe.lock().await;
+        if probe.is_none() {
+            *probe = Some(crate::postgres::connect(&self.loader.postgres, "checking the subscribers version").await?);
+        }
+        let client = probe.as_ref().ok_or_else(|| Error::Runtime("no version probe".into()))?;
+        let version = subscribers_watch::read_version(client).await;
+        if version.is_err() {
+            *probe = None;
+        }
+        version
+    }
+
+    /// Removes snapshots no replay needs: all but `pinned` and the newest
+    /// published one.
+    pub(crate) fn purge(&self, pinned: &str) -> Result<()> {
+        let _files = self.loader.files.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = self.published.borrow().subscribers.id.clone();
+        subscribers::purge_snapshots(&self.loader.snapshots, &HashSet::from([pinned.to_string(), newest]))
+    }
+}
+
+impl Loader {
+    /// Loads the table, saves its snapshot and publishes it (unless a
+    /// version at least as new was published meanwhile).
+    async fn reload(&self, reason: &str) -> Result<()> {
+        let fresh = subscribers::load(&self.postgres, &self.sql_dir, self.versioned).await?;
+        let _files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers::save_snapshot(&self.snapshots, &fresh)?;
+        events::SubscribersLoaded { subscribers: &fresh, reason }.emit();
+        self.published.send_if_modified(|p| {
+            let newer = !self.versioned || fresh.version >= p.subscribers.version;
+            if newer {
+                *p = Published { subscribers: fresh, confirmed_at: Instant::now(), failure: None };
+            }
+            newer
+        });
+        Ok(())
+    }
+
+    /// Records a failed reload or version check.
+    fn failed(&self, error: &Error, doing: &str) {
+        let age = self.published.borrow().confirmed_at.elapsed();
+        events::SubscribersReloadFailed { error, age, doing }.emit();
+        let cause = error.chain().to_string();
+        self.published.send_modify(|p| p.failure = Some(cause));
+    }
+}
+
+/// The background refresh: forever, until the handle is dropped.
+async fn background(loader: Loader, policy: RefreshPolicy) {
+    match policy {
+        RefreshPolicy::Every(interval) => every(loader, interval).await,
+        RefreshPolicy::OnChange { check } => on_change(loader, check).await,
+    }
+}
+
+/// Reloads every `interval`; after a failure, retries with back-off.
+async fn every(loader: Loader, interval: Duration) {
+    let mut failures = 0;
+    loop {
+        let wait = if failures == 0 { interval } else { crate::driver::backoff(failures) };
+        tokio::time::sleep(wait).await;
+        match loader.reload("timer").await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                loader.failed(&e, "reloading on the timer");
+            }
+        }
+    }
+}
+
+/// Listens for changes; reconnects with back-off when the listener's
+/// connection ends, checking the version after each connect.
+async fn on_change(loader: Loader, check: Duration) {
+    let mut failures = 0;
+    loop {
+        match listen(&loader, check).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                loader.failed(&e, "listening for changes");
+            }
+        }
+        tokio::time::sleep(crate::driver::backoff(failures.max(1))).await;
+    }
+}
+
+/// One listener connection's life: reload when the version moves past the
+/// published one (checked at connect, on each notification and every
+/// `check`). Returns when the connection ends.
+async fn listen(loader: &Loader, check: Duration) -> Result<()> {
+    let mut listener = Listener::connect(&loader.postgres).await?;
+    let mut known = listener.version().await?;
+    tracing::info!(version = known, "listening for subscribers changes");
+    loop {
+        if known > loader.published.borrow().subscribers.version {
+            loader.reload("change").await?;
+        } else {
+            loader.published.send_modify(|p| p.confirmed_at = Instant::now());
+        }
+        tokio::select! {
+            notified = listener.versions.recv() => match notified {
+                Some(version) => known = known.max(version),
+                None => return Ok(()),
+            },
+            _ = tokio::time::sleep(check) => known = listener.version().await?,
+        }
+    }
+}

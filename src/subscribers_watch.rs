@@ -1,0 +1,150 @@
+//! Change detection on `subscribers_restaurants` for `--subscribers-refresh
+//! on-change`: installing the trigger (`sql/subscribers_on_change.sql`),
+//! a connection that LISTENs for its notifications, and reading the
+//! table's change version.
+//!
+//! The trigger bumps a version (one row of `sparklet_subscribers_version`)
+//! and notifies `sparklet_subscribers_changed` with `<schema>:<version>`,
+//! both at the writer's commit. A notification is only a hint (one sent
+//! while the listener is away is lost); the version is the truth, read in
+//! the same REPEATABLE READ snapshot as the rows it versions
+//! ([`crate::subscribers::load`]).
+
+use std::path::Path;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Socket};
+
+use crate::config::PostgresConfig;
+use crate::error::{Error, Result};
+
+/// The file that installs the trigger, in the SQL directory.
+pub const ON_CHANGE_SQL: &str = "subscribers_on_change.sql";
+
+/// The notification channel the trigger notifies.
+pub const CHANNEL: &str = "sparklet_subscribers_changed";
+
+/// The query that reads the version (in the search_path's schema).
+pub(crate) const VERSION_QUERY: &str = "SELECT version FROM sparklet_subscribers_version";
+
+/// Runs `sql/subscribers_on_change.sql` in one transaction, under an
+/// advisory lock so two starts do not replace the function at once.
+pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
+    let path = sql_dir.join(ON_CHANGE_SQL);
+    let ddl = crate::transform::read_sql_file(&path)?;
+    let client = crate::postgres::connect(postgres, "installing the subscribers change trigger").await?;
+    let script = format!("BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;");
+    client.batch_execute(&script).await.map_err(|e| Error::Sql {
+        path: path.clone(),
+        message: format!(
+            "installing the change trigger on {} failed: {}; run the file as the table's owner, or use a --subscribers-refresh interval",
+            postgres.target(),
+            e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
+        ),
+    })
+}
+
+/// A connection listening on [`CHANNEL`]: the client (also for reading the
+/// version), this connection's schema, and the versions notified for that
+/// schema. The receiver ends when the connection does.
+pub(crate) struct Listener {
+    pub client: Client,
+    pub versions: mpsc::UnboundedReceiver<i64>,
+}
+
+impl Listener {
+    /// Connects and LISTENs.
+    pub(crate) async fn connect(postgres: &PostgresConfig) -> Result<Self> {
+        let (client, notifications) = match &postgres.tls {
+            Some(tls) => connect_with(postgres, tls.clone()).await?,
+            None => connect_with(postgres, NoTls).await?,
+        };
+        let failed = |e| Error::postgres("listening for subscribers changes", e);
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(failed)?;
+        let schema: String = client.query_one("SELECT current_schema()", &[]).await.map_err(failed)?.get(0);
+        let versions = versions_of(&schema, notifications);
+        Ok(Listener { client, versions })
+    }
+
+    /// The table's version now.
+    pub(crate) async fn version(&self) -> Result<i64> {
+        read_version(&self.client).await
+    }
+}
+
+/// Reads the version on `client`.
+pub(crate) async fn read_version(client: &Client) -> Result<i64> {
+    let row = client.query_one(VERSION_QUERY, &[]).await.map_err(|e| {
+        Error::postgres("reading the subscribers version (is sql/subscribers_on_change.sql installed?)", e)
+    })?;
+    Ok(row.get(0))
+}
+
+/// Connects with `tls` and forwards the connection's notification payloads.
+async fn connect_with<T>(postgres: &PostgresConfig, tls: T) -> Result<(Client, mpsc::UnboundedReceiver<String>)>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) =
+        postgres.parsed.connect(tls).await.map_err(|e| {
+            Error::postgres(format!("connecting to {} for the subscribers listener", postgres.target()), e)
+        })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(cause = %e, "the subscribers listener's connection closed");
+                    break;
+                }
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
+/// The versions notified for `schema` (payloads of other schemas, whose
+/// tables share the channel, are skipped).
+fn versions_of(schema: &str, mut payloads: mpsc::UnboundedReceiver<String>) -> mpsc::UnboundedReceiver<i64> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let schema = schema.to_string();
+    tokio::spawn(async move {
+        while let Some(payload) = payloads.recv().await {
+            if let Some(version) = parse_payload(&payload, &schema) {
+                if tx.send(version).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The version in a `<schema>:<version>` payload, if it is `schema`'s.
+fn parse_payload(payload: &str, schema: &str) -> Option<i64> {
+    let (of, version) = payload.rsplit_once(':')?;
+    (of == schema).then(|| version.parse().ok())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_counts_only_for_its_own_schema() {
+        assert_eq!(parse_payload("public:7", "public"), Some(7));
+        assert_eq!(parse_payload("it_x:7", "public"), None);
+        assert_eq!(parse_payload("garbage", "public"), None);
+        assert_eq!(parse_payload("a:b:9", "a:b"), Some(9));
+    }
+}
