@@ -316,9 +316,6 @@ pub fn redact<'a>(key: &str, value: &'a str) -> &'a str {
 /// the transaction timeout (4x, at most 15 minutes in Kafka) would be exceeded.
 const KAFKA_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(300));
 
-/// `--subscribers-refresh` bounds: each reload reads the whole table, so a
-/// zero interval would reload it before every batch.
-
 /// Parses a duration that must lie within `(min, max)`, both inclusive.
 fn parse_bounded_duration(option: &str, value: &str, (min, max): (Duration, Duration)) -> Result<Duration> {
     let duration = parse_duration(option, value)?;

@@ -26,7 +26,8 @@ pub struct SubscribersSettings {
     pub max_staleness: Duration,
 }
 
-/// Shortest and longest reload interval or version check.
+/// Shortest and longest reload interval or version check: each reload reads
+/// the whole table, so a zero interval would reload it all the time.
 const REFRESH_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(7 * 24 * 3600));
 
 impl RefreshPolicy {
