@@ -57,6 +57,11 @@ pub struct BatchPlan {
     /// plans written before 0.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_fingerprint: Option<String>,
+    /// Whether the batch holds campaigns that start after its `now`
+    /// (`--hold-future-campaigns`, [`crate::hold`]); recorded so a replay
+    /// does what the first attempt did whatever the flag says now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold_future_campaigns: bool,
 }
 
 impl BatchPlan {
@@ -100,6 +105,7 @@ mod tests {
             ],
             subscribers_snapshot: "s".into(),
             sql_fingerprint: None,
+            hold_future_campaigns: false,
         };
         assert_eq!(plan.now_seconds(), 1_659_304_828);
         assert_eq!(plan.end_offsets(), vec![(0, 9), (1, 2)]);

@@ -199,6 +199,15 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_PROGRESS_JSON")]
     pub progress_json: Option<PathBuf>,
 
+    /// Hold a valid campaign whose start is still ahead (instead of letting
+    /// the SQL's window filter drop it) and deliver it with the first batch
+    /// at or after its start, once, as if it had arrived then; one whose end
+    /// has passed by then is counted as expired. The held campaigns are
+    /// kept in the checkpoint (state/N), so a restart or replay neither
+    /// loses nor repeats them. Off by default (the job's original behaviour).
+    #[arg(long, env = "SPARKLET_HOLD_FUTURE_CAMPAIGNS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub hold_future_campaigns: bool,
+
     /// Serve the HTTP endpoint on this address (e.g. 127.0.0.1:9464; port 0
     /// picks a free port, which the log names): /metrics (Prometheus),
     /// /livez, /readyz, /progress (JSON) and a live status page at /.

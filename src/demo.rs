@@ -123,6 +123,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         guarantee: "exactly-once".into(),
         progress_json: None,
         min_batches_to_retain: 100,
+        hold_future_campaigns: false,
         http_addr: None,
     };
     Ok(sparklet::Config::try_from(run)?)

@@ -179,6 +179,7 @@ fn count_batch(p: &crate::progress::BatchProgress) {
     }
     m.input_rows.inc_by(p.num_input_rows);
     m.expired_rows.inc_by(p.num_expired_rows);
+    m.held_rows.set(p.num_held_rows as i64);
     for sink in p.sinks.iter().filter(|s| !s.skipped) {
         m.output_rows.get_or_create(&SinkLabel { sink: sink.description.clone() }).inc_by(sink.num_output_rows);
     }

@@ -33,6 +33,8 @@
 //!   version counter and LISTEN/NOTIFY).
 //! - [`source::validate`]: every input message checked before the sinks see
 //!   it, with a stable reason code for the dead-letter topic.
+//! - [`hold`]: `--hold-future-campaigns`, campaigns held until their start
+//!   (state in the checkpoint's `state/N`).
 //! - [`transform`]: the user's SQL files, run by DataFusion.
 //! - [`schema`]: the input and output message formats of the job.
 //! - [`shared_text`]: campaign text handed to the SQL as dictionaries, so the
@@ -74,6 +76,7 @@ pub mod crash;
 pub(crate) mod driver;
 pub mod error;
 pub(crate) mod events;
+pub(crate) mod hold;
 pub(crate) mod http;
 pub mod kafka;
 pub(crate) mod kafka_log;

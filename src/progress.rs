@@ -124,6 +124,9 @@ pub(crate) struct BatchProgress {
     /// Campaigns of the batch whose end had passed at the batch's `now`
     /// (e.g. expired while waiting in a backlog): valid input, no output.
     pub num_expired_rows: u64,
+    /// Campaigns held after this batch because they start later
+    /// (`--hold-future-campaigns`).
+    pub num_held_rows: u64,
     pub num_output_rows: u64,
     pub input_rows_per_second: f64,
     pub processed_rows_per_second: f64,
@@ -142,6 +145,7 @@ pub(crate) struct BatchReport<'a> {
     pub bad_records: BTreeMap<String, u64>,
     pub dead_lettered: u64,
     pub expired_rows: u64,
+    pub held_rows: u64,
     pub output_rows: u64,
     pub durations: DurationMs,
     /// Time since the previous batch of this run started (input rate).
@@ -170,6 +174,7 @@ impl BatchProgress {
             bad_records: r.bad_records,
             num_dead_lettered_rows: r.dead_lettered,
             num_expired_rows: r.expired_rows,
+            num_held_rows: r.held_rows,
             num_output_rows: r.output_rows,
             input_rows_per_second: r.since_last_trigger.map_or(0.0, |s| rate(r.input_rows, s)),
             processed_rows_per_second: rate(r.input_rows, r.elapsed),
@@ -329,6 +334,7 @@ mod tests {
             bad_records: BTreeMap::new(),
             num_dead_lettered_rows: 0,
             num_expired_rows: 0,
+            num_held_rows: 0,
             num_output_rows: output,
             input_rows_per_second: 0.0,
             processed_rows_per_second: 12.0,
@@ -353,6 +359,7 @@ mod tests {
             ],
             subscribers_snapshot: "s".into(),
             sql_fingerprint: None,
+            hold_future_campaigns: false,
         };
         let newest = BTreeMap::from([(0, 7_000), (2, 9_500)]);
         let (records, seconds) = lag(&plan, &[(0, 15), (1, 9), (2, 3)], &newest, 10_000);

@@ -6,6 +6,7 @@
 //! <dir>/commits/<N>     written AFTER both sinks hold batch N
 //! <dir>/sources/0       start offsets of a new query (earliest/latest resolved)
 //! <dir>/snapshots/      subscriber snapshots referenced from offsets/<N>
+//! <dir>/state/<N>       held campaigns after batch N, when they changed (see [`state`])
 //! ```
 //!
 //! Every file is versioned and written atomically (tmp file, fsync, rename,
@@ -26,6 +27,7 @@ use crate::batch::{BatchId, BatchPlan};
 use crate::error::{Error, Result};
 
 mod lock;
+mod state;
 
 pub(crate) use lock::host_name;
 
@@ -101,7 +103,7 @@ impl CheckpointStore {
     pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let lock = DirLock::acquire(dir)?;
-        for sub in ["offsets", "commits", "snapshots", "sources"] {
+        for sub in ["offsets", "commits", "snapshots", "sources", "state"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
         }
@@ -173,7 +175,7 @@ impl CheckpointStore {
                 fs::remove_file(&path).map_err(io_err("removing", &path))?;
             }
         }
-        Ok(())
+        self.purge_state_before(keep_from)
     }
 
     /// The start offsets resolved when the query first ran (`sources/0`), so
@@ -233,7 +235,7 @@ impl CheckpointStore {
 }
 
 /// Entries a checkpoint directory holds (besides tmp files of interrupted writes).
-const CHECKPOINT_ENTRIES: &[&str] = &["metadata", "offsets", "commits", "sources", "snapshots"];
+const CHECKPOINT_ENTRIES: &[&str] = &["metadata", "offsets", "commits", "sources", "snapshots", "state"];
 
 /// Whether `dir` is a sparklet checkpoint: a valid `metadata` file and
 /// nothing but checkpoint entries. Used before anything deletes a directory.

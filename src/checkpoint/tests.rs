@@ -12,6 +12,7 @@ fn plan(id: BatchId, end: i64) -> BatchPlan {
         ranges: vec![OffsetRange { partition: 0, start: 0, end }],
         subscribers_snapshot: "snap".into(),
         sql_fingerprint: None,
+        hold_future_campaigns: false,
     }
 }
 
@@ -162,4 +163,22 @@ fn an_existing_plan_is_never_overwritten() {
     assert!(err.contains("offsets/3") && err.contains("already exists"), "{err}");
     assert_eq!(store.read_offsets(3).unwrap(), plan(3, 5));
     assert!(!dir.path().join("offsets/.3.tmp").exists(), "no tmp file left");
+}
+
+#[test]
+fn the_state_before_a_batch_is_the_newest_older_state_file_and_survives_purging() {
+    use arrow::array::RecordBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path()).unwrap();
+    let empty = RecordBatch::new_empty(crate::schema::campaigns());
+    assert!(store.read_state_before(5).unwrap().is_none());
+    store.write_state(2, &empty).unwrap();
+    store.write_state(6, &empty).unwrap();
+    assert!(store.read_state_before(2).unwrap().is_none(), "state/2 is what batch 2 left");
+    assert_eq!(store.read_state_before(6).unwrap().map(|b| b.schema()), Some(crate::schema::campaigns()));
+    store.purge_before(5).unwrap();
+    assert!(store.read_state_before(6).unwrap().is_some(), "the state before the kept batches stays");
+    store.purge_before(7).unwrap();
+    assert!(store.read_state_before(7).unwrap().is_some());
+    assert!(dir.path().join("state").join("6").exists() && !dir.path().join("state").join("2").exists());
 }

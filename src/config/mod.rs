@@ -102,6 +102,8 @@ pub struct Config {
     pub guarantee: Guarantee,
     pub progress_json: Option<PathBuf>,
     pub min_batches_to_retain: u64,
+    /// `--hold-future-campaigns` ([`crate::hold`]).
+    pub hold_future_campaigns: bool,
     /// `--http-addr`: where the HTTP endpoint listens, if anywhere.
     pub http_addr: Option<std::net::SocketAddr>,
 }
@@ -173,6 +175,7 @@ impl TryFrom<RunArgs> for Config {
             guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
             min_batches_to_retain: args.min_batches_to_retain,
+            hold_future_campaigns: args.hold_future_campaigns,
             http_addr: args.http_addr.as_deref().map(parse_http_addr).transpose()?,
         })
     }

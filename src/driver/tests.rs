@@ -56,6 +56,7 @@ fn plan(id: BatchId) -> BatchPlan {
         ranges: vec![],
         subscribers_snapshot: "s".into(),
         sql_fingerprint: None,
+        hold_future_campaigns: false,
     }
 }
 
@@ -70,6 +71,7 @@ fn progress(id: BatchId) -> BatchProgress {
         bad_records: Default::default(),
         num_dead_lettered_rows: 0,
         num_expired_rows: 0,
+        num_held_rows: 0,
         num_output_rows: 2,
         input_rows_per_second: 0.0,
         processed_rows_per_second: 0.0,

@@ -8,6 +8,7 @@
 //! and only the missing writes are redone. When, how often and how many times
 //! is the driver's business ([`crate::driver`]).
 
+mod hold;
 mod offsets;
 mod replay;
 mod write;
@@ -65,6 +66,8 @@ pub(crate) struct Query {
     /// Reloads the subscribers in the background; `subscribers` is the
     /// version the last plan pinned.
     refresher: Refresher,
+    /// Campaigns held until their start (`--hold-future-campaigns`).
+    held: hold::Held,
     /// The next batch's input, read while the last one was written.
     ahead: Option<tokio::task::JoinHandle<Result<ReadAhead>>>,
 }
@@ -79,6 +82,7 @@ impl Query {
         let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
         let query_id = checkpoint.query_id().to_string();
         let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
+        let held = hold::Held::load(&checkpoint, offsets.next_batch_id())?;
         let refresher =
             Refresher::start(&config.postgres, &config.sql_dir, checkpoint.snapshots_dir(), config.subscribers).await?;
         let subscribers = refresher.current().await?;
@@ -102,6 +106,7 @@ impl Query {
             query_id = %query_id,
             checkpoint = %config.checkpoint_dir.display(),
             sql_files = pipeline.steps().len(),
+            held_campaigns = held.len(),
             postgres = %config.postgres.target(),
             settings = %config.describe(),
             "query started"
@@ -118,6 +123,7 @@ impl Query {
             last_trigger: None,
             ownership,
             refresher,
+            held,
             ahead: None,
         })
     }
@@ -166,12 +172,13 @@ impl Query {
         let (decoded, input_rows, newest_timestamps) = self.read(&readable, &mut d).await?;
         self.read_ahead_after(plan);
         let (bad_records, dead_letters) = self.screen_bad_records(plan, decoded.bad)?;
-        let expired_rows = decode::count_ended_before(&decoded.batch, plan.now_seconds());
+        let (campaigns, held) = self.hold(plan, decoded.batch)?;
+        let expired_rows = decode::count_ended_before(&campaigns, plan.now_seconds());
 
         let dead_lettered = dead_letters.len() as u64;
 
         let t = Instant::now();
-        let output = self.transform(plan, decoded.batch, &subscribers).await?;
+        let output = self.transform(plan, campaigns, &subscribers).await?;
         d.query_planning_and_execution = progress::ms(t.elapsed());
 
         let t = Instant::now();
@@ -179,6 +186,7 @@ impl Query {
         d.add_batch = progress::ms(t.elapsed());
 
         let t = Instant::now();
+        let held_rows = self.record_held(plan, held)?;
         self.commit(plan, output_rows)?;
         d.commit_offsets = progress::ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
@@ -194,6 +202,7 @@ impl Query {
                 bad_records,
                 dead_lettered,
                 expired_rows,
+                held_rows,
                 output_rows,
                 durations: d,
                 since_last_trigger,

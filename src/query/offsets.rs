@@ -78,6 +78,11 @@ impl OffsetState {
         }
     }
 
+    /// The id the next batch gets (a pending one has it already).
+    pub(crate) fn next_batch_id(&self) -> BatchId {
+        self.next_batch_id
+    }
+
     pub(crate) fn take_pending(&mut self) -> Option<BatchPlan> {
         self.pending.take()
     }
@@ -172,16 +177,18 @@ impl Query {
             events::DataLossDetected { topic: self.source.topic(), loss }.emit();
         }
         let ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
-        if ranges.iter().all(|r| r.is_empty()) {
+        let now_ms = epoch_ms();
+        if ranges.iter().all(|r| r.is_empty()) && !self.held_due(now_ms.div_euclid(1000)) {
             return Ok(None);
         }
         let plan = BatchPlan {
             batch_id: self.offsets.next_batch_id,
-            batch_timestamp_ms: epoch_ms(),
+            batch_timestamp_ms: now_ms,
             topic: self.source.topic().to_string(),
             ranges,
             subscribers_snapshot: self.subscribers.id.clone(),
             sql_fingerprint: Some(self.pipeline.fingerprint()),
+            hold_future_campaigns: self.config.hold_future_campaigns,
         };
         let planning_ms = crate::progress::ms(started.elapsed());
         self.offsets.last_planned = Some(Planned { batch_id: plan.batch_id, latest, planning_ms });

@@ -150,6 +150,7 @@ mod tests {
             ranges: ranges.iter().map(|&(p, start, end)| range(p, start, end)).collect(),
             subscribers_snapshot: String::new(),
             sql_fingerprint: None,
+            hold_future_campaigns: false,
         }
     }
 

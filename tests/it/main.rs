@@ -6,6 +6,7 @@ mod bad_records;
 mod child;
 mod deploy;
 mod exactly_once;
+mod hold;
 mod http;
 mod newcomer;
 mod observability;

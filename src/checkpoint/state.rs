@@ -1,0 +1,83 @@
+//! `state/N`: what a stateful query holds after batch N (the campaigns
+//! `--hold-future-campaigns` keeps, [`crate::hold`]), as an Arrow IPC file
+//! whose schema metadata carries the format version. Written only when the
+//! state changed, atomically, after both sinks and before `commits/N`; the
+//! state before batch N is the newest `state/K` with K < N.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+
+use super::{io_err, write_atomic_with, CheckpointStore};
+use crate::batch::BatchId;
+use crate::error::{Error, Result};
+
+/// The schema metadata key of the format version, and the version written.
+const VERSION_KEY: &str = "sparklet.state.version";
+const VERSION: &str = "1";
+
+impl CheckpointStore {
+    /// Records `state` as what is held after batch `id`.
+    pub fn write_state(&self, id: BatchId, state: &RecordBatch) -> Result<()> {
+        let path = self.state_path(id);
+        let metadata = HashMap::from([(VERSION_KEY.to_string(), VERSION.to_string())]);
+        let schema = Schema::new(state.schema().fields().clone()).with_metadata(metadata);
+        let batch = state.clone().with_schema(schema.into()).map_err(|e| Error::arrow("tagging the state", e))?;
+        let encoding = |e| Error::arrow(format!("writing {}", path.display()), e);
+        write_atomic_with(&path, |file| {
+            let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &batch.schema()).map_err(encoding)?;
+            writer.write(&batch).map_err(encoding)?;
+            writer.finish().map_err(encoding)?;
+            let buffered = writer.into_inner().map_err(encoding)?;
+            buffered.into_inner().map_err(|e| io_err("flushing", &path)(e.into_error()))?;
+            Ok(())
+        })
+    }
+
+    /// What was held before batch `id`: the newest `state/K`, K < `id`.
+    pub fn read_state_before(&self, id: BatchId) -> Result<Option<RecordBatch>> {
+        let Some(k) = self.batch_ids("state")?.into_iter().filter(|k| *k < id).max() else {
+            return Ok(None);
+        };
+        let path = self.state_path(k);
+        let file = fs::File::open(&path).map_err(io_err("opening", &path))?;
+        let reading = |e| Error::arrow(format!("reading {}", path.display()), e);
+        let reader = FileReader::try_new(file, None).map_err(reading)?;
+        let version = reader.schema().metadata().get(VERSION_KEY).cloned();
+        if version.as_deref() != Some(VERSION) {
+            return Err(Error::CheckpointMismatch(format!(
+                "{} has state format version {version:?}; this sparklet reads version {VERSION}",
+                path.display()
+            )));
+        }
+        let schema = crate::schema::campaigns();
+        let batches: Vec<RecordBatch> = reader
+            .map(|b| b.and_then(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(reading)?;
+        let state = arrow::compute::concat_batches(&schema, &batches).map_err(reading)?;
+        Ok(Some(state))
+    }
+
+    /// Deletes state files older than `keep_from`, except the newest of
+    /// them (the state before batch `keep_from`).
+    pub(super) fn purge_state_before(&self, keep_from: BatchId) -> Result<()> {
+        let mut old: Vec<BatchId> = self.batch_ids("state")?.into_iter().filter(|k| *k < keep_from).collect();
+        old.sort_unstable();
+        old.pop();
+        for k in old {
+            let path = self.state_path(k);
+            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+        }
+        Ok(())
+    }
+
+    fn state_path(&self, id: BatchId) -> PathBuf {
+        self.dir.join("state").join(id.to_string())
+    }
+}
