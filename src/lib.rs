@@ -5,6 +5,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the raw command line (clap), no I/O.
+//! - [`admin`]: `sparklet checkpoint show|verify|rewind|reset` on a stopped
+//!   query's checkpoint.
 //! - [`config`]: validated settings built from the command line; Postgres
 //!   settings and their TLS connector in [`config::PostgresConfig`].
 //! - [`error`]: the error type; every variant names its component and says
@@ -68,6 +70,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(unreachable_pub)]
 
+pub mod admin;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;

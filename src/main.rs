@@ -46,6 +46,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(batches = summary.batches, output_rows = summary.output_rows, "stopped");
         }
         Command::Demo(args) => demo::run(args).await.context("demo failed")?,
+        Command::Checkpoint(command) => {
+            let (text, ok) = sparklet::admin::run(command).await?;
+            print!("{text}");
+            anyhow::ensure!(ok, "the checkpoint has problems (listed above)");
+        }
     }
     Ok(())
 }

@@ -77,6 +77,10 @@ pub struct BatchCommit {
     pub batch_id: BatchId,
     pub committed_at_ms: i64,
     pub num_output_rows: u64,
+    /// Why a batch was committed without running (`sparklet checkpoint
+    /// rewind`); absent for a batch that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Where a query stands when it starts.
@@ -117,6 +121,23 @@ impl CheckpointStore {
             id
         };
         Ok(CheckpointStore { dir: dir.to_path_buf(), query_id, _lock: lock })
+    }
+
+    /// Opens an existing checkpoint (for the `sparklet checkpoint` commands):
+    /// a directory that is not one is refused, never created.
+    pub fn open_existing(dir: &Path) -> Result<Self> {
+        if !dir.join("metadata").is_file() {
+            return Err(Error::CheckpointMismatch(format!(
+                "{} is not a sparklet checkpoint (no metadata file); give the --checkpoint-dir a query ran with",
+                dir.display()
+            )));
+        }
+        Self::open(dir)
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The query id from `metadata`: stable across restarts.
@@ -220,7 +241,7 @@ impl CheckpointStore {
     }
 
     /// Batch ids present in `sub`; tmp files of an interrupted write are ignored.
-    fn batch_ids(&self, sub: &str) -> Result<Vec<BatchId>> {
+    pub(crate) fn batch_ids(&self, sub: &str) -> Result<Vec<BatchId>> {
         let path = self.dir.join(sub);
         let entries = fs::read_dir(&path).map_err(io_err("listing", &path))?;
         let mut ids = Vec::new();

@@ -17,7 +17,7 @@ fn plan(id: BatchId, end: i64) -> BatchPlan {
 }
 
 fn commit(id: BatchId) -> BatchCommit {
-    BatchCommit { batch_id: id, committed_at_ms: 1, num_output_rows: 2 }
+    BatchCommit { batch_id: id, committed_at_ms: 1, num_output_rows: 2, note: None }
 }
 
 #[test]

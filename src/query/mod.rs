@@ -305,6 +305,7 @@ impl Query {
             batch_id: plan.batch_id,
             committed_at_ms: epoch_ms(),
             num_output_rows,
+            note: None,
         })
     }
 

@@ -78,3 +78,15 @@ pub fn wait_for(addr: &str, path: &str, limit: Duration, done: impl Fn(&Response
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Waits until the child's log holds `line`.
+pub fn wait_for_log(job: &Job, line: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !child_log(job).contains(line) {
+        if Instant::now() > deadline {
+            bail!("the child never logged '{line}':\n{}", child_log(job));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

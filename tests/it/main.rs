@@ -3,6 +3,7 @@
 //! protocol through librdkafka's in-process mock cluster.
 
 mod bad_records;
+mod checkpoint_tools;
 mod child;
 mod deploy;
 mod exactly_once;

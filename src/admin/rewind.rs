@@ -1,0 +1,159 @@
+//! `sparklet checkpoint rewind`: the query goes back to an earlier point of
+//! its input by a new batch, committed without running, that reads nothing
+//! and ends where the next batch must start (Spark users delete files from
+//! `offsets/` and `commits/` for this; here history stays). The held
+//! campaigns go back with it: the new batch's state is the one before the
+//! first batch that will be read again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::batch::{epoch_ms, BatchId, BatchPlan, OffsetRange};
+use crate::checkpoint::{BatchCommit, CheckpointStore};
+use crate::cli::{ClusterArgs, RewindArgs};
+use crate::config::{parse_duration, parse_kafka_options};
+use crate::error::{Error, Result};
+
+use super::refuse;
+
+pub(super) async fn run(args: &RewindArgs) -> Result<String> {
+    let dir = &args.dir.checkpoint_dir;
+    let store = CheckpointStore::open_existing(dir)?;
+    let resume = store.resume()?;
+    if let Some(p) = &resume.pending {
+        let why = format!(
+            "batch {} is not committed: run the query until it is (e.g. --trigger available-now), then rewind",
+            p.batch_id
+        );
+        return Err(refuse(dir, why));
+    }
+    let last =
+        resume.last_committed.ok_or_else(|| refuse(dir, "no batch is committed yet: nothing to rewind".into()))?;
+    let (starts, how) = match (args.to_batch, &args.to_time) {
+        (Some(batch), _) => (batch_starts(&store, &last, batch)?, format!("the start of batch {batch}")),
+        (None, Some(time)) => {
+            (time_starts(&last, time, &args.cluster).await?, format!("the first messages at or after {time}"))
+        }
+        (None, None) => return Err(Error::config("--to-batch", "give --to-batch or --to-time")),
+    };
+    let ends: BTreeMap<i32, i64> = last.end_offsets().into_iter().collect();
+    if let Some((p, o)) = starts.iter().find(|(p, o)| ends.get(p).is_some_and(|end| *o > end)) {
+        let why = format!(
+            "partition {p} would start at {o}, after where the query stands ({}): a rewind never skips input",
+            ends[p]
+        );
+        return Err(refuse(dir, why));
+    }
+    let again = first_batch_reading(&store, &starts)?;
+    let first_again = again.unwrap_or(last.batch_id + 1);
+    let rewound = BatchPlan {
+        batch_id: last.batch_id + 1,
+        batch_timestamp_ms: epoch_ms(),
+        ranges: starts.iter().map(|(&partition, &at)| OffsetRange { partition, start: at, end: at }).collect(),
+        ..last.clone()
+    };
+    store.write_offsets(&rewound)?;
+    let held = store.read_state_before(first_again)?;
+    let held_now = store.read_state_before(rewound.batch_id)?;
+    if held.as_ref().map_or(0, |h| h.num_rows()) + held_now.map_or(0, |h| h.num_rows()) > 0 {
+        let empty = || arrow::array::RecordBatch::new_empty(crate::schema::campaigns());
+        store.write_state(rewound.batch_id, &held.unwrap_or_else(empty))?;
+    }
+    let note = format!("rewind to {how}");
+    let commit =
+        BatchCommit { batch_id: rewound.batch_id, committed_at_ms: epoch_ms(), num_output_rows: 0, note: Some(note) };
+    store.write_commit(&commit)?;
+    let again = match again {
+        Some(first) => format!("batch {first} and every later batch are read again"),
+        None => "nothing is read again".to_string(),
+    };
+    Ok(format!(
+        "batch {} committed: the next run starts at {how} ({}); {again}\n",
+        rewound.batch_id,
+        starts.iter().map(|(p, o)| format!("{}[{p}] {o}", last.topic)).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// Each partition's start in batch `batch` (a partition it did not read
+/// yet starts where the oldest kept batch that reads it does).
+fn batch_starts(store: &CheckpointStore, last: &BatchPlan, batch: BatchId) -> Result<BTreeMap<i32, i64>> {
+    let dir = store.dir();
+    if batch > last.batch_id || store.read_commit(batch)?.is_none() {
+        return Err(refuse(dir, format!("batch {batch} is not a committed batch of this checkpoint")));
+    }
+    let target = store.read_offsets(batch)?;
+    let mut starts: BTreeMap<i32, i64> = target.ranges.iter().map(|r| (r.partition, r.start)).collect();
+    for id in batch..=last.batch_id {
+        for r in store.read_offsets(id)?.ranges {
+            starts.entry(r.partition).or_insert(r.start);
+        }
+    }
+    Ok(starts)
+}
+
+/// Each partition's first offset at or after `time` (the end for one with
+/// nothing that new), from the broker.
+async fn time_starts(last: &BatchPlan, time: &str, cluster: &ClusterArgs) -> Result<BTreeMap<i32, i64>> {
+    let at = humantime::parse_rfc3339_weak(time).map_err(|e| {
+        Error::config("--to-time", format!("'{time}' is not an RFC 3339 time (e.g. 2026-11-24T09:00:00Z): {e}"))
+    })?;
+    let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let servers = cluster
+        .bootstrap_servers
+        .clone()
+        .ok_or_else(|| Error::config("--bootstrap-servers", "--to-time asks the broker: give --bootstrap-servers"))?;
+    let options = parse_kafka_options(&cluster.kafka_options)?;
+    let timeout: Duration = parse_duration("--kafka-timeout", &cluster.kafka_timeout)?;
+    let topic = last.topic.clone();
+    crate::source::blocking(move || {
+        let consumer: BaseConsumer = crate::kafka::client_config(&servers, &options)
+            .create()
+            .map_err(|e| Error::kafka("creating the offsets client", e))?;
+        let partitions = crate::kafka::topic_partitions(&consumer, &topic, timeout)?;
+        let mut wanted = TopicPartitionList::new();
+        for p in &partitions {
+            wanted
+                .add_partition_offset(&topic, *p, Offset::Offset(ms))
+                .map_err(|e| Error::kafka("building the request", e))?;
+        }
+        let found = consumer
+            .offsets_for_times(wanted, timeout)
+            .map_err(|e| Error::kafka(format!("offsets for {} in '{topic}'", time_of(ms)), e))?;
+        let mut starts = BTreeMap::new();
+        for e in found.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => {
+                    consumer
+                        .fetch_watermarks(&topic, e.partition(), timeout)
+                        .map_err(|e| Error::kafka("reading watermarks", e))?
+                        .1
+                }
+            };
+            starts.insert(e.partition(), offset);
+        }
+        Ok(starts)
+    })
+    .await
+}
+
+fn time_of(ms: i64) -> String {
+    crate::progress::rfc3339_ms(ms)
+}
+
+/// The oldest kept batch that read past `starts` in some partition: the
+/// first one the rewind makes read again.
+fn first_batch_reading(store: &CheckpointStore, starts: &BTreeMap<i32, i64>) -> Result<Option<BatchId>> {
+    let mut ids = store.batch_ids("offsets")?;
+    ids.sort_unstable();
+    for id in ids {
+        let plan = store.read_offsets(id)?;
+        if plan.ranges.iter().any(|r| starts.get(&r.partition).is_some_and(|s| r.end > *s)) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
