@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::events;
 use crate::http::{self, health::Probes};
 use crate::progress::BatchProgress;
+use crate::progress_bar::ProgressBar;
 use crate::query::{Attempt, Query};
 use crate::status::RunStatus;
 
@@ -64,7 +65,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
         query = Query::start(config) => query?,
     };
     status.query_started(query.id());
-    let summary = Driver::new(policy, query, status.clone()).run(shutdown).await;
+    let mut bar = ProgressBar::new(policy.trigger == Trigger::AvailableNow);
+    let summary = Driver::new(policy, query, status.clone()).run(shutdown, &mut bar).await;
+    bar.finish();
     status.stopped(if summary.is_ok() { "Stopped" } else { "Stopped by a failure" });
     summary
 }
@@ -147,7 +150,7 @@ impl<B: Batches> Driver<B> {
     }
 
     /// Runs triggers until shutdown, or the end of `once` / `available-now`.
-    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>, bar: &mut ProgressBar) -> Result<RunSummary> {
         tokio::pin!(shutdown);
         let mut pending = self.batches.take_pending();
         if let Some(plan) = &pending {
@@ -180,6 +183,7 @@ impl<B: Batches> Driver<B> {
                 Triggered::Batch(progress) => {
                     idle = false;
                     self.record(&progress);
+                    bar.update(&progress);
                     if self.policy.trigger == Trigger::Once && !from_last_run {
                         break;
                     }

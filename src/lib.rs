@@ -55,6 +55,7 @@
 //! - [`postgres`]: Postgres connections (TLS as libpq does it).
 //! - [`progress`], [`events`]: per-batch progress records and logged, counted events.
 //! - [`metrics`]: the process's Prometheus metrics, fed by the events.
+//! - [`progress_bar`]: a catch-up run's progress bar on a terminal.
 //! - [`status`]: what the run is doing now (recent progress, liveness),
 //!   shared by the trigger loop and the HTTP endpoint.
 //! - [`http`]: the optional endpoint (`--http-addr`): `/metrics`, `/livez`,
@@ -86,6 +87,7 @@ pub(crate) mod kafka_log;
 pub mod metrics;
 pub mod postgres;
 pub(crate) mod progress;
+pub mod progress_bar;
 pub(crate) mod query;
 pub mod schema;
 pub mod shared_text;

@@ -60,7 +60,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Through the progress bar's writer, which keeps a bar (a catch-up run
+    // on a terminal) below the log lines.
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(sparklet::progress_bar::Stderr);
     match format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => {

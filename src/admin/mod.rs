@@ -144,18 +144,19 @@ fn reset(args: &ResetArgs) -> Result<String> {
     let dir = &args.dir.checkpoint_dir;
     let old = CheckpointStore::open_existing(dir)?;
     let resume = old.resume()?;
-    let starts =
-        match (&resume.pending, &resume.last_committed, args.keep_offsets) {
-            (Some(p), _, true) => return Err(refuse(
+    let starts = match (&resume.pending, &resume.last_committed, args.keep_offsets) {
+        (Some(p), _, true) => {
+            return Err(refuse(
                 dir,
                 format!(
                     "batch {} is not committed: run the query until it is (e.g. --trigger available-now), then reset",
                     p.batch_id
                 ),
-            )),
-            (_, Some(last), true) => Some(last.end_offsets()),
-            _ => None,
-        };
+            ))
+        }
+        (_, Some(last), true) => Some(last.end_offsets()),
+        _ => None,
+    };
     let held = old.read_state_before(resume.last_committed.as_ref().map_or(0, |p| p.batch_id + 1))?;
     if args.keep_offsets && held.is_some_and(|h| h.num_rows() > 0) {
         return Err(refuse(dir, "campaigns are held (--hold-future-campaigns): a new query would lose them; reset without --keep-offsets to read the input again".into()));

@@ -147,7 +147,7 @@ async fn drive(
     let calls = script.calls.clone();
     let result =
         Driver::new(policy(trigger), script, crate::status::RunStatus::new(Duration::ZERO, Duration::from_secs(60)))
-            .run(tokio::time::sleep(stop_after))
+            .run(tokio::time::sleep(stop_after), &mut crate::progress_bar::ProgressBar::new(false))
             .await;
     let calls = calls.lock().unwrap().clone();
     (result, calls)

@@ -15,6 +15,7 @@ mod outages;
 mod ownership;
 mod pipeline;
 mod postgres_tls;
+mod progress_bar;
 mod proxy;
 mod replay;
 mod restart;
