@@ -15,9 +15,12 @@
 //! COPY of the table ([`startup`]), peak memory of the binary ([`memory`]),
 //! small batches' time as the table grows to 10M rows ([`flat`]), and
 //! consecutive batches of 1k to 100k campaigns against raw COPY in
-//! transactions of the same size ([`steady`]).
+//! transactions of the same size ([`steady`]), and how fresh the
+//! subscribers are with `--subscribers-refresh on-change` against a 1 s
+//! timer, with the cost of one reload at 10k to 10M rows ([`freshness`]).
 
 mod flat;
+mod freshness;
 mod latency;
 mod memory;
 mod raw_copy;
@@ -53,8 +56,10 @@ struct Args {
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
     /// Scenarios to run: throughput, steady, tiny, latency, startup, memory,
-    /// flat (comma-separated; startup, memory and flat each fill the
-    /// subscribers table with their own sizes, so they run last).
+    /// flat, freshness (comma-separated; startup, memory, flat and freshness
+    /// each fill the subscribers table with their own sizes, so they run
+    /// last; freshness is not in the default list: its 10M-row table takes
+    /// minutes to fill).
     #[arg(long, value_delimiter = ',', default_value = "throughput,steady,tiny,latency,startup,memory,flat")]
     scenarios: Vec<String>,
     /// Batch sizes (campaigns) of the steady scenario; each runs
@@ -70,6 +75,12 @@ struct Args {
     /// Cached subscribers of the startup scenario.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     startup_subscribers: Vec<usize>,
+    /// Cached subscribers of the freshness scenario's delay runs.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    freshness_subscribers: Vec<usize>,
+    /// Table sizes of the freshness scenario's reload costs.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
+    reload_subscribers: Vec<usize>,
     /// Input rates (campaigns/s) of the latency scenario.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     latency_rates: Vec<usize>,
@@ -177,6 +188,9 @@ async fn main() -> Result<()> {
                 f.trigger_ms / base
             );
         }
+    }
+    if wants("freshness") {
+        freshness::report(&url, &args.freshness_subscribers, &args.reload_subscribers).await?;
     }
     Ok(())
 }

@@ -55,7 +55,7 @@ pub(crate) async fn fill_subscribers(db: &tokio_postgres::Client, subscribers: u
 }
 
 /// The repo's subscribers query, copied out in binary and thrown away.
-async fn raw_copy(db: &tokio_postgres::Client) -> Result<Duration> {
+pub(crate) async fn raw_copy(db: &tokio_postgres::Client) -> Result<Duration> {
     let query = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/subscribers.sql"))?;
     let copy = format!("COPY ({}\n) TO STDOUT (FORMAT binary)", query.trim().trim_end_matches(';'));
     let started = Instant::now();
