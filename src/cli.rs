@@ -351,6 +351,12 @@ pub struct DemoArgs {
     /// Number of sample campaigns to produce besides the example message.
     #[arg(long, default_value_t = 20)]
     pub campaigns: usize,
+
+    /// Keep the demo running with the HTTP endpoint on this address (e.g.
+    /// 127.0.0.1:9464): a batch every second, a few new campaigns every
+    /// second, the live status page at http://ADDR/; Ctrl-C stops it.
+    #[arg(long)]
+    pub http_addr: Option<String>,
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ const DEAD_LETTERS: &str = "promotions_in-dead-letter";
 const MARKERS: &str = sparklet::cli::DEFAULT_MARKER_TOPIC;
 const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
-/// Runs the demo.
-pub(crate) async fn run(args: DemoArgs) -> Result<()> {
+/// Runs the demo; a live one (`--http-addr`) stops when `shutdown` resolves.
+pub(crate) async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let cluster = MockCluster::new(1).context("starting the in-process Kafka")?;
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT, 3, 1).context("creating the input topic")?;
@@ -43,7 +43,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     println!("== produced {} campaigns (the example message first, one malformed)", messages.len());
 
     let config = demo_config(&bootstrap, &url, &args)?;
-    let summary = sparklet::run(config, std::future::pending()).await?;
+    let summary = match &args.http_addr {
+        None => sparklet::run(config, std::future::pending()).await?,
+        Some(addr) => {
+            println!("== live: status page at http://{addr}/ (also /metrics /progress /livez /readyz); Ctrl-C stops");
+            let feeder = tokio::spawn(feed(client.clone()));
+            let summary = sparklet::run(config, shutdown).await;
+            feeder.abort();
+            summary?
+        }
+    };
     println!(
         "== {} batches: {} messages in, {} malformed (to {DEAD_LETTERS}), {} rows out to each sink",
         summary.batches, summary.input_rows, summary.malformed_rows, summary.output_rows
@@ -107,7 +116,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         database_ca_file: None,
         checkpoint_dir: args.checkpoint_dir.clone(),
         sql_dir: args.sql_dir.clone(),
-        trigger: "available-now".into(),
+        trigger: if args.http_addr.is_some() { "1s" } else { "available-now" }.into(),
         starting_offsets: "earliest".into(),
         max_offsets_per_trigger: "8".into(),
         on_bad_record: "dead-letter".into(),
@@ -124,9 +133,27 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         progress_json: None,
         min_batches_to_retain: 100,
         hold_future_campaigns: false,
-        http_addr: None,
+        http_addr: args.http_addr.clone(),
     };
     Ok(sparklet::Config::try_from(run)?)
+}
+
+/// The live demo's input: a few new campaigns every second, some malformed
+/// now and then.
+async fn feed(client: ClientConfig) {
+    for round in 0usize.. {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let mut batch = sample_campaigns(1 + round % 7);
+        batch.retain(|(key, _)| key.as_deref() != Some("broken") || round % 5 == 0);
+        for (i, (key, _)) in batch.iter_mut().enumerate() {
+            *key = Some(format!("live-{round}-{i}"));
+        }
+        let client = client.clone();
+        let sent = tokio::task::spawn_blocking(move || tools::produce(&client, INPUT, &batch)).await;
+        if !matches!(sent, Ok(Ok(_))) {
+            return;
+        }
+    }
 }
 
 fn sample_subscribers() -> Vec<(String, String)> {

@@ -45,7 +45,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = sparklet::run(config, shutdown_signal()).await?;
             tracing::info!(batches = summary.batches, output_rows = summary.output_rows, "stopped");
         }
-        Command::Demo(args) => demo::run(args).await.context("demo failed")?,
+        Command::Demo(args) => demo::run(args, shutdown_signal()).await.context("demo failed")?,
         Command::Checkpoint(command) => {
             let (text, ok) = sparklet::admin::run(command).await?;
             print!("{text}");
