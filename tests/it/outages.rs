@@ -2,9 +2,9 @@
 //! batch's COPY, and the Kafka broker down during and between batches. Each
 //! is retried with back-off; both sinks end up holding every row once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
@@ -17,17 +17,6 @@ fn produce_wave(job: &Job, prefix: &str, n: usize) -> Result<Vec<String>> {
         job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, id, 0, FOREVER)])?;
     }
     Ok(ids)
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !done().await? {
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Ok(())
 }
 
 async fn feedback_rows(job: &Job) -> Result<usize> {

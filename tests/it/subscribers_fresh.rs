@@ -2,9 +2,9 @@
 //! subscriber inserted mid-run used by the next batch, changes loaded in the
 //! background on a notification and after the listener reconnects.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use serde_json::Value;
 
 use crate::support::*;
@@ -18,17 +18,6 @@ const ON_CHANGE: [&str; 6] =
 
 fn snapshots(job: &Job) -> usize {
     std::fs::read_dir(job.checkpoint.path().join("snapshots")).map_or(0, |d| d.count())
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !done().await? {
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,18 @@ pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
 /// The default `--marker-topic`; each test's cluster is its own.
 pub const MARKERS: &str = sparklet::cli::DEFAULT_MARKER_TOPIC;
 
+/// Polls `done` every 20 ms until it says yes, for at most `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while !done().await? {
+        if std::time::Instant::now() > deadline {
+            bail!("{what} did not happen within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
