@@ -4,8 +4,8 @@
 //! table's change version.
 //!
 //! The trigger bumps a version (one row of `sparklet_subscribers_version`)
-//! and notifies `sparklet_subscribers_changed` with `<schema>:<version>`,
-//! both at the writer's commit. A notification is only a hint (one sent
+//! once per writing transaction, when it commits, and notifies
+//! `sparklet_subscribers_changed` with `<schema>:<version>`. A notification is only a hint (one sent
 //! while the listener is away is lost); the version is the truth, read in
 //! the same REPEATABLE READ snapshot as the rows it versions
 //! ([`crate::subscribers::load`]).
@@ -26,29 +26,52 @@ pub const ON_CHANGE_SQL: &str = "subscribers_on_change.sql";
 /// The notification channel the trigger notifies.
 pub const CHANNEL: &str = "sparklet_subscribers_changed";
 
+/// The schema of `subscribers_restaurants` as the search_path finds it: the
+/// one its notifications name.
+const TABLE_SCHEMA: &str = "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = 'subscribers_restaurants'::regclass";
+
 /// The query that reads the version (in the search_path's schema).
 pub(crate) const VERSION_QUERY: &str = "SELECT version FROM sparklet_subscribers_version";
 
-/// Runs `sql/subscribers_on_change.sql` in one transaction, under an
-/// advisory lock so two starts do not replace the function at once.
+/// Installs the change trigger (`sql/subscribers_on_change.sql`) unless it
+/// is there already: in one transaction, under an advisory lock so two
+/// starts do not replace the function at once, and with a lock timeout, so
+/// a busy table makes the start fail with a clear message instead of
+/// queueing every writer behind the trigger's DDL.
 pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
-    let path = sql_dir.join(ON_CHANGE_SQL);
-    let ddl = crate::transform::read_sql_file(&path)?;
     let client = crate::postgres::connect(postgres, "installing the subscribers change trigger").await?;
-    let script = format!("BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;");
-    client.batch_execute(&script).await.map_err(|e| Error::Sql {
+    let path = sql_dir.join(ON_CHANGE_SQL);
+    let failed = |doing: &str, e: tokio_postgres::Error| Error::Sql {
         path: path.clone(),
         message: format!(
-            "installing the change trigger on {} failed: {}; run the file as the table's owner, or use a --subscribers-refresh interval",
+            "{doing} on {} failed: {}; run the file as the table's owner, or use a --subscribers-refresh interval",
             postgres.target(),
             e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())
         ),
-    })
+    };
+    let installed = client.query_one(INSTALLED, &[]).await.map_err(|e| failed("looking for the change trigger", e))?;
+    if installed.get::<_, bool>(0) {
+        return Ok(());
+    }
+    let ddl = crate::transform::read_sql_file(&path)?;
+    let script = format!(
+        "BEGIN;\nSET LOCAL lock_timeout = '10s';\nSELECT pg_advisory_xact_lock(hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;"
+    );
+    let result = client.batch_execute(&script).await.map_err(|e| failed("installing the change trigger", e));
+    if result.is_err() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
 }
 
+/// Whether both triggers and the version table are there.
+const INSTALLED: &str = "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'subscribers_restaurants'::regclass
+       AND tgname IN ('sparklet_subscribers_changed', 'sparklet_subscribers_truncated')) = 2
+   AND to_regclass('sparklet_subscribers_version') IS NOT NULL";
+
 /// A connection listening on [`CHANNEL`]: the client (also for reading the
-/// version), this connection's schema, and the versions notified for that
-/// schema. The receiver ends when the connection does.
+/// version) and the versions notified for the table's schema. The receiver ends when the connection does.
 pub(crate) struct Listener {
     pub client: Client,
     pub versions: mpsc::UnboundedReceiver<i64>,
@@ -63,7 +86,7 @@ impl Listener {
         };
         let failed = |e| Error::postgres("listening for subscribers changes", e);
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(failed)?;
-        let schema: String = client.query_one("SELECT current_schema()", &[]).await.map_err(failed)?.get(0);
+        let schema: String = client.query_one(TABLE_SCHEMA, &[]).await.map_err(failed)?.try_get(0).map_err(failed)?;
         let versions = versions_of(&schema, notifications);
         Ok(Listener { client, versions })
     }
@@ -79,7 +102,7 @@ pub(crate) async fn read_version(client: &Client) -> Result<i64> {
     let row = client.query_one(VERSION_QUERY, &[]).await.map_err(|e| {
         Error::postgres("reading the subscribers version (is sql/subscribers_on_change.sql installed?)", e)
     })?;
-    Ok(row.get(0))
+    row.try_get(0).map_err(|e| Error::postgres("reading the subscribers version", e))
 }
 
 /// Connects with `tls` and forwards the connection's notification payloads.

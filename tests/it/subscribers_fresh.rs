@@ -56,10 +56,13 @@ async fn a_subscriber_inserted_mid_run_is_used_by_the_next_batch() -> Result<()>
 async fn changes_are_loaded_in_the_background_on_notification_and_after_a_reconnect() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
-    let mut args = vec!["--trigger", "0s"];
+    // One trigger at start, then none for 10 minutes: no plan (and so no
+    // version check before a plan) can load what follows.
+    let mut args = vec!["--trigger", "10m"];
     args.extend(ON_CHANGE);
     let running = job.start(&args)?;
     wait_until("the first snapshot", Duration::from_secs(30), async || Ok(snapshots(&job) == 1)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the first trigger is done
 
     // No batch runs: only the notification can cause this load.
     job.db.add_subscribers(RESTAURANT, &["c2"]).await?;
@@ -76,28 +79,34 @@ async fn changes_are_loaded_in_the_background_on_notification_and_after_a_reconn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_change_trigger_counts_every_statement_once_in_the_tables_schema() -> Result<()> {
+async fn the_change_trigger_counts_each_writing_transaction_once_when_it_commits() -> Result<()> {
     let job = Job::new(1).await?;
     let sql = std::fs::read_to_string(repo_path("sql/subscribers_on_change.sql"))?;
     job.db.client.batch_execute(&sql).await?;
     job.db.client.batch_execute(&sql).await?; // idempotent
+    let other = connect(&job.db.url).await?;
     let version = async || -> Result<i64> {
-        Ok(job.db.client.query_one("SELECT version FROM sparklet_subscribers_version", &[]).await?.get(0))
+        Ok(other.query_one("SELECT version FROM sparklet_subscribers_version", &[]).await?.get(0))
     };
     assert_eq!(version().await?, 0);
-    job.db
-        .client
-        .batch_execute("INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ('a', 'r'), ('b', 'r')")
-        .await?;
-    assert_eq!(version().await?, 1, "one statement of two rows is one change");
-    let schema = &job.db.schema;
+    let insert = "INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ('a', 'r'), ('b', 'r')";
+    job.db.client.batch_execute(&format!("BEGIN; {insert}; {insert}")).await?;
+    assert_eq!(version().await?, 0, "not before the commit");
+    job.db.client.batch_execute("COMMIT").await?;
+    assert_eq!(version().await?, 1, "two statements of two rows in one transaction are one change");
     // A writer whose search_path does not name the schema still bumps it.
-    job.db
-        .client
-        .batch_execute(&format!("SET search_path TO public; DELETE FROM {schema}.subscribers_restaurants WHERE client_id = 'a'; SET search_path TO {schema}"))
-        .await?;
+    let schema = &job.db.schema;
+    let elsewhere =
+        format!("SET search_path TO public; DELETE FROM {schema}.subscribers_restaurants WHERE client_id = 'a'");
+    other.batch_execute(&elsewhere).await?;
+    other.batch_execute(&format!("SET search_path TO {schema}")).await?;
     assert_eq!(version().await?, 2);
     job.db.client.batch_execute("TRUNCATE subscribers_restaurants").await?;
     assert_eq!(version().await?, 3);
+    // Two writers with open transactions do not wait for each other.
+    job.db.client.batch_execute(&format!("BEGIN; {insert}")).await?;
+    tokio::time::timeout(Duration::from_secs(5), other.batch_execute(insert)).await??;
+    job.db.client.batch_execute("COMMIT").await?;
+    assert_eq!(version().await?, 5);
     Ok(())
 }
