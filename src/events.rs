@@ -6,7 +6,7 @@
 use crate::metrics::{self, metrics, ComponentLabel, FailureLabels, OutcomeLabel, PhaseLabel, ReasonLabel, SinkLabel};
 
 /// An input message that failed validation, and what `--on-bad-record`
-/// did with it.
+/// did with it (logged here; counted per reason when its batch commits).
 pub(crate) struct BadRecord<'a> {
     pub topic: &'a str,
     pub message: &'a crate::source::decode::BadMessage,
@@ -25,11 +25,8 @@ impl BadRecord<'_> {
             action = %self.action,
             "bad record"
         );
-        let reason = ReasonLabel { reason: m.refusal.reason.code().to_string() };
-        metrics().malformed_rows.get_or_create(&reason).inc();
-        if self.action == crate::config::OnBadRecord::DeadLetter {
-            metrics().dead_lettered_rows.get_or_create(&reason).inc();
-        }
+        // Counted when the batch commits ([`BatchCommitted`]): an attempt
+        // that fails logs its bad records again when it is retried.
     }
 }
 
@@ -178,6 +175,14 @@ fn count_batch(p: &crate::progress::BatchProgress) {
         m.batches_replayed.inc();
     }
     m.input_rows.inc_by(p.num_input_rows);
+    let dead_lettered = p.num_dead_lettered_rows > 0 && p.sinks.iter().any(|s| s.description == "kafka" && !s.skipped);
+    for (reason, n) in &p.bad_records {
+        let label = ReasonLabel { reason: reason.clone() };
+        m.malformed_rows.get_or_create(&label).inc_by(*n);
+        if dead_lettered {
+            m.dead_lettered_rows.get_or_create(&label).inc_by(*n);
+        }
+    }
     m.expired_rows.inc_by(p.num_expired_rows);
     m.held_rows.set(p.num_held_rows as i64);
     for sink in p.sinks.iter().filter(|s| !s.skipped) {
@@ -199,6 +204,27 @@ fn count_batch(p: &crate::progress::BatchProgress) {
         }
     }
     m.subscribers_rows.set(p.subscribers.num_rows as i64);
+}
+
+/// Planning saw the input's high watermarks: the lag of what is committed
+/// so far (updated again, after the batch, by [`BatchCommitted`]), so the
+/// lag metrics move even while batches fail.
+pub(crate) struct SourceLagObserved<'a> {
+    pub topic: &'a str,
+    /// (partition, high watermark, where the next batch starts).
+    pub partitions: &'a [(i32, i64, i64)],
+}
+
+impl SourceLagObserved<'_> {
+    pub(crate) fn emit(&self) {
+        let m = metrics();
+        for &(partition, high, next) in self.partitions {
+            let labels = metrics::PartitionLabels { topic: self.topic.to_string(), partition: partition.to_string() };
+            let behind = (high - next).max(0);
+            tracing::trace!(topic = self.topic, partition, behind, "input lag");
+            m.source_lag_records.get_or_create(&labels).set(behind);
+        }
+    }
 }
 
 /// An output transaction was aborted (its batch is retried or replayed).

@@ -93,6 +93,7 @@ pub(crate) struct Metrics {
     pub source_data_loss: Counter,
     pub subscribers_rows: Gauge,
     pub subscribers_age: FloatGauge,
+    pub subscribers_unconfirmed: FloatGauge,
     pub subscribers_version: Gauge,
     pub subscribers_reloads: Family<OutcomeLabel, Counter>,
     pub failures: Family<FailureLabels, Counter>,
@@ -101,9 +102,10 @@ pub(crate) struct Metrics {
     pub producer_fenced: Counter,
     pub sink_writes_skipped: Family<SinkLabel, Counter>,
     pub ready: Gauge,
-    /// When the current subscribers version was loaded (epoch ms), for the
-    /// age gauge, which is set when scraped.
+    /// When the current subscribers version was loaded, and when it was last
+    /// confirmed current (epoch ms), for the age gauges, set when scraped.
     subscribers_loaded_at_ms: AtomicI64,
+    subscribers_confirmed_at_ms: AtomicI64,
 }
 
 /// Bounds of the batch-duration histogram: 1 ms to about 66 s.
@@ -150,6 +152,7 @@ impl Metrics {
             source_data_loss: Counter::default(),
             subscribers_rows: Gauge::default(),
             subscribers_age: FloatGauge::default(),
+            subscribers_unconfirmed: FloatGauge::default(),
             subscribers_version: Gauge::default(),
             subscribers_reloads: Family::default(),
             failures: Family::default(),
@@ -159,8 +162,10 @@ impl Metrics {
             sink_writes_skipped: Family::default(),
             ready: Gauge::default(),
             subscribers_loaded_at_ms: AtomicI64::new(0),
+            subscribers_confirmed_at_ms: AtomicI64::new(0),
         };
-        m.register();
+        m.register_batch_metrics();
+        m.register_component_metrics();
         m.start_at_zero();
         m
     }
@@ -192,7 +197,8 @@ impl Metrics {
         }
     }
 
-    fn register(&mut self) {
+    /// The metrics of batches: rows, durations, commits, the trigger loop.
+    fn register_batch_metrics(&mut self) {
         let r = &mut self.registry;
         r.register("info", "The query this process runs and sparklet's version (always 1)", self.info.clone());
         r.register("input_rows", "Input messages read by committed batches", self.input_rows.clone());
@@ -231,6 +237,11 @@ impl Metrics {
             "Unix time the trigger loop last finished a trigger (a batch, an idle check, a back-off)",
             self.trigger_loop_advanced.clone(),
         );
+    }
+
+    /// The metrics of the source, the subscribers cache and failures.
+    fn register_component_metrics(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "source_lag_records",
             "Input offsets not yet processed, per partition",
@@ -249,8 +260,13 @@ impl Metrics {
         r.register("subscribers_rows", "Rows of the cached subscribers table", self.subscribers_rows.clone());
         r.register(
             "subscribers_snapshot_age_seconds",
-            "Age of the cached subscribers table",
+            "Age of the cached subscribers table (since it was loaded)",
             self.subscribers_age.clone(),
+        );
+        r.register(
+            "subscribers_unconfirmed_seconds",
+            "Time since the cached subscribers table was last known to be current (loaded, or its version checked)",
+            self.subscribers_unconfirmed.clone(),
         );
         r.register(
             "subscribers_version",
@@ -285,15 +301,22 @@ impl Metrics {
     /// Records when the current subscribers version was loaded.
     pub(crate) fn subscribers_loaded(&self, loaded_at_ms: i64) {
         self.subscribers_loaded_at_ms.store(loaded_at_ms, Ordering::Relaxed);
+        self.subscribers_confirmed(loaded_at_ms);
+    }
+
+    /// Records when the cached subscribers were last known to be current.
+    pub(crate) fn subscribers_confirmed(&self, at_ms: i64) {
+        self.subscribers_confirmed_at_ms.fetch_max(at_ms, Ordering::Relaxed);
         self.refresh_ages();
     }
 
     /// Sets the gauges that are ages (computed when scraped).
     fn refresh_ages(&self) {
-        let loaded = self.subscribers_loaded_at_ms.load(Ordering::Relaxed);
-        if loaded > 0 {
-            let age_ms = (crate::batch::epoch_ms() - loaded).max(0);
-            self.subscribers_age.set(age_ms as f64 / 1000.0);
+        let now = crate::batch::epoch_ms();
+        let since = |at: &AtomicI64| (now - at.load(Ordering::Relaxed)).max(0) as f64 / 1000.0;
+        if self.subscribers_loaded_at_ms.load(Ordering::Relaxed) > 0 {
+            self.subscribers_age.set(since(&self.subscribers_loaded_at_ms));
+            self.subscribers_unconfirmed.set(since(&self.subscribers_confirmed_at_ms));
         }
     }
 }

@@ -42,8 +42,15 @@ impl ProgressBar {
         }
         self.batches += 1;
         self.rows += p.num_input_rows;
+        let known = p.sources.iter().any(|s| !s.offsets_behind_latest.is_empty());
         let left: u64 = p.sources.iter().flat_map(|s| s.offsets_behind_latest.values()).map(|&n| n.max(0) as u64).sum();
-        let total = *self.first_left.get_or_insert(left + p.num_input_rows);
+        // A replayed batch (first in a run after a crash) has no watermarks:
+        // the bar starts from the first batch that has.
+        let total = match (self.first_left, known) {
+            (Some(total), _) => total,
+            (None, true) => *self.first_left.insert(left + p.num_input_rows),
+            (None, false) => return,
+        };
         let line = render(self.batches, left, total, self.rows, self.started.elapsed().as_secs_f64());
         draw(Some(line));
     }

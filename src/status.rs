@@ -63,8 +63,10 @@ struct StatusView<'a> {
 impl RunStatus {
     /// A run whose trigger interval is `interval` and whose batches may take
     /// up to `batch_limit` (the output transaction's timeout): the loop is
-    /// live if it advanced within 3 intervals (at least 30 s) between
-    /// batches, or its batch is younger than `batch_limit`.
+    /// live if it advanced within 3 intervals (at least 60 s: longer than
+    /// the longest retry back-off) between batches, or its batch is younger
+    /// than `batch_limit`; while the query starts (the subscribers loading,
+    /// Kafka checked) it is live for `batch_limit` too.
     pub fn new(interval: Duration, batch_limit: Duration) -> Self {
         let state = State {
             query_id: None,
@@ -76,7 +78,8 @@ impl RunStatus {
             trigger_since: None,
             last_advanced: Instant::now(),
         };
-        let idle_limit = (interval * 3).max(Duration::from_secs(30));
+        // Above the longest retry back-off (30 s), with a margin.
+        let idle_limit = (interval * 3).max(Duration::from_secs(60));
         RunStatus { inner: Arc::new(Mutex::new(state)), idle_limit, batch_limit }
     }
 
@@ -151,6 +154,13 @@ impl RunStatus {
     /// `Err(why not)`.
     pub fn liveness(&self) -> std::result::Result<String, String> {
         let s = self.state();
+        if s.query_id.is_none() {
+            let starting = s.last_advanced.elapsed();
+            return match starting > self.batch_limit {
+                true => Err(format!("the query has been starting for {} s", starting.as_secs())),
+                false => Ok(format!("the query has been starting for {} ms", starting.as_millis())),
+            };
+        }
         match s.trigger_since {
             Some(since) if since.elapsed() > self.batch_limit => Err(format!(
                 "the current trigger has run for {} s, longer than a batch may take ({} s)",
@@ -176,6 +186,7 @@ mod tests {
     fn the_loop_is_live_while_it_advances_and_not_once_a_trigger_runs_past_its_limit() {
         let status = RunStatus::new(Duration::from_secs(1), Duration::from_millis(20));
         assert!(status.liveness().is_ok());
+        status.query_started("q");
         status.trigger_started();
         assert!(status.liveness().is_ok());
         std::thread::sleep(Duration::from_millis(30));
@@ -183,6 +194,14 @@ mod tests {
         assert!(stuck.contains("longer than a batch may take"), "{stuck}");
         status.trigger_finished(None, "Waiting for data to arrive");
         assert!(status.liveness().is_ok());
+    }
+
+    #[test]
+    fn a_query_is_live_while_it_starts_until_a_batch_could_have_run() {
+        let status = RunStatus::new(Duration::from_secs(1), Duration::from_millis(20));
+        assert!(status.liveness().unwrap().contains("starting"));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(status.liveness().unwrap_err().contains("has been starting for"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use futures::StreamExt;
 
-use crate::checkpoint::{io_err, write_atomic_with};
+use crate::checkpoint::{io_err, write_tmp_unique};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::shared_text::Text;
@@ -173,11 +173,34 @@ fn distinct_unsorted(batch: &RecordBatch) -> Result<(RecordBatch, usize)> {
 
 /// Saves `subs` under `dir` unless a snapshot with its id is already there.
 pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
+    match prepare_snapshot(dir, subs)? {
+        Some(prepared) => prepared.commit(),
+        None => Ok(()),
+    }
+}
+
+/// A snapshot written to a temporary file of its own, not yet in place (a
+/// purge does not see it): the slow part of saving, done before taking
+/// the lock that orders saving with purging.
+pub(crate) struct PreparedSnapshot {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl PreparedSnapshot {
+    /// Puts the snapshot in place.
+    pub(crate) fn commit(self) -> Result<()> {
+        crate::checkpoint::commit_tmp(&self.tmp, &self.path)
+    }
+}
+
+/// Writes `subs`'s snapshot beside its place, unless it is there already.
+pub(crate) fn prepare_snapshot(dir: &Path, subs: &Subscribers) -> Result<Option<PreparedSnapshot>> {
     let path = snapshot_path(dir, &subs.id);
     if path.exists() {
-        return Ok(());
+        return Ok(None);
     }
-    write_atomic_with(&path, |file| {
+    let tmp = write_tmp_unique(&path, |file| {
         let encoding = |e| Error::arrow("writing the subscribers snapshot", e);
         let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &subs.batch.schema()).map_err(encoding)?;
         writer.write(&subs.batch).map_err(encoding)?;
@@ -188,7 +211,8 @@ pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
             .into_inner()
             .map_err(|e| Error::Runtime(format!("flushing the subscribers snapshot: {e}")))?;
         Ok(())
-    })
+    })?;
+    Ok(Some(PreparedSnapshot { tmp, path }))
 }
 
 /// Reads the snapshot `id` back (for a replayed batch).

@@ -106,6 +106,9 @@ impl Refresher {
 
     /// The version a batch planned now joins with (see the module docs).
     pub(crate) async fn current(&self) -> Result<Subscribers> {
+        if self.task.is_finished() {
+            return Err(Error::Runtime("subscribers: the background refresh stopped (a bug); restart sparklet".into()));
+        }
         if matches!(self.settings.refresh, RefreshPolicy::OnChange { .. }) {
             self.catch_up().await;
         }
@@ -125,29 +128,41 @@ impl Refresher {
     /// published one, loads it now. A failure leaves the published version
     /// (the staleness bound applies).
     async fn catch_up(&self) {
-        let read = tokio::time::timeout(VERSION_TIMEOUT, self.read_version()).await;
-        let version =
-            match read.unwrap_or_else(|_| Err(Error::Runtime(format!("no answer within {VERSION_TIMEOUT:?}")))) {
-                Ok(version) => version,
-                Err(e) => return self.loader.failed(&e, "checking the version before a plan"),
-            };
+        let version = match self.read_version().await {
+            Ok(version) => version,
+            Err(e) => return self.loader.failed(&e, "checking the version before a plan"),
+        };
         let have = self.published.borrow().subscribers.version;
         if version <= have {
-            return self.loader.published.send_modify(|p| p.confirmed_at = Instant::now());
+            return self.loader.confirm();
         }
         if let Err(e) = self.loader.reload("version check before a plan").await {
             self.loader.failed(&e, "loading a changed table before a plan");
         }
     }
 
-    /// The version, on the probe connection (made again after a failure).
+    /// The version, on the probe connection, within [`VERSION_TIMEOUT`]; the
+    /// connection is made again after a failure or a timeout.
     async fn read_version(&self) -> Result<i64> {
         let mut probe = self.probe.lock().await;
-        if probe.is_none() {
-            *probe = Some(crate::postgres::connect(&self.loader.postgres, "checking the subscribers version").await?);
-        }
-        let client = probe.as_ref().ok_or_else(|| Error::Runtime("no version probe".into()))?;
-        let version = subscribers_watch::read_version(client).await;
+        let read = tokio::time::timeout(VERSION_TIMEOUT, async {
+            if probe.is_none() {
+                let client =
+                    crate::postgres::connect(&self.loader.postgres, "checking the subscribers version").await?;
+                *probe = Some(client);
+            }
+            match probe.as_ref() {
+                Some(client) => subscribers_watch::read_version(client).await,
+                None => Err(Error::Runtime("no version probe connection".into())),
+            }
+        })
+        .await;
+        let version = read.unwrap_or_else(|_| {
+            Err(Error::Runtime(format!(
+                "postgres: {} did not answer the version check within {VERSION_TIMEOUT:?}",
+                self.loader.postgres.target()
+            )))
+        });
         if version.is_err() {
             *probe = None;
         }
@@ -168,17 +183,31 @@ impl Loader {
     /// version at least as new was published meanwhile).
     async fn reload(&self, reason: &str) -> Result<()> {
         let fresh = subscribers::load(&self.postgres, &self.sql_dir, self.versioned).await?;
+        let (dir, subs) = (self.snapshots.clone(), fresh.clone());
+        let prepared = tokio::task::spawn_blocking(move || subscribers::prepare_snapshot(&dir, &subs))
+            .await
+            .map_err(|e| Error::Runtime(format!("saving the subscribers snapshot: {e}")))??;
         let _files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        subscribers::save_snapshot(&self.snapshots, &fresh)?;
-        events::SubscribersLoaded { subscribers: &fresh, reason }.emit();
-        self.published.send_if_modified(|p| {
+        if let Some(prepared) = prepared {
+            prepared.commit()?;
+        }
+        let published = self.published.send_if_modified(|p| {
             let newer = !self.versioned || fresh.version >= p.subscribers.version;
             if newer {
-                *p = Published { subscribers: fresh, confirmed_at: Instant::now(), failure: None };
+                *p = Published { subscribers: fresh.clone(), confirmed_at: Instant::now(), failure: None };
             }
             newer
         });
+        if published {
+            events::SubscribersLoaded { subscribers: &fresh, reason }.emit();
+        }
         Ok(())
+    }
+
+    /// The published version is the table's now.
+    fn confirm(&self) {
+        self.published.send_modify(|p| p.confirmed_at = Instant::now());
+        crate::metrics::metrics().subscribers_confirmed(crate::batch::epoch_ms());
     }
 
     /// Records a failed reload or version check.
@@ -241,7 +270,7 @@ async fn listen(loader: &Loader, check: Duration) -> Result<()> {
         if known > loader.published.borrow().subscribers.version {
             loader.reload("change").await?;
         } else {
-            loader.published.send_modify(|p| p.confirmed_at = Instant::now());
+            loader.confirm();
         }
         tokio::select! {
             notified = listener.versions.recv() => match notified {

@@ -313,6 +313,24 @@ pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -
     sync_parent(path)
 }
 
+/// Writes (with `write`) and syncs a temporary file of its own beside
+/// `path` (`.<name>.<random>.tmp`, so writers of the same name never share
+/// one); [`commit_tmp`] puts it in place later.
+pub(crate) fn write_tmp_unique(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<PathBuf> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
+    write(&mut file)?;
+    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    Ok(tmp)
+}
+
+/// Renames a synced temporary file to `path` and syncs the directory.
+pub(crate) fn commit_tmp(tmp: &Path, path: &Path) -> Result<()> {
+    fs::rename(tmp, path).map_err(io_err("renaming into place", path))?;
+    sync_parent(path)
+}
+
 /// Writes (with `write`) and syncs `.<name>.tmp` beside `path`; returns its path.
 fn write_tmp(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<PathBuf> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");

@@ -188,6 +188,9 @@ impl Query {
         let t = Instant::now();
         let held_rows = self.record_held(plan, held)?;
         self.commit(plan, output_rows)?;
+        if !self.config.guarantee.exactly_once() {
+            self.source.commit_offsets(plan).await;
+        }
         d.commit_offsets = progress::ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
         d.trigger_execution = progress::ms(started.elapsed()) + d.latest_offset;
@@ -313,9 +316,6 @@ impl Query {
     /// needs any more.
     fn after_commit(&mut self, plan: &BatchPlan, progress: &BatchProgress) {
         events::BatchCommitted { progress }.emit();
-        if !self.config.guarantee.exactly_once() {
-            self.source.commit_offsets(plan);
-        }
         if let Some(path) = &self.config.progress_json {
             if let Err(e) = progress.append_json(path) {
                 tracing::warn!(cause = %e.chain(), "writing the progress record failed");

@@ -166,6 +166,11 @@ impl Query {
         }
         let (starts, losses) =
             plan::start_offsets(self.offsets.next_starts.as_ref(), self.config.starting_offsets, &marks);
+        let lag: Vec<(i32, i64, i64)> = latest
+            .iter()
+            .filter_map(|&(p, high)| starts.iter().find(|(q, _)| *q == p).map(|&(_, start)| (p, high, start)))
+            .collect();
+        events::SourceLagObserved { topic: self.source.topic(), partitions: &lag }.emit();
         if let Some(first) = losses.first().filter(|_| self.config.fail_on_data_loss) {
             return Err(Error::DataLoss {
                 topic: self.source.topic().to_string(),

@@ -95,13 +95,18 @@ impl KafkaSource {
 
     /// Commits where the next batch after `plan` starts to the query's
     /// consumer group, outside any transaction (at-least-once; exactly-once
-    /// commits them in the output transaction). For lag tools only: sparklet
-    /// reads its offsets from the checkpoint, so a failure is only logged.
-    pub fn commit_offsets(&self, plan: &BatchPlan) {
-        let committed = crate::kafka::end_offsets(plan)
-            .and_then(|tpl| self.consumer.commit(&tpl, CommitMode::Async).map_err(|e| Error::kafka("committing", e)));
-        if let Err(e) = committed {
-            tracing::warn!(batch_id = plan.batch_id, cause = %e.chain(), "committing the input offsets to the consumer group failed");
+    /// commits them in the output transaction), and waits for the broker's
+    /// answer. For lag tools only: sparklet reads its offsets from the
+    /// checkpoint, so a failure is only logged.
+    pub async fn commit_offsets(&self, plan: &BatchPlan) {
+        let (this, plan) = (self.clone(), plan.clone());
+        let committed = blocking(move || {
+            let offsets = crate::kafka::end_offsets(&plan)?;
+            let committed = this.consumer.commit(&offsets, CommitMode::Sync);
+            committed.map_err(|e| Error::kafka(format!("committing batch {}'s input offsets", plan.batch_id), e))
+        });
+        if let Err(e) = committed.await {
+            tracing::warn!(cause = %e.chain(), "committing the input offsets to the consumer group failed");
         }
     }
 

@@ -30,7 +30,8 @@ fn progress(path: &std::path::Path) -> Result<Vec<Value>> {
 async fn a_future_campaign_waits_across_a_restart_and_is_delivered_once_after_its_start() -> Result<()> {
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
-    let start = now() + 2;
+    // Far enough ahead that the first run is surely over before it.
+    let start = now() + 6;
     job.kafka.produce(
         &job.input,
         0,
@@ -68,7 +69,9 @@ async fn a_crash_in_the_batch_that_releases_a_held_campaign_delivers_it_once() -
     for point in ["after-write-ahead", "before-commit-log"] {
         let job = Job::new(1).await?;
         job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
-        let start = now() + 2;
+        // Far enough ahead that batch 0 (a child process starting on a
+        // loaded machine) surely runs before it.
+        let start = now() + 8;
         job.kafka.produce(
             &job.input,
             0,

@@ -164,7 +164,7 @@ async fn every_metric_the_dashboard_and_alerts_use_exists() -> Result<()> {
     let addr = endpoint_of(&job, Duration::from_secs(30))?;
     // After a batch: the per-partition series exist once a partition is known.
     let scrape =
-        wait_for(&addr, "/metrics", Duration::from_secs(30), |r| r.body.contains("sparklet_source_lag_records{"))?;
+        wait_for(&addr, "/metrics", Duration::from_secs(30), |r| r.body.contains("sparklet_source_lag_seconds{"))?;
     let declared = declared(&scrape.body);
     for file in ["deploy/grafana/sparklet-dashboard.json", "deploy/prometheus/sparklet-alerts.yml"] {
         let text = std::fs::read_to_string(repo_path(file)).with_context(|| file.to_string())?;
