@@ -3,7 +3,8 @@
 //! and ends where the next batch must start (Spark users delete files from
 //! `offsets/` and `commits/` for this; here history stays). The held
 //! campaigns go back with it: the new batch's state is the one before the
-//! first batch that will be read again.
+//! batch it rewinds to (with a time and held campaigns, every partition
+//! starts at that one batch's start).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -32,7 +33,7 @@ pub(super) async fn run(args: &RewindArgs) -> Result<String> {
     }
     let last =
         resume.last_committed.ok_or_else(|| refuse(dir, "no batch is committed yet: nothing to rewind".into()))?;
-    let (starts, how) = match (args.to_batch, &args.to_time) {
+    let (mut starts, mut how) = match (args.to_batch, &args.to_time) {
         (Some(batch), _) => (batch_starts(&store, &last, batch)?, format!("the start of batch {batch}")),
         (None, Some(time)) => {
             (time_starts(&last, time, &args.cluster).await?, format!("the first messages at or after {time}"))
@@ -48,7 +49,22 @@ pub(super) async fn run(args: &RewindArgs) -> Result<String> {
         return Err(refuse(dir, why));
     }
     let again = first_batch_reading(&store, &starts)?;
-    let first_again = again.unwrap_or(last.batch_id + 1);
+    // The held campaigns are kept per batch: with any held, a rewind to a
+    // time starts every partition at one batch's start, whose state it
+    // restores (partitions rewound to different batches could leave a
+    // campaign neither held nor read again).
+    let state_before = match (args.to_batch, again) {
+        (Some(batch), _) => batch,
+        (None, Some(first)) if !store.batch_ids("state")?.is_empty() => {
+            starts = batch_starts(&store, &last, first)?;
+            how = format!(
+                "{how}, aligned to the start of batch {first} (campaigns are held, and their state is per batch)"
+            );
+            first
+        }
+        (None, Some(first)) => first,
+        (None, None) => last.batch_id + 1,
+    };
     let rewound = BatchPlan {
         batch_id: last.batch_id + 1,
         batch_timestamp_ms: epoch_ms(),
@@ -56,7 +72,7 @@ pub(super) async fn run(args: &RewindArgs) -> Result<String> {
         ..last.clone()
     };
     store.write_offsets(&rewound)?;
-    let held = store.read_state_before(first_again)?;
+    let held = store.read_state_before(state_before)?;
     let held_now = store.read_state_before(rewound.batch_id)?;
     if held.as_ref().map_or(0, |h| h.num_rows()) + held_now.map_or(0, |h| h.num_rows()) > 0 {
         let empty = || arrow::array::RecordBatch::new_empty(crate::schema::campaigns());
