@@ -55,6 +55,10 @@ struct Loader {
     /// Held while a snapshot is saved and published, and while old ones are
     /// purged, so a purge never removes one about to be pinned.
     files: Arc<Mutex<()>>,
+    /// Held while loading: the background task and the planner never load
+    /// at once (on two cores, two loads of a large table take twice as long
+    /// each), and the second finds the first's version published.
+    loading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The planner's handle on the background refresh; dropping it stops it.
@@ -99,6 +103,7 @@ impl Refresher {
             versioned,
             published,
             files,
+            loading: Default::default(),
         };
         let task = tokio::spawn(background(loader.clone(), settings.refresh));
         Ok(Refresher { loader, settings, published: receiver, task, probe: Default::default() })
@@ -136,7 +141,7 @@ impl Refresher {
         if version <= have {
             return self.loader.confirm();
         }
-        if let Err(e) = self.loader.reload("version check before a plan").await {
+        if let Err(e) = self.loader.reload_unless_at(version, "version check before a plan").await {
             self.loader.failed(&e, "loading a changed table before a plan");
         }
     }
@@ -179,9 +184,25 @@ impl Refresher {
 }
 
 impl Loader {
+    /// Reloads unless version `wanted` (or a newer one) is published by the
+    /// time no other load runs.
+    async fn reload_unless_at(&self, wanted: i64, reason: &str) -> Result<()> {
+        let _loading = self.loading.lock().await;
+        if self.published.borrow().subscribers.version >= wanted {
+            return Ok(());
+        }
+        self.load_and_publish(reason).await
+    }
+
+    /// Reloads (one load at a time).
+    async fn reload(&self, reason: &str) -> Result<()> {
+        let _loading = self.loading.lock().await;
+        self.load_and_publish(reason).await
+    }
+
     /// Loads the table, saves its snapshot and publishes it (unless a
     /// version at least as new was published meanwhile).
-    async fn reload(&self, reason: &str) -> Result<()> {
+    async fn load_and_publish(&self, reason: &str) -> Result<()> {
         let fresh = subscribers::load(&self.postgres, &self.sql_dir, self.versioned).await?;
         let (dir, subs) = (self.snapshots.clone(), fresh.clone());
         let prepared = tokio::task::spawn_blocking(move || subscribers::prepare_snapshot(&dir, &subs))
@@ -268,7 +289,7 @@ async fn listen(loader: &Loader, check: Duration) -> Result<()> {
     tracing::info!(version = known, "listening for subscribers changes");
     loop {
         if known > loader.published.borrow().subscribers.version {
-            loader.reload("change").await?;
+            loader.reload_unless_at(known, "change").await?;
         } else {
             loader.confirm();
         }
