@@ -62,6 +62,10 @@ pub struct BatchPlan {
     /// does what the first attempt did whatever the flag says now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hold_future_campaigns: bool,
+    /// The subscribers table's change version the snapshot was read at
+    /// (`--subscribers-refresh on-change`), for a replay's progress record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers_version: Option<i64>,
 }
 
 impl BatchPlan {
@@ -106,6 +110,7 @@ mod tests {
             subscribers_snapshot: "s".into(),
             sql_fingerprint: None,
             hold_future_campaigns: false,
+            subscribers_version: None,
         };
         assert_eq!(plan.now_seconds(), 1_659_304_828);
         assert_eq!(plan.end_offsets(), vec![(0, 9), (1, 2)]);

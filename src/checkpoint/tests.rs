@@ -13,6 +13,7 @@ fn plan(id: BatchId, end: i64) -> BatchPlan {
         subscribers_snapshot: "snap".into(),
         sql_fingerprint: None,
         hold_future_campaigns: false,
+        subscribers_version: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn plan(id: BatchId) -> BatchPlan {
         subscribers_snapshot: "s".into(),
         sql_fingerprint: None,
         hold_future_campaigns: false,
+        subscribers_version: None,
     }
 }
 

@@ -17,15 +17,19 @@ use crate::status::RunStatus;
 /// How long one check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an answer is reused: probes arriving together (several
+/// probers, a reload of the page) share one round of checks.
+const ANSWER_REUSE: Duration = Duration::from_secs(1);
+
 /// One check's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Check {
     pub ok: bool,
     pub detail: String,
 }
 
 /// Every check's answer; ready when all are ok.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Readiness {
     pub ready: bool,
     pub checks: std::collections::BTreeMap<&'static str, Check>,
@@ -37,6 +41,8 @@ pub(crate) struct Probes {
     postgres: PostgresConfig,
     topic: String,
     kafka: Arc<BaseConsumer<LoggingContext>>,
+    /// The last answer and when it was found.
+    last: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
 }
 
 impl Probes {
@@ -46,11 +52,28 @@ impl Probes {
         let consumer = crate::kafka::base_config(kafka)
             .create_with_context(LoggingContext::new("readiness probe"))
             .map_err(|e| crate::Error::kafka("creating the readiness probe's Kafka client", e))?;
-        Ok(Probes { postgres: postgres.clone(), topic: kafka.input_topic.clone(), kafka: Arc::new(consumer) })
+        Ok(Probes {
+            postgres: postgres.clone(),
+            topic: kafka.input_topic.clone(),
+            kafka: Arc::new(consumer),
+            last: Default::default(),
+        })
+    }
+
+    /// Every check's answer, found at most [`ANSWER_REUSE`] ago.
+    pub(crate) async fn check(&self, status: &RunStatus) -> Readiness {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = last.as_ref().filter(|(at, _)| at.elapsed() < ANSWER_REUSE) {
+            tracing::trace!(age_ms = at.elapsed().as_millis() as u64, "readiness answer reused");
+            return answer.clone();
+        }
+        let answer = self.check_now(status).await;
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
     }
 
     /// Runs every check (Kafka and Postgres at once).
-    pub(crate) async fn check(&self, status: &RunStatus) -> Readiness {
+    async fn check_now(&self, status: &RunStatus) -> Readiness {
         let (kafka, postgres) = tokio::join!(self.check_kafka(), self.check_postgres());
         let started = status.is_started();
         let query = Check {

@@ -328,11 +328,14 @@ impl Query {
     }
 
     /// The subscribers a batch joins with: the snapshot its plan names.
+    /// (A replay reports the version its plan recorded.)
     fn subscribers_for(&self, plan: &BatchPlan) -> Result<Subscribers> {
-        if plan.subscribers_snapshot == self.subscribers.id {
-            return Ok(self.subscribers.clone());
-        }
-        subscribers::load_snapshot(&self.checkpoint.snapshots_dir(), &plan.subscribers_snapshot)
+        let mut pinned = match plan.subscribers_snapshot == self.subscribers.id {
+            true => self.subscribers.clone(),
+            false => subscribers::load_snapshot(&self.checkpoint.snapshots_dir(), &plan.subscribers_snapshot)?,
+        };
+        pinned.version = plan.subscribers_version.unwrap_or(0);
+        Ok(pinned)
     }
 }
 

@@ -194,6 +194,7 @@ impl Query {
             subscribers_snapshot: self.subscribers.id.clone(),
             sql_fingerprint: Some(self.pipeline.fingerprint()),
             hold_future_campaigns: self.config.hold_future_campaigns,
+            subscribers_version: Some(self.subscribers.version).filter(|v| *v > 0),
         };
         let planning_ms = crate::progress::ms(started.elapsed());
         self.offsets.last_planned = Some(Planned { batch_id: plan.batch_id, latest, planning_ms });

@@ -151,6 +151,7 @@ mod tests {
             subscribers_snapshot: String::new(),
             sql_fingerprint: None,
             hold_future_campaigns: false,
+            subscribers_version: None,
         }
     }
 

@@ -34,6 +34,7 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
         subscribers_snapshot: subs.id.clone(),
         sql_fingerprint: None,
         hold_future_campaigns: false,
+        subscribers_version: None,
     })?;
 
     drop(store); // the run takes the checkpoint's lock
