@@ -23,16 +23,7 @@ use super::refuse;
 pub(super) async fn run(args: &RewindArgs) -> Result<String> {
     let dir = &args.dir.checkpoint_dir;
     let store = CheckpointStore::open_existing(dir)?;
-    let resume = store.resume()?;
-    if let Some(p) = &resume.pending {
-        let why = format!(
-            "batch {} is not committed: run the query until it is (e.g. --trigger available-now), then rewind",
-            p.batch_id
-        );
-        return Err(refuse(dir, why));
-    }
-    let last =
-        resume.last_committed.ok_or_else(|| refuse(dir, "no batch is committed yet: nothing to rewind".into()))?;
+    let last = last_committed(&store)?;
     let (mut starts, mut how) = match (args.to_batch, &args.to_time) {
         (Some(batch), _) => (batch_starts(&store, &last, batch)?, format!("the start of batch {batch}")),
         (None, Some(time)) => {
@@ -65,6 +56,40 @@ pub(super) async fn run(args: &RewindArgs) -> Result<String> {
         (None, Some(first)) => first,
         (None, None) => last.batch_id + 1,
     };
+    let rewound = commit_rewind(&store, &last, &starts, state_before, &how)?;
+    let again = match again {
+        Some(first) => format!("batch {first} and every later batch are read again"),
+        None => "nothing is read again".to_string(),
+    };
+    Ok(format!(
+        "batch {} committed: the next run starts at {how} ({}); {again}\n",
+        rewound.batch_id,
+        starts.iter().map(|(p, o)| format!("{}[{p}] {o}", last.topic)).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// The last committed batch; refused while a batch is pending.
+fn last_committed(store: &CheckpointStore) -> Result<BatchPlan> {
+    let (dir, resume) = (store.dir(), store.resume()?);
+    if let Some(p) = &resume.pending {
+        let why = format!(
+            "batch {} is not committed: run the query until it is (e.g. --trigger available-now), then rewind",
+            p.batch_id
+        );
+        return Err(refuse(dir, why));
+    }
+    resume.last_committed.ok_or_else(|| refuse(dir, "no batch is committed yet: nothing to rewind".into()))
+}
+
+/// Writes the rewind: a batch after `last` that reads nothing and ends at
+/// `starts`, with the state held before batch `state_before`, committed.
+fn commit_rewind(
+    store: &CheckpointStore,
+    last: &BatchPlan,
+    starts: &BTreeMap<i32, i64>,
+    state_before: BatchId,
+    how: &str,
+) -> Result<BatchPlan> {
     let rewound = BatchPlan {
         batch_id: last.batch_id + 1,
         batch_timestamp_ms: epoch_ms(),
@@ -78,19 +103,10 @@ pub(super) async fn run(args: &RewindArgs) -> Result<String> {
         let empty = || arrow::array::RecordBatch::new_empty(crate::schema::campaigns());
         store.write_state(rewound.batch_id, &held.unwrap_or_else(empty))?;
     }
-    let note = format!("rewind to {how}");
-    let commit =
-        BatchCommit { batch_id: rewound.batch_id, committed_at_ms: epoch_ms(), num_output_rows: 0, note: Some(note) };
+    let note = Some(format!("rewind to {how}"));
+    let commit = BatchCommit { batch_id: rewound.batch_id, committed_at_ms: epoch_ms(), num_output_rows: 0, note };
     store.write_commit(&commit)?;
-    let again = match again {
-        Some(first) => format!("batch {first} and every later batch are read again"),
-        None => "nothing is read again".to_string(),
-    };
-    Ok(format!(
-        "batch {} committed: the next run starts at {how} ({}); {again}\n",
-        rewound.batch_id,
-        starts.iter().map(|(p, o)| format!("{}[{p}] {o}", last.topic)).collect::<Vec<_>>().join(", ")
-    ))
+    Ok(rewound)
 }
 
 /// Each partition's start in batch `batch` (a partition it did not read

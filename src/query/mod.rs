@@ -1,9 +1,10 @@
 //! One streaming query: its components (checkpoint, source, SQL, sinks,
 //! subscribers cache) and its offset state, and one batch through its steps.
 //!
+//! [`Query::start`] checks and connects everything ([`start`]);
 //! [`Query::next_plan`] decides the next batch ([`offsets`]); [`Query::run`]
-//! takes a plan through log offsets (write-ahead), read, transform, write and
-//! commit. A batch planned by an earlier run or a failed attempt is run as
+//! takes a plan through log offsets (write-ahead), read, hold ([`hold`]),
+//! transform, write ([`write`]) and commit. A batch planned by an earlier run or a failed attempt is run as
 //! [`Attempt::Replay`]: each sink is asked whether it already holds the batch
 //! and only the missing writes are redone. When, how often and how many times
 //! is the driver's business ([`crate::driver`]).
@@ -11,6 +12,7 @@
 mod hold;
 mod offsets;
 mod replay;
+mod start;
 mod write;
 
 use std::collections::BTreeMap;
@@ -29,13 +31,14 @@ use crate::progress::{self, BatchProgress, BatchReport, DurationMs};
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
-use crate::sink::{BatchOutput, Sink};
+use crate::sink::BatchOutput;
 use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::read_ahead::ReadAhead;
 use crate::source::KafkaSource;
 use crate::subscribers::{self, Subscribers};
 use crate::subscribers_refresh::Refresher;
 use crate::transform::SqlPipeline;
+use start::connect_sinks;
 
 pub(crate) use offsets::OffsetState;
 
@@ -73,61 +76,6 @@ pub(crate) struct Query {
 }
 
 impl Query {
-    /// Checks the SQL files, opens the checkpoint, loads the subscribers,
-    /// checks that Kafka answers and connects both sinks, in that order, so
-    /// the first broken one is named. Reads where the checkpoint stands.
-    pub(crate) async fn start(config: Config) -> Result<Self> {
-        let pipeline = SqlPipeline::load(&config.sql_dir)?;
-        pipeline.validate().await?;
-        let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
-        let query_id = checkpoint.query_id().to_string();
-        let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
-        let held = hold::Held::load(&checkpoint, offsets.next_batch_id())?;
-        let refresher =
-            Refresher::start(&config.postgres, &config.sql_dir, checkpoint.snapshots_dir(), config.subscribers).await?;
-        let subscribers = refresher.current().await?;
-        crate::kafka::check_reachable(&config.kafka).await?;
-        let source = KafkaSource::try_new(&config.kafka, &query_id)?;
-        if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
-            let otherwise = "choose --on-bad-record drop or fail";
-            source.require_topic(&config.bad_records.dead_letter_topic, "--dead-letter-topic", otherwise).await?;
-        }
-        if config.guarantee.exactly_once() {
-            let otherwise = "run with --guarantee at-least-once";
-            source.require_topic(&config.kafka.marker_topic, "--marker-topic", otherwise).await?;
-        }
-        let ownership = owner::Ownership::claim(&config.postgres, &query_id).await?;
-        let (mut postgres, mut kafka) = connect_sinks(&config, &query_id, &source, ownership.clone()).await?;
-        check_sinks_not_ahead(&config, &query_id, &offsets, &mut postgres, &mut kafka).await?;
-        if let Some(before) = offsets.last_sql_fingerprint().filter(|f| *f != pipeline.fingerprint()) {
-            tracing::info!(before, now = %pipeline.fingerprint(), "the SQL files changed since the last committed batch; new batches use the new files");
-        }
-        tracing::info!(
-            query_id = %query_id,
-            checkpoint = %config.checkpoint_dir.display(),
-            sql_files = pipeline.steps().len(),
-            held_campaigns = held.len(),
-            postgres = %config.postgres.target(),
-            settings = %config.describe(),
-            "query started"
-        );
-        Ok(Query {
-            config,
-            checkpoint,
-            source,
-            pipeline,
-            kafka,
-            postgres,
-            subscribers,
-            offsets,
-            last_trigger: None,
-            ownership,
-            refresher,
-            held,
-            ahead: None,
-        })
-    }
-
     /// The query id (`metadata`).
     pub(crate) fn id(&self) -> &str {
         self.checkpoint.query_id()
@@ -159,11 +107,7 @@ impl Query {
     async fn run_steps(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
         let started = Instant::now();
         let mut d = DurationMs::default();
-        if attempt == Attempt::New {
-            self.checkpoint.write_offsets(plan)?;
-            d.wal_commit = progress::ms(started.elapsed());
-            crate::crash::point("after-write-ahead");
-        }
+        self.log_offsets(plan, attempt, &mut d)?;
         let readable = match attempt {
             Attempt::Replay => self.check_replay(plan).await?,
             Attempt::New => plan.clone(),
@@ -186,11 +130,7 @@ impl Query {
         d.add_batch = progress::ms(t.elapsed());
 
         let t = Instant::now();
-        let held_rows = self.record_held(plan, held)?;
-        self.commit(plan, output_rows)?;
-        if !self.config.guarantee.exactly_once() {
-            self.source.commit_offsets(plan).await;
-        }
+        let held_rows = self.commit(plan, held, output_rows).await?;
         d.commit_offsets = progress::ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
         d.trigger_execution = progress::ms(started.elapsed()) + d.latest_offset;
@@ -301,15 +241,40 @@ impl Query {
         BatchOutput::start(rows.map(move |r| r.map_err(|e| at_run_time(e, batch_id, &offsets))).boxed()).await
     }
 
-    /// Step 6: record the batch as done.
-    fn commit(&self, plan: &BatchPlan, num_output_rows: u64) -> Result<()> {
+    /// Step 1b, log offsets: a new batch's plan is written ahead, before
+    /// anything is read (a replay's is there already).
+    fn log_offsets(&self, plan: &BatchPlan, attempt: Attempt, d: &mut DurationMs) -> Result<()> {
+        if attempt == Attempt::New {
+            let t = Instant::now();
+            self.checkpoint.write_offsets(plan)?;
+            d.wal_commit = progress::ms(t.elapsed());
+            crate::crash::point("after-write-ahead");
+        }
+        Ok(())
+    }
+
+    /// Step 6, commit: the held campaigns' state, then the batch recorded
+    /// as done; with at-least-once, the input offsets committed to the
+    /// query's consumer group (exactly-once did it in the transaction).
+    /// Returns how many campaigns are held.
+    async fn commit(
+        &mut self,
+        plan: &BatchPlan,
+        held: Option<crate::hold::Split>,
+        num_output_rows: u64,
+    ) -> Result<u64> {
+        let held_rows = self.record_held(plan, held)?;
         crate::crash::point("before-commit-log");
         self.checkpoint.write_commit(&BatchCommit {
             batch_id: plan.batch_id,
             committed_at_ms: epoch_ms(),
             num_output_rows,
             note: None,
-        })
+        })?;
+        if !self.config.guarantee.exactly_once() {
+            self.source.commit_offsets(plan).await;
+        }
+        Ok(held_rows)
     }
 
     /// After the commit: report, move the offsets on, drop what no replay
@@ -337,52 +302,6 @@ impl Query {
         pinned.version = plan.subscribers_version.unwrap_or(0);
         Ok(pinned)
     }
-}
-
-/// Connects both sinks with the configured guarantee.
-async fn connect_sinks(
-    config: &Config,
-    query_id: &str,
-    source: &KafkaSource,
-    ownership: owner::Ownership,
-) -> Result<(PostgresSink, KafkaSink)> {
-    let exactly_once = config.guarantee.exactly_once();
-    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once, ownership.epoch()).await?;
-    let dead_letter_topic = (config.bad_records.on_bad_record == OnBadRecord::DeadLetter)
-        .then(|| config.bad_records.dead_letter_topic.clone());
-    let group = source.group_metadata()?;
-    let kafka = KafkaSink::try_new(&config.kafka, query_id, group, exactly_once, dead_letter_topic, ownership).await?;
-    Ok((postgres, kafka))
-}
-
-/// Refuses a checkpoint older than the sinks: one holding a batch of this
-/// query that the checkpoint does not know. Postgres answers from its marker
-/// table; Kafka's marker scan runs only once the checkpoint has batches (a
-/// new query's output is not scanned for an id nobody used).
-async fn check_sinks_not_ahead(
-    config: &Config,
-    query_id: &str,
-    offsets: &OffsetState,
-    postgres: &mut PostgresSink,
-    kafka: &mut KafkaSink,
-) -> Result<()> {
-    let known = offsets.newest_known();
-    let mut held = vec![("postgres", postgres.latest_committed().await?)];
-    if known.is_some() {
-        held.push(("kafka", kafka.latest_committed().await?));
-    }
-    for (sink, held) in held {
-        if let Some(held) = held.filter(|h| known.is_none_or(|k| *h > k)) {
-            return Err(Error::CheckpointBehind {
-                dir: config.checkpoint_dir.clone(),
-                query_id: query_id.to_string(),
-                known: known.map_or("none (no batch yet)".to_string(), |k| format!("batch {k}")),
-                sink,
-                held,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// A SQL file's failure while computing a batch, named with the batch.
