@@ -18,10 +18,9 @@ use arrow::array::{ArrayRef, BooleanArray, DictionaryArray, RecordBatch, StringA
 use arrow::datatypes::Int32Type;
 use arrow::error::ArrowError;
 use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use futures::StreamExt;
 
-use crate::checkpoint::{io_err, write_tmp_unique};
+use crate::checkpoint::io_err;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::shared_text::Text;
@@ -173,46 +172,11 @@ fn distinct_unsorted(batch: &RecordBatch) -> Result<(RecordBatch, usize)> {
 
 /// Saves `subs` under `dir` unless a snapshot with its id is already there.
 pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
-    match prepare_snapshot(dir, subs)? {
-        Some(prepared) => prepared.commit(),
-        None => Ok(()),
-    }
-}
-
-/// A snapshot written to a temporary file of its own, not yet in place (a
-/// purge does not see it): the slow part of saving, done before taking
-/// the lock that orders saving with purging.
-pub(crate) struct PreparedSnapshot {
-    tmp: PathBuf,
-    path: PathBuf,
-}
-
-impl PreparedSnapshot {
-    /// Puts the snapshot in place.
-    pub(crate) fn commit(self) -> Result<()> {
-        crate::checkpoint::commit_tmp(&self.tmp, &self.path)
-    }
-}
-
-/// Writes `subs`'s snapshot beside its place, unless it is there already.
-pub(crate) fn prepare_snapshot(dir: &Path, subs: &Subscribers) -> Result<Option<PreparedSnapshot>> {
     let path = snapshot_path(dir, &subs.id);
     if path.exists() {
-        return Ok(None);
+        return Ok(());
     }
-    let tmp = write_tmp_unique(&path, |file| {
-        let encoding = |e| Error::arrow("writing the subscribers snapshot", e);
-        let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &subs.batch.schema()).map_err(encoding)?;
-        writer.write(&subs.batch).map_err(encoding)?;
-        writer.finish().map_err(encoding)?;
-        writer
-            .into_inner()
-            .map_err(encoding)?
-            .into_inner()
-            .map_err(|e| Error::Runtime(format!("flushing the subscribers snapshot: {e}")))?;
-        Ok(())
-    })?;
-    Ok(Some(PreparedSnapshot { tmp, path }))
+    crate::checkpoint::write_arrow_atomic(&path, &subs.batch)
 }
 
 /// Reads the snapshot `id` back (for a replayed batch).
@@ -351,8 +315,11 @@ mod tests {
         ]);
         let columns: Vec<ArrayRef> = vec![a.batch.column(0).clone(), Arc::new(StringArray::from(vec!["r1", "r1"]))];
         let old = RecordBatch::try_new(Arc::new(plain), columns).unwrap();
-        let mut writer =
-            FileWriter::try_new(fs::File::create(snapshot_path(dir.path(), &a.id)).unwrap(), &old.schema()).unwrap();
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(
+            fs::File::create(snapshot_path(dir.path(), &a.id)).unwrap(),
+            &old.schema(),
+        )
+        .unwrap();
         writer.write(&old).unwrap();
         writer.finish().unwrap();
         let back = load_snapshot(dir.path(), &a.id).unwrap();

@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -52,12 +52,11 @@ struct Loader {
     snapshots: PathBuf,
     versioned: bool,
     published: watch::Sender<Published>,
-    /// Held while a snapshot is saved and published, and while old ones are
-    /// purged, so a purge never removes one about to be pinned.
-    files: Arc<Mutex<()>>,
-    /// Held while loading: the background task and the planner never load
-    /// at once (on two cores, two loads of a large table take twice as long
-    /// each), and the second finds the first's version published.
+    /// Held while a version is loaded, saved and published: the background
+    /// task and the planner never load at once (on two cores, two loads of
+    /// a large table take twice as long each; the second finds the first's
+    /// version published), and a purge, which skips its turn while it is
+    /// held, never removes a snapshot about to be pinned.
     loading: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -91,7 +90,6 @@ impl Refresher {
             subscribers_watch::install(postgres, sql_dir).await?;
         }
         let first = subscribers::load(postgres, sql_dir, versioned).await?;
-        let files = Arc::new(Mutex::new(()));
         subscribers::save_snapshot(&snapshots, &first)?;
         events::SubscribersLoaded { subscribers: &first, reason: "start" }.emit();
         let (published, receiver) =
@@ -102,7 +100,6 @@ impl Refresher {
             snapshots,
             versioned,
             published,
-            files,
             loading: Default::default(),
         };
         let task = tokio::spawn(background(loader.clone(), settings.refresh));
@@ -175,9 +172,10 @@ impl Refresher {
     }
 
     /// Removes snapshots no replay needs: all but `pinned` and the newest
-    /// published one.
+    /// published one. Skipped while a version is being loaded (the next
+    /// commit purges).
     pub(crate) fn purge(&self, pinned: &str) -> Result<()> {
-        let _files = self.loader.files.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(_loading) = self.loader.loading.try_lock() else { return Ok(()) };
         let newest = self.published.borrow().subscribers.id.clone();
         subscribers::purge_snapshots(&self.loader.snapshots, &HashSet::from([pinned.to_string(), newest]))
     }
@@ -205,13 +203,9 @@ impl Loader {
     async fn load_and_publish(&self, reason: &str) -> Result<()> {
         let fresh = subscribers::load(&self.postgres, &self.sql_dir, self.versioned).await?;
         let (dir, subs) = (self.snapshots.clone(), fresh.clone());
-        let prepared = tokio::task::spawn_blocking(move || subscribers::prepare_snapshot(&dir, &subs))
+        tokio::task::spawn_blocking(move || subscribers::save_snapshot(&dir, &subs))
             .await
             .map_err(|e| Error::Runtime(format!("saving the subscribers snapshot: {e}")))??;
-        let _files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(prepared) = prepared {
-            prepared.commit()?;
-        }
         let published = self.published.send_if_modified(|p| {
             let newer = !self.versioned || fresh.version >= p.subscribers.version;
             if newer {

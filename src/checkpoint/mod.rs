@@ -313,22 +313,19 @@ pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -
     sync_parent(path)
 }
 
-/// Writes (with `write`) and syncs a temporary file of its own beside
-/// `path` (`.<name>.<random>.tmp`, so writers of the same name never share
-/// one); [`commit_tmp`] puts it in place later.
-pub(crate) fn write_tmp_unique(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<PathBuf> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    write(&mut file)?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
-    Ok(tmp)
-}
-
-/// Renames a synced temporary file to `path` and syncs the directory.
-pub(crate) fn commit_tmp(tmp: &Path, path: &Path) -> Result<()> {
-    fs::rename(tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_parent(path)
+/// Writes `batch` as an Arrow IPC file at `path` atomically (see
+/// [`write_atomic`]): subscriber snapshots and the held campaigns' state.
+pub(crate) fn write_arrow_atomic(path: &Path, batch: &arrow::array::RecordBatch) -> Result<()> {
+    let encoding = |e| Error::arrow(format!("writing {}", path.display()), e);
+    write_atomic_with(path, |file| {
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), &batch.schema())
+            .map_err(encoding)?;
+        writer.write(batch).map_err(encoding)?;
+        writer.finish().map_err(encoding)?;
+        let buffered = writer.into_inner().map_err(encoding)?;
+        buffered.into_inner().map_err(|e| io_err("flushing", path)(e.into_error()))?;
+        Ok(())
+    })
 }
 
 /// Writes (with `write`) and syncs `.<name>.tmp` beside `path`; returns its path.

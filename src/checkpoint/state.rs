@@ -11,9 +11,8 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 
-use super::{io_err, write_atomic_with, CheckpointStore};
+use super::{io_err, CheckpointStore};
 use crate::batch::BatchId;
 use crate::error::{Error, Result};
 
@@ -28,15 +27,7 @@ impl CheckpointStore {
         let metadata = HashMap::from([(VERSION_KEY.to_string(), VERSION.to_string())]);
         let schema = Schema::new(state.schema().fields().clone()).with_metadata(metadata);
         let batch = state.clone().with_schema(schema.into()).map_err(|e| Error::arrow("tagging the state", e))?;
-        let encoding = |e| Error::arrow(format!("writing {}", path.display()), e);
-        write_atomic_with(&path, |file| {
-            let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), &batch.schema()).map_err(encoding)?;
-            writer.write(&batch).map_err(encoding)?;
-            writer.finish().map_err(encoding)?;
-            let buffered = writer.into_inner().map_err(encoding)?;
-            buffered.into_inner().map_err(|e| io_err("flushing", &path)(e.into_error()))?;
-            Ok(())
-        })
+        super::write_arrow_atomic(&path, &batch)
     }
 
     /// What was held before batch `id`: the newest `state/K`, K < `id`.
