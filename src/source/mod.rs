@@ -168,8 +168,8 @@ impl KafkaSource {
     /// order.
     fn read_into(&self, ranges: &[OffsetRange], decoder: &mut StreamDecoder) -> Result<()> {
         crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
-            decoder.note_timestamp(message.partition(), message.timestamp().to_millis());
-            decoder.push(message.partition(), message.offset(), message.key(), message.payload());
+            let timestamp = message.timestamp().to_millis();
+            decoder.push(message.partition(), message.offset(), message.key(), message.payload(), timestamp);
         })
     }
 

@@ -33,8 +33,6 @@ pub(crate) struct StreamDecoder {
     messages: u64,
     busy: Duration,
     failed: Option<crate::error::Error>,
-    /// Per partition, the newest message timestamp read (epoch ms).
-    newest: BTreeMap<i32, i64>,
 }
 
 /// One partition: its decoded chunks and the messages not yet decoded.
@@ -42,6 +40,8 @@ pub(crate) struct StreamDecoder {
 struct Part {
     pending: RawBatch,
     done: Vec<Chunks>,
+    /// The newest message timestamp read (epoch ms).
+    newest: Option<i64>,
 }
 
 /// A decoded batch and what reading it cost.
@@ -61,22 +61,22 @@ impl StreamDecoder {
     /// A decoder for a batch read from `partitions` partitions at once.
     pub(crate) fn new(schema: SchemaRef, limits: Limits, partitions: usize) -> Self {
         let chunk = (PENDING_MESSAGES / partitions.max(1)).max(MIN_CHUNK);
-        StreamDecoder {
-            schema,
-            limits,
-            chunk,
-            parts: BTreeMap::new(),
-            messages: 0,
-            busy: Duration::ZERO,
-            failed: None,
-            newest: BTreeMap::new(),
-        }
+        StreamDecoder { schema, limits, chunk, parts: BTreeMap::new(), messages: 0, busy: Duration::ZERO, failed: None }
     }
 
-    /// Takes one message; its partition's messages must come in offset order.
-    pub(crate) fn push(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+    /// Takes one message (its timestamp, epoch ms, if it has one); its
+    /// partition's messages must come in offset order.
+    pub(crate) fn push(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) {
         self.messages += 1;
         let part = self.parts.entry(partition).or_default();
+        part.newest = part.newest.max(timestamp_ms);
         part.pending.push(partition, offset, key, value);
         if part.pending.len() >= self.chunk {
             self.flush(partition);
@@ -87,20 +87,13 @@ impl StreamDecoder {
     /// before any later [`push`](Self::push) of that partition.
     pub(crate) fn push_read(&mut self, partition: i32, raw: RawBatch) {
         self.messages += raw.len() as u64;
-        self.note_timestamp(partition, raw.newest_timestamp_ms());
+        let part = self.parts.entry(partition).or_default();
+        part.newest = part.newest.max(raw.newest_timestamp_ms());
         self.flush(partition);
         let started = Instant::now();
         let decoded = decode_chunks(&raw, &self.schema, &self.limits);
         drop(raw);
         self.keep(partition, decoded, started);
-    }
-
-    /// Notes the timestamp (epoch ms) of a message of `partition`.
-    pub(crate) fn note_timestamp(&mut self, partition: i32, timestamp_ms: Option<i64>) {
-        if let Some(ms) = timestamp_ms {
-            let newest = self.newest.entry(partition).or_insert(ms);
-            *newest = (*newest).max(ms);
-        }
     }
 
     /// The decoded batch: every partition's chunks joined in partition order.
@@ -113,10 +106,10 @@ impl StreamDecoder {
             return Err(e);
         }
         let started = Instant::now();
-        let parts = std::mem::take(&mut self.parts).into_values().flat_map(|part| part.done);
-        let decoded = Chunks::concat(parts).join(&self.schema)?;
+        let parts = std::mem::take(&mut self.parts);
+        let newest_timestamps = parts.iter().filter_map(|(p, part)| Some((*p, part.newest?))).collect();
+        let decoded = Chunks::concat(parts.into_values().flat_map(|part| part.done)).join(&self.schema)?;
         let decode_time = self.busy + started.elapsed();
-        let newest_timestamps = std::mem::take(&mut self.newest);
         Ok(ReadBatch { decoded, messages: self.messages, decode_time, newest_timestamps })
     }
 
@@ -181,7 +174,7 @@ mod tests {
         let whole = decode(&in_order(&messages), &crate::schema::campaigns(), &Limits::default()).unwrap();
         let mut decoder = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 3);
         for (p, o, v) in &messages {
-            decoder.push(*p, *o, Some(b"k".as_slice()), v.as_deref());
+            decoder.push(*p, *o, Some(b"k".as_slice()), v.as_deref(), None);
         }
         let read = decoder.finish().unwrap();
         assert_eq!(read.messages, messages.len() as u64);
@@ -198,11 +191,25 @@ mod tests {
         let mut decoder = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 3);
         decoder.push_read(1, in_order(&ahead));
         for (p, o, v) in &rest {
-            decoder.push(*p, *o, Some(b"k".as_slice()), v.as_deref());
+            decoder.push(*p, *o, Some(b"k".as_slice()), v.as_deref(), None);
         }
         let read = decoder.finish().unwrap();
         assert_eq!((read.decoded.batch, read.decoded.bad), (whole.batch, whole.bad));
         assert_eq!(read.messages, 40);
+    }
+
+    #[test]
+    fn the_newest_timestamp_of_each_partition_is_kept_read_ahead_included() {
+        let mut ahead = RawBatch::default();
+        ahead.note_timestamp(Some(900));
+        ahead.push(1, 0, None, Some(b"x".as_slice()));
+        let mut decoder = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 3);
+        decoder.push_read(1, ahead);
+        decoder.push(0, 0, None, Some(b"x".as_slice()), Some(500));
+        decoder.push(0, 1, None, Some(b"x".as_slice()), Some(400));
+        decoder.push(2, 0, None, Some(b"x".as_slice()), None);
+        let read = decoder.finish().unwrap();
+        assert_eq!(read.newest_timestamps, BTreeMap::from([(0, 500), (1, 900)]));
     }
 
     #[test]
