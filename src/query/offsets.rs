@@ -154,9 +154,12 @@ impl Query {
     /// `available-now`, by the first trigger's watermarks), with `now` and
     /// the subscribers snapshot pinned. `None` when there is no new data.
     pub(crate) async fn next_plan(&mut self) -> Result<Option<BatchPlan>> {
-        self.subscribers = self.refresher.current().await?;
         let started = Instant::now();
         let mut marks = self.source.watermarks().await?;
+        // After the watermarks: every message the batch reads was produced
+        // before the subscribers' version is checked, so a change committed
+        // before any of them is in the snapshot the batch pins.
+        self.subscribers = self.refresher.current().await?;
         let latest: Vec<(i32, i64)> = marks.iter().map(|w| (w.partition, w.high)).collect();
         self.prepare(&marks)?;
         if let Some(limit) = &self.offsets.limit {
