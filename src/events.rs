@@ -148,6 +148,8 @@ impl TriggerFailed<'_> {
 
 /// A batch is in both sinks and its commit is recorded.
 pub(crate) struct BatchCommitted<'a> {
+    /// The input topic (the lag metrics' label).
+    pub topic: &'a str,
     pub progress: &'a crate::progress::BatchProgress,
 }
 
@@ -163,12 +165,12 @@ impl BatchCommitted<'_> {
             "{}",
             p.summary()
         );
-        count_batch(p);
+        count_batch(self.topic, p);
     }
 }
 
 /// A batch's figures in the metrics.
-fn count_batch(p: &crate::progress::BatchProgress) {
+fn count_batch(topic: &str, p: &crate::progress::BatchProgress) {
     let m = metrics();
     m.batches_committed.inc();
     if p.replayed {
@@ -194,7 +196,6 @@ fn count_batch(p: &crate::progress::BatchProgress) {
     m.last_committed_batch_id.set(p.batch_id as i64);
     m.last_committed_batch_timestamp.set(metrics::seconds(crate::batch::epoch_ms()));
     for source in &p.sources {
-        let topic = source.description.trim_start_matches("KafkaV2[Assign[").trim_end_matches("]]");
         for (partition, behind) in &source.offsets_behind_latest {
             let labels = metrics::PartitionLabels { topic: topic.to_string(), partition: partition.clone() };
             m.source_lag_records.get_or_create(&labels).set(*behind);

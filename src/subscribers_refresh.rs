@@ -106,6 +106,12 @@ impl Refresher {
         Ok(Refresher { loader, settings, published: receiver, task, probe: Default::default() })
     }
 
+    /// The version loaded by [`start`](Self::start) or since, as published
+    /// (no version check: for the query's start, right after the load).
+    pub(crate) fn latest(&self) -> Subscribers {
+        self.published.borrow().subscribers.clone()
+    }
+
     /// The version a batch planned now joins with (see the module docs).
     pub(crate) async fn current(&self) -> Result<Subscribers> {
         if self.task.is_finished() {
@@ -288,7 +294,7 @@ async fn listen(loader: &Loader, check: Duration) -> Result<()> {
             loader.confirm();
         }
         tokio::select! {
-            notified = listener.versions.recv() => match notified {
+            notified = listener.next_version() => match notified {
                 Some(version) => known = known.max(version),
                 None => return Ok(()),
             },

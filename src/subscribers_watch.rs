@@ -71,24 +71,37 @@ const INSTALLED: &str = "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid =
    AND to_regclass('sparklet_subscribers_version') IS NOT NULL";
 
 /// A connection listening on [`CHANNEL`]: the client (also for reading the
-/// version) and the versions notified for the table's schema. The receiver ends when the connection does.
+/// version) and the notifications' payloads; the versions that count are
+/// those of the table's schema.
 pub(crate) struct Listener {
     pub client: Client,
-    pub versions: mpsc::UnboundedReceiver<i64>,
+    payloads: mpsc::UnboundedReceiver<String>,
+    schema: String,
 }
 
 impl Listener {
     /// Connects and LISTENs.
     pub(crate) async fn connect(postgres: &PostgresConfig) -> Result<Self> {
-        let (client, notifications) = match &postgres.tls {
+        let (client, payloads) = match &postgres.tls {
             Some(tls) => connect_with(postgres, tls.clone()).await?,
             None => connect_with(postgres, NoTls).await?,
         };
         let failed = |e| Error::postgres("listening for subscribers changes", e);
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(failed)?;
         let schema: String = client.query_one(TABLE_SCHEMA, &[]).await.map_err(failed)?.try_get(0).map_err(failed)?;
-        let versions = versions_of(&schema, notifications);
-        Ok(Listener { client, versions })
+        Ok(Listener { client, payloads, schema })
+    }
+
+    /// The next version notified for the table's schema (payloads of other
+    /// schemas, whose tables share the channel, are skipped); `None` once the
+    /// connection has ended. Cancel-safe.
+    pub(crate) async fn next_version(&mut self) -> Option<i64> {
+        loop {
+            let payload = self.payloads.recv().await?;
+            if let Some(version) = parse_payload(&payload, &self.schema) {
+                return Some(version);
+            }
+        }
     }
 
     /// The table's version now.
@@ -134,23 +147,6 @@ where
         }
     });
     Ok((client, rx))
-}
-
-/// The versions notified for `schema` (payloads of other schemas, whose
-/// tables share the channel, are skipped).
-fn versions_of(schema: &str, mut payloads: mpsc::UnboundedReceiver<String>) -> mpsc::UnboundedReceiver<i64> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let schema = schema.to_string();
-    tokio::spawn(async move {
-        while let Some(payload) = payloads.recv().await {
-            if let Some(version) = parse_payload(&payload, &schema) {
-                if tx.send(version).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// The version in a `<schema>:<version>` payload, if it is `schema`'s.

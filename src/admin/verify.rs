@@ -162,11 +162,7 @@ async fn postgres_marker(url: &str, cluster: &ClusterArgs, query_id: &str) -> Re
     if !exists.get::<_, bool>(0) {
         return Ok(None);
     }
-    let row = client
-        .query_one("SELECT max(batch_id) FROM sparklet_commits WHERE query_id = $1", &[&query_id])
-        .await
-        .map_err(|e| crate::Error::postgres("reading sparklet_commits", e))?;
-    Ok(row.get::<_, Option<i64>>(0).map(|b| b as BatchId))
+    crate::sink::postgres::latest_marker(&client, query_id, &config.target()).await
 }
 
 async fn kafka_marker(servers: &str, cluster: &ClusterArgs, query_id: &str) -> Result<Option<BatchId>> {

@@ -82,17 +82,13 @@ impl SubscribersSettings {
                 "--subscribers-max-staleness",
                 format!(
                     "'{}' must be longer than {option} ({})",
-                    max_staleness_text(max_staleness),
+                    humantime::format_duration(max_staleness),
                     humantime::format_duration(interval)
                 ),
             ));
         }
         Ok(SubscribersSettings { refresh, max_staleness })
     }
-}
-
-fn max_staleness_text(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ impl Query {
     /// After the commit: report, move the offsets on, drop what no replay
     /// needs any more.
     fn after_commit(&mut self, plan: &BatchPlan, progress: &BatchProgress) {
-        events::BatchCommitted { progress }.emit();
+        events::BatchCommitted { topic: &plan.topic, progress }.emit();
         if let Some(path) = &self.config.progress_json {
             if let Err(e) = progress.append_json(path) {
                 tracing::warn!(cause = %e.chain(), "writing the progress record failed");

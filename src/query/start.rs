@@ -29,7 +29,7 @@ impl Query {
         let held = hold::Held::load(&checkpoint, offsets.next_batch_id())?;
         let refresher =
             Refresher::start(&config.postgres, &config.sql_dir, checkpoint.snapshots_dir(), config.subscribers).await?;
-        let subscribers = refresher.current().await?;
+        let subscribers = refresher.latest();
         crate::kafka::check_reachable(&config.kafka).await?;
         let source = KafkaSource::try_new(&config.kafka, &query_id)?;
         if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {

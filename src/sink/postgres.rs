@@ -89,6 +89,20 @@ async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, mut rows: Chunks, targ
     sink.finish().await.map_err(|e| err("finishing COPY", e))
 }
 
+/// The newest batch of `query_id` whose marker `sparklet_commits` holds
+/// (also what `sparklet checkpoint verify` compares with).
+pub(crate) async fn latest_marker(
+    client: &tokio_postgres::Client,
+    query_id: &str,
+    target: &str,
+) -> Result<Option<u64>> {
+    let row = client
+        .query_one("SELECT max(batch_id) FROM sparklet_commits WHERE query_id = $1", &[&query_id])
+        .await
+        .map_err(|e| Error::postgres(format!("reading sparklet_commits on {target}"), e))?;
+    Ok(row.get::<_, Option<i64>>(0).map(|b| b as u64))
+}
+
 impl Sink for PostgresSink {
     fn name(&self) -> &'static str {
         "postgres"
@@ -98,12 +112,7 @@ impl Sink for PostgresSink {
         if !self.markers {
             return Ok(None);
         }
-        let row = self
-            .client
-            .query_one("SELECT max(batch_id) FROM sparklet_commits WHERE query_id = $1", &[&self.query_id])
-            .await
-            .map_err(|e| Error::postgres(format!("reading sparklet_commits on {}", self.target), e))?;
-        Ok(row.get::<_, Option<i64>>(0).map(|b| b as u64))
+        latest_marker(&self.client, &self.query_id, &self.target).await
     }
 
     async fn is_committed(&mut self, plan: &BatchPlan) -> Result<bool> {
