@@ -7,7 +7,7 @@
 -- DELETE; TRUNCATE) bumps the version in sparklet_subscribers_version once,
 -- when it commits, and sends NOTIFY sparklet_subscribers_changed with
 -- '<schema>:<version>' (delivered at commit). sparklet LISTENs, reloads the
--- cache when the version moves, and reads the version before planning each
+-- cache when the version moves, and reads the version when planning each
 -- batch.
 --
 -- The bump runs at commit (a deferred constraint trigger, once per

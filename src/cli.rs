@@ -267,9 +267,10 @@ pub struct RunArgs {
     /// start from sql/subscribers_on_change.sql) bumps a version and
     /// notifies; sparklet LISTENs and reloads in the background on a
     /// notification, after a listener reconnect and every
-    /// --subscribers-version-check, and checks the version before planning
-    /// each batch, so a batch never joins with a table older than a change
-    /// committed before it was planned.
+    /// --subscribers-version-check, and checks the version when it plans a
+    /// batch (after reading the input's end offsets), so a batch never joins
+    /// with a table older than a change committed before any message it reads
+    /// was produced.
     #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH", default_value = "60s")]
     pub subscribers_refresh: String,
 

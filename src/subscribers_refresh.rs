@@ -10,9 +10,10 @@
 //! - `on-change`: when the table's change version moves past the cache's:
 //!   on a notification, after every (re)connect of the listener, and every
 //!   `--subscribers-version-check` (notifications sent while the listener
-//!   is away are lost). Before each plan the version is read once more and
-//!   a newer table is loaded there and then, so a batch never joins with a
-//!   table older than a change committed before it was planned.
+//!   is away are lost). When a batch is planned (after the input's end
+//!   offsets are read) the version is read once more and a newer table is
+//!   loaded there and then, so a batch never joins with a table older than a
+//!   change committed before any message it reads was produced.
 //!
 //! A failed reload keeps the published version and is retried with
 //! back-off; once the cache has gone unconfirmed longer than
