@@ -72,6 +72,14 @@ pub enum CheckpointCommand {
     /// With --keep-offsets the new query starts where the old one stopped;
     /// otherwise --starting-offsets applies at the next run.
     Reset(ResetArgs),
+    /// Changes a stopped query's number of shards: every shard must have
+    /// committed its last batch; the new shards start where the old ones'
+    /// last committed batches ended (nothing read twice, nothing skipped),
+    /// with batch ids after every old one. The retired shards' Kafka
+    /// transactional ids are settled first (init_transactions aborts what
+    /// they left open), which needs --bootstrap-servers. The old layout is
+    /// kept under retired/.
+    Repartition(RepartitionArgs),
 }
 
 /// The checkpoint a `sparklet checkpoint` command works on.
@@ -80,6 +88,22 @@ pub struct CheckpointDir {
     /// The query's checkpoint directory (as given to `sparklet run`).
     #[arg(long, env = "SPARKLET_CHECKPOINT_DIR")]
     pub checkpoint_dir: PathBuf,
+    /// Which shard's logs (a query with several shards; see `run --shards`).
+    #[arg(long)]
+    pub shard: Option<u32>,
+}
+
+/// Options of `sparklet checkpoint repartition`.
+#[derive(Debug, Args)]
+pub struct RepartitionArgs {
+    /// The query's checkpoint directory (as given to `sparklet run`).
+    #[arg(long, env = "SPARKLET_CHECKPOINT_DIR")]
+    pub checkpoint_dir: PathBuf,
+    /// The new number of shards.
+    #[arg(long)]
+    pub shards: u32,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// Options of `sparklet checkpoint show`.
@@ -328,6 +352,26 @@ pub struct RunArgs {
     /// Number of old batches kept in the checkpoint (Spark's minBatchesToRetain).
     #[arg(long, env = "SPARKLET_MIN_BATCHES_TO_RETAIN", default_value_t = 100)]
     pub min_batches_to_retain: u64,
+
+    /// Number of shards of a new query (default 1): shard s reads every input
+    /// partition p with p mod S == s, partitions added later included, with
+    /// its own offsets, commits and transactional id, so shards can run in
+    /// different processes. Recorded in the checkpoint; a different count is
+    /// refused later (change it with `sparklet checkpoint repartition`).
+    /// Without it, a query runs with the count it was created with.
+    #[arg(long, env = "SPARKLET_SHARDS")]
+    pub shards: Option<u32>,
+
+    /// Which shards this process runs: `all` (default), a list (`0,2`), or
+    /// `auto` with --replicas R: the shards s with s mod R == i, where i is
+    /// the StatefulSet ordinal at the end of the host name (`sparklet-1`).
+    #[arg(long, env = "SPARKLET_SHARD_IDS", default_value = "all")]
+    pub shard_ids: String,
+
+    /// With --shard-ids auto: the number of processes (StatefulSet
+    /// replicas) the shards are spread over.
+    #[arg(long, env = "SPARKLET_REPLICAS")]
+    pub replicas: Option<u32>,
 }
 
 /// Options of `sparklet demo`.

@@ -134,6 +134,9 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         min_batches_to_retain: 100,
         hold_future_campaigns: false,
         http_addr: args.http_addr.clone(),
+        shards: None,
+        shard_ids: "all".into(),
+        replicas: None,
     };
     Ok(sparklet::Config::try_from(run)?)
 }

@@ -27,7 +27,7 @@ use crate::status::RunStatus;
 /// there is some.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// What a finished run did.
+/// What a finished run did (summed over the shards it ran).
 #[derive(Debug, Default, Clone)]
 pub struct RunSummary {
     pub query_id: String,
@@ -56,18 +56,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
         Some(addr) => Some(http::serve(addr, status.clone(), Probes::new(&config.kafka, &config.postgres)?).await?),
         None => None,
     };
-    let query = tokio::select! {
+    let mut queries = tokio::select! {
         biased;
         _ = &mut shutdown => {
             tracing::info!("shutdown requested while starting; nothing was planned");
             return Ok(RunSummary::default());
         }
-        query = Query::start(config) => query?,
+        queries = Query::start_all(config) => queries?,
     };
-    status.query_started(query.id());
-    let mut bar = ProgressBar::new(policy.trigger == Trigger::AvailableNow);
-    let summary = Driver::new(policy, query, status.clone()).run(shutdown, &mut bar).await;
-    bar.finish();
+    let Some(first) = queries.first() else { return Ok(RunSummary::default()) };
+    status.query_started(first.id());
+    let summary = match queries.len() {
+        1 => {
+            let query = queries.remove(0);
+            let mut bar = ProgressBar::new(policy.trigger == Trigger::AvailableNow);
+            let summary = Driver::new(policy, query, status.clone()).run(shutdown, &mut bar).await;
+            bar.finish();
+            summary
+        }
+        _ => shards::run_all(policy, queries, &status, shutdown).await,
+    };
     status.stopped(if summary.is_ok() { "Stopped" } else { "Stopped by a failure" });
     summary
 }
@@ -303,5 +311,6 @@ pub(crate) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(500 * 2u64.saturating_pow(failures.saturating_sub(1))).min(Duration::from_secs(30))
 }
 
+mod shards;
 #[cfg(test)]
 mod tests;

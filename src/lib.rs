@@ -19,7 +19,10 @@
 //!   batch or a replay ([`query::Attempt`]); a replay is first checked to run
 //!   the same SQL on input that can still be read (`query::replay`).
 //! - [`batch`]: a batch's id, timestamp and offset ranges ([`batch::BatchPlan`]).
-//! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically.
+//! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically;
+//!   [`checkpoint::layout`]: one shard at the root or S under `shards/<s>/`.
+//! - [`shard`]: which input partitions a shard owns, its key in the sinks,
+//!   which shards a process runs (`--shard-ids`, `auto` from the pod's ordinal).
 //! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning
 //!   arithmetic ([`source::plan`]), JSON-to-Arrow decoding ([`source::decode`]),
 //!   done chunk by chunk while a batch is read (`source::stream_decode`), and
@@ -90,6 +93,7 @@ pub(crate) mod progress;
 pub mod progress_bar;
 pub(crate) mod query;
 pub mod schema;
+pub mod shard;
 pub mod shared_text;
 pub mod sink;
 pub mod source;

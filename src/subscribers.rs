@@ -179,6 +179,22 @@ pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
     crate::checkpoint::write_arrow_atomic(&path, &subs.batch)
 }
 
+/// Saves `subs` as a snapshot in each of `dirs` (one per shard the process
+/// runs, so each shard's checkpoint stands alone): written once, then
+/// hard-linked into the others (copied where a link cannot be made).
+pub fn save_snapshots(dirs: &[PathBuf], subs: &Subscribers) -> Result<()> {
+    let Some((first, others)) = dirs.split_first() else { return Ok(()) };
+    save_snapshot(first, subs)?;
+    let source = snapshot_path(first, &subs.id);
+    for dir in others {
+        let path = snapshot_path(dir, &subs.id);
+        if !path.exists() && fs::hard_link(&source, &path).is_err() {
+            save_snapshot(dir, subs)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the snapshot `id` back (for a replayed batch).
 pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
     let started = Instant::now();

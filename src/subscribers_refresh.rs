@@ -50,7 +50,8 @@ pub(crate) struct Published {
 struct Loader {
     postgres: PostgresConfig,
     sql_dir: PathBuf,
-    snapshots: PathBuf,
+    /// Each shard's snapshot folder (see [`subscribers::save_snapshots`]).
+    snapshots: Vec<PathBuf>,
     versioned: bool,
     published: watch::Sender<Published>,
     /// Held while a version is loaded, saved and published: the background
@@ -83,7 +84,7 @@ impl Refresher {
     pub(crate) async fn start(
         postgres: &PostgresConfig,
         sql_dir: &Path,
-        snapshots: PathBuf,
+        snapshots: Vec<PathBuf>,
         settings: SubscribersSettings,
     ) -> Result<Self> {
         let versioned = matches!(settings.refresh, RefreshPolicy::OnChange { .. });
@@ -91,7 +92,7 @@ impl Refresher {
             subscribers_watch::install(postgres, sql_dir).await?;
         }
         let first = subscribers::load(postgres, sql_dir, versioned).await?;
-        subscribers::save_snapshot(&snapshots, &first)?;
+        subscribers::save_snapshots(&snapshots, &first)?;
         events::SubscribersLoaded { subscribers: &first, reason: "start" }.emit();
         let (published, receiver) =
             watch::channel(Published { subscribers: first, confirmed_at: Instant::now(), failure: None });
@@ -178,13 +179,14 @@ impl Refresher {
         version
     }
 
-    /// Removes snapshots no replay needs: all but `pinned` and the newest
+    /// Removes the snapshots in one shard's folder `dir` that no replay
+    /// needs: all but `pinned` (that shard's last batch's) and the newest
     /// published one. Skipped while a version is being loaded (the next
     /// commit purges).
-    pub(crate) fn purge(&self, pinned: &str) -> Result<()> {
+    pub(crate) fn purge(&self, dir: &Path, pinned: &str) -> Result<()> {
         let Ok(_loading) = self.loader.loading.try_lock() else { return Ok(()) };
         let newest = self.published.borrow().subscribers.id.clone();
-        subscribers::purge_snapshots(&self.loader.snapshots, &HashSet::from([pinned.to_string(), newest]))
+        subscribers::purge_snapshots(dir, &HashSet::from([pinned.to_string(), newest]))
     }
 }
 
@@ -210,7 +212,7 @@ impl Loader {
     async fn load_and_publish(&self, reason: &str) -> Result<()> {
         let fresh = subscribers::load(&self.postgres, &self.sql_dir, self.versioned).await?;
         let (dir, subs) = (self.snapshots.clone(), fresh.clone());
-        tokio::task::spawn_blocking(move || subscribers::save_snapshot(&dir, &subs))
+        tokio::task::spawn_blocking(move || subscribers::save_snapshots(&dir, &subs))
             .await
             .map_err(|e| Error::Runtime(format!("saving the subscribers snapshot: {e}")))??;
         let published = self.published.send_if_modified(|p| {

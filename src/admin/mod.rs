@@ -1,12 +1,15 @@
-//! `sparklet checkpoint show|verify|rewind|reset`: looking into and
-//! repairing a stopped query's checkpoint. Every command takes the
-//! checkpoint's lock first ([`CheckpointStore::open_existing`]), so it
-//! refuses, naming the holder, while the query runs. Nothing here rewrites
-//! a file the query wrote: a rewind adds a batch, a reset moves the whole
-//! checkpoint aside.
+//! `sparklet checkpoint show|verify|rewind|reset|repartition`: looking into
+//! and repairing a stopped query's checkpoint. Every command takes the lock
+//! of the shard it works on (`--shard`; reset and repartition take every
+//! shard's) first, so it refuses, naming the holder, while the query runs.
+//! Nothing here rewrites a file the query wrote: a rewind adds a batch, a
+//! reset moves the whole checkpoint aside, a repartition moves the old
+//! layout to `retired/`.
 //!
-//! - `show` and `reset`: here; `verify`: [`verify`]; `rewind`: [`rewind`].
+//! - `show` and `reset`: here; `verify`: [`verify`]; `rewind`: [`rewind`];
+//!   `repartition`: [`repartition`].
 
+mod repartition;
 mod rewind;
 mod verify;
 
@@ -16,10 +19,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::batch::{BatchId, BatchPlan};
+use crate::checkpoint::layout::Layout;
 use crate::checkpoint::{BatchCommit, CheckpointStore};
-use crate::cli::{CheckpointCommand, ResetArgs, ShowArgs};
+use crate::cli::{CheckpointCommand, CheckpointDir, ResetArgs, ShowArgs};
 use crate::error::{Error, Result};
 use crate::progress::rfc3339_ms;
+use crate::shard::Shard;
 
 /// Runs a `sparklet checkpoint` command; returns what to print, and whether
 /// it found a problem (`verify`).
@@ -29,7 +34,23 @@ pub async fn run(command: CheckpointCommand) -> Result<(String, bool)> {
         CheckpointCommand::Verify(args) => verify::run(&args).await,
         CheckpointCommand::Rewind(args) => rewind::run(&args).await.map(|text| (text, true)),
         CheckpointCommand::Reset(args) => reset(&args).map(|text| (text, true)),
+        CheckpointCommand::Repartition(args) => repartition::run(&args).await.map(|text| (text, true)),
     }
+}
+
+/// Opens the logs of the shard `dir.shard` names (a query with one shard
+/// needs no `--shard`), holding its lock.
+fn open_shard(dir: &CheckpointDir) -> Result<(CheckpointStore, Shard)> {
+    let layout = Layout::open_existing(&dir.checkpoint_dir)?;
+    let id = match (dir.shard, layout.count()) {
+        (Some(id), _) => id,
+        (None, 1) => 0,
+        (None, n) => {
+            let why = format!("the query has {n} shards: name one with --shard (0 to {})", n - 1);
+            return Err(refuse(&dir.checkpoint_dir, why));
+        }
+    };
+    Ok((layout.open_shard(id)?, layout.shard(id)))
 }
 
 /// What `show` reports.
@@ -62,7 +83,7 @@ struct BatchLine {
 }
 
 fn show(args: &ShowArgs) -> Result<String> {
-    let store = CheckpointStore::open_existing(&args.dir.checkpoint_dir)?;
+    let (store, _) = open_shard(&args.dir)?;
     let overview = overview(&store, args.last)?;
     if args.json {
         return serde_json::to_string_pretty(&overview).map_err(|e| Error::Runtime(format!("printing JSON: {e}")));
@@ -139,46 +160,69 @@ fn render(o: &Overview) -> String {
     text
 }
 
-/// Moves the checkpoint aside and opens a new one in its place.
+/// Moves the checkpoint aside and opens a new one, with as many shards, in
+/// its place.
 fn reset(args: &ResetArgs) -> Result<String> {
     let dir = &args.dir.checkpoint_dir;
-    let old = CheckpointStore::open_existing(dir)?;
-    let resume = old.resume()?;
-    let starts = match (&resume.pending, &resume.last_committed, args.keep_offsets) {
-        (Some(p), _, true) => {
-            return Err(refuse(
-                dir,
-                format!(
-                    "batch {} is not committed: run the query until it is (e.g. --trigger available-now), then reset",
-                    p.batch_id
-                ),
-            ))
-        }
-        (_, Some(last), true) => Some(last.end_offsets()),
-        _ => None,
-    };
-    let held = old.read_state_before(resume.last_committed.as_ref().map_or(0, |p| p.batch_id + 1))?;
-    if args.keep_offsets && held.is_some_and(|h| h.num_rows() > 0) {
-        return Err(refuse(dir, "campaigns are held (--hold-future-campaigns): a new query would lose them; reset without --keep-offsets to read the input again".into()));
+    let old = Layout::open_existing(dir)?;
+    let stores = old.open_all()?;
+    let mut starts = BTreeMap::new();
+    for store in stores.iter().filter(|_| args.keep_offsets) {
+        starts.extend(stopped_at(store)?.ends);
     }
     let aside = aside_path(dir, old.query_id());
     std::fs::rename(dir, &aside).map_err(crate::checkpoint::io_err("moving aside", dir))?;
-    let old_id = old.query_id().to_string();
-    drop(old);
-    let new = CheckpointStore::open(dir)?;
-    if let Some(starts) = &starts {
-        new.write_initial_offsets(&starts.iter().copied().collect())?;
+    drop(stores);
+    let new = Layout::open(dir, Some(old.count()))?;
+    if args.keep_offsets {
+        for id in 0..new.count() {
+            let shard = new.shard(id);
+            let mine = starts.iter().filter(|(p, _)| shard.owns(**p)).map(|(p, o)| (*p, *o)).collect();
+            new.open_shard(id)?.write_initial_offsets(&mine)?;
+        }
     }
     Ok(format!(
-        "query {old_id} moved to {}\nnew query {} in {}; it starts {}\n",
+        "query {} moved to {}\nnew query {} ({} shard(s)) in {}; it starts {}\n",
+        old.query_id(),
         aside.display(),
         new.query_id(),
+        new.count(),
         dir.display(),
-        match starts {
-            Some(_) => "where the old query's last committed batch ended".to_string(),
-            None => "at --starting-offsets (earliest or latest) at its first run".to_string(),
+        match args.keep_offsets {
+            true => "where the old query's last committed batches ended",
+            false => "at --starting-offsets (earliest or latest) at its first run",
         }
     ))
+}
+
+/// Where a stopped shard's input stands.
+struct StoppedAt {
+    /// Where each partition's next batch starts (the last committed batch's
+    /// ends, or the recorded start of a shard that committed nothing).
+    ends: BTreeMap<i32, i64>,
+    last: Option<BatchPlan>,
+}
+
+/// Where `store`'s shard stopped; refused while a batch is planned but not
+/// committed, or campaigns are held (a new layout or query would lose them).
+fn stopped_at(store: &CheckpointStore) -> Result<StoppedAt> {
+    let resume = store.resume()?;
+    if let Some(p) = &resume.pending {
+        let why = format!(
+            "batch {} is not committed: run the query until it is (a stop finishes the batch, or --trigger available-now), then try again",
+            p.batch_id
+        );
+        return Err(refuse(store.dir(), why));
+    }
+    let next = resume.last_committed.as_ref().map_or(0, |p| p.batch_id + 1);
+    if store.read_state_before(next)?.is_some_and(|h| h.num_rows() > 0) {
+        return Err(refuse(store.dir(), "campaigns are held (--hold-future-campaigns): they would be lost; run the query until they are released, or reset without --keep-offsets".into()));
+    }
+    let ends = match &resume.last_committed {
+        Some(last) => last.end_offsets().into_iter().collect(),
+        None => store.initial_offsets()?.unwrap_or_default().into_iter().collect(),
+    };
+    Ok(StoppedAt { ends, last: resume.last_committed })
 }
 
 /// `<dir>.<query id>`: where a reset moves the old checkpoint.

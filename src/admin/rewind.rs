@@ -17,17 +17,18 @@ use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::cli::{ClusterArgs, RewindArgs};
 use crate::config::{parse_duration, parse_kafka_options};
 use crate::error::{Error, Result};
+use crate::shard::Shard;
 
 use super::refuse;
 
 pub(super) async fn run(args: &RewindArgs) -> Result<String> {
     let dir = &args.dir.checkpoint_dir;
-    let store = CheckpointStore::open_existing(dir)?;
+    let (store, shard) = super::open_shard(&args.dir)?;
     let last = last_committed(&store)?;
     let (mut starts, mut how) = match (args.to_batch, &args.to_time) {
         (Some(batch), _) => (batch_starts(&store, &last, batch)?, format!("the start of batch {batch}")),
         (None, Some(time)) => {
-            (time_starts(&last, time, &args.cluster).await?, format!("the first messages at or after {time}"))
+            (time_starts(&last, &shard, time, &args.cluster).await?, format!("the first messages at or after {time}"))
         }
         (None, None) => return Err(Error::config("--to-batch", "give --to-batch or --to-time")),
     };
@@ -128,7 +129,7 @@ fn batch_starts(store: &CheckpointStore, last: &BatchPlan, batch: BatchId) -> Re
 
 /// Each partition's first offset at or after `time` (the end for one with
 /// nothing that new), from the broker.
-async fn time_starts(last: &BatchPlan, time: &str, cluster: &ClusterArgs) -> Result<BTreeMap<i32, i64>> {
+async fn time_starts(last: &BatchPlan, shard: &Shard, time: &str, cluster: &ClusterArgs) -> Result<BTreeMap<i32, i64>> {
     let at = humantime::parse_rfc3339_weak(time).map_err(|e| {
         Error::config("--to-time", format!("'{time}' is not an RFC 3339 time (e.g. 2026-11-24T09:00:00Z): {e}"))
     })?;
@@ -139,14 +140,14 @@ async fn time_starts(last: &BatchPlan, time: &str, cluster: &ClusterArgs) -> Res
         .ok_or_else(|| Error::config("--bootstrap-servers", "--to-time asks the broker: give --bootstrap-servers"))?;
     let options = parse_kafka_options(&cluster.kafka_options)?;
     let timeout: Duration = parse_duration("--kafka-timeout", &cluster.kafka_timeout)?;
-    let topic = last.topic.clone();
+    let (topic, shard) = (last.topic.clone(), *shard);
     crate::source::blocking(move || {
         let consumer: BaseConsumer = crate::kafka::client_config(&servers, &options)
             .create()
             .map_err(|e| Error::kafka("creating the offsets client", e))?;
         let partitions = crate::kafka::topic_partitions(&consumer, &topic, timeout)?;
         let mut wanted = TopicPartitionList::new();
-        for p in &partitions {
+        for p in partitions.iter().filter(|p| shard.owns(**p)) {
             wanted
                 .add_partition_offset(&topic, *p, Offset::Offset(ms))
                 .map_err(|e| Error::kafka("building the request", e))?;

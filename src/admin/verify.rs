@@ -11,6 +11,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::cli::{ClusterArgs, VerifyArgs};
 use crate::config::{parse_duration, parse_kafka_options, PostgresConfig};
 use crate::error::Result;
+use crate::shard::Shard;
 
 /// Findings, each `ok`, `note` or `PROBLEM`.
 #[derive(Default)]
@@ -34,11 +35,11 @@ impl Findings {
 
 /// Runs the checks; the text, and whether all passed.
 pub(super) async fn run(args: &VerifyArgs) -> Result<(String, bool)> {
-    let store = CheckpointStore::open_existing(&args.dir.checkpoint_dir)?;
+    let (store, shard) = super::open_shard(&args.dir)?;
     let mut f = Findings::default();
     f.ok(format!("metadata: query {}", store.query_id()));
     let (committed, pending) = check_files(&store, &mut f)?;
-    check_sinks(&store, &args.cluster, committed, pending, &mut f).await;
+    check_sinks(&store, &shard, &args.cluster, committed, pending, &mut f).await;
     let verdict = match f.problems {
         0 => "checkpoint verified: no problem found".to_string(),
         n => format!("{n} problem(s) found"),
@@ -106,12 +107,13 @@ fn check_replayable(store: &CheckpointStore, pending: BatchId, f: &mut Findings)
 /// Compares the checkpoint with each sink's newest marker for the query.
 async fn check_sinks(
     store: &CheckpointStore,
+    shard: &Shard,
     cluster: &ClusterArgs,
     committed: Option<BatchId>,
     pending: Option<BatchId>,
     f: &mut Findings,
 ) {
-    let query_id = store.query_id().to_string();
+    let query_id = shard.sink_key(store.query_id());
     if let Some(url) = &cluster.database_url {
         let held = postgres_marker(url, cluster, &query_id).await;
         compare("postgres", held, committed, pending, f);

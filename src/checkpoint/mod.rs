@@ -26,6 +26,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::batch::{BatchId, BatchPlan};
 use crate::error::{Error, Result};
 
+pub mod layout;
 mod lock;
 mod state;
 
@@ -107,19 +108,24 @@ impl CheckpointStore {
     pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let lock = DirLock::acquire(dir)?;
+        let query_id = read_or_create_metadata(dir)?;
+        Self::with_lock(dir, query_id, lock)
+    }
+
+    /// Opens the directory of one shard of a query in the sharded layout
+    /// (`<root>/shards/<s>`, see [`layout`]): its own logs and lock, the
+    /// query id of the root's `metadata`.
+    pub(crate) fn open_shard_dir(dir: &Path, query_id: &str) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let lock = DirLock::acquire(dir)?;
+        Self::with_lock(dir, query_id.to_string(), lock)
+    }
+
+    fn with_lock(dir: &Path, query_id: String, lock: DirLock) -> Result<Self> {
         for sub in ["offsets", "commits", "snapshots", "sources", "state"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
         }
-        let meta_path = dir.join("metadata");
-        let query_id = if meta_path.exists() {
-            let MetadataFile::V1 { id } = read_json(&meta_path)?;
-            id
-        } else {
-            let id = uuid::Uuid::new_v4().to_string();
-            write_new(&meta_path, &MetadataFile::V1 { id: id.clone() })?;
-            id
-        };
         Ok(CheckpointStore { dir: dir.to_path_buf(), query_id, _lock: lock })
     }
 
@@ -255,8 +261,25 @@ impl CheckpointStore {
     }
 }
 
+/// The query id in `<dir>/metadata`, created with a new id if absent. Two
+/// processes creating it at once agree: the second reads the first's.
+pub(crate) fn read_or_create_metadata(dir: &Path) -> Result<String> {
+    let meta_path = dir.join("metadata");
+    if !meta_path.exists() {
+        let id = uuid::Uuid::new_v4().to_string();
+        match write_new(&meta_path, &MetadataFile::V1 { id: id.clone() }) {
+            Ok(()) => return Ok(id),
+            Err(Error::CheckpointConflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let MetadataFile::V1 { id } = read_json(&meta_path)?;
+    Ok(id)
+}
+
 /// Entries a checkpoint directory holds (besides tmp files of interrupted writes).
-const CHECKPOINT_ENTRIES: &[&str] = &["metadata", "offsets", "commits", "sources", "snapshots", "state"];
+const CHECKPOINT_ENTRIES: &[&str] =
+    &["metadata", "offsets", "commits", "sources", "snapshots", "state", "shards", layout::RETIRED];
 
 /// Whether `dir` is a sparklet checkpoint: a valid `metadata` file and
 /// nothing but checkpoint entries. Used before anything deletes a directory.
@@ -275,7 +298,7 @@ pub fn is_checkpoint(dir: &Path) -> bool {
 /// Creates `path` holding `value` as JSON, atomically, failing if it exists:
 /// tmp file, fsync, hard link into place (which refuses an existing name),
 /// fsync of the parent directory.
-fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let json = to_json(path, value)?;
     let tmp = write_tmp(path, |file| file.write_all(&json).map_err(io_err("writing", path)))?;
     let linked = fs::hard_link(&tmp, path);
@@ -346,7 +369,7 @@ fn sync_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(io_err("reading", path))?;
     serde_json::from_slice(&bytes).map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })
 }

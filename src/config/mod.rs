@@ -106,6 +106,11 @@ pub struct Config {
     pub hold_future_campaigns: bool,
     /// `--http-addr`: where the HTTP endpoint listens, if anywhere.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// `--shards`: the shard count of a new query (checked against an
+    /// existing one's).
+    pub shards: Option<u32>,
+    /// `--shard-ids`, `--replicas`: which shards this process runs.
+    pub shard_ids: crate::shard::ShardSelection,
 }
 
 /// librdkafka keys sparklet sets itself; a user value would break offsets or
@@ -177,6 +182,11 @@ impl TryFrom<RunArgs> for Config {
             min_batches_to_retain: args.min_batches_to_retain,
             hold_future_campaigns: args.hold_future_campaigns,
             http_addr: args.http_addr.as_deref().map(parse_http_addr).transpose()?,
+            shards: match args.shards {
+                Some(0) => return Err(Error::config("--shards", "must be at least 1, got 0")),
+                shards => shards,
+            },
+            shard_ids: crate::shard::ShardSelection::parse(&args.shard_ids, args.replicas)?,
         })
     }
 }
@@ -262,7 +272,7 @@ impl Config {
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
              --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
              {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
-             --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
+             --shards {} --shard-ids {:?} --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
@@ -275,6 +285,8 @@ impl Config {
             humantime::format_duration(self.kafka.timeout),
             self.max_retries,
             self.min_batches_to_retain,
+            self.shards.map_or("as recorded".to_string(), |s| s.to_string()),
+            self.shard_ids,
             self.kafka.bootstrap_servers,
             self.kafka.input_topic,
             self.kafka.output_topic,

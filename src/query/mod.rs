@@ -16,6 +16,7 @@ mod start;
 mod write;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -28,6 +29,7 @@ use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::progress::{self, BatchProgress, BatchReport, DurationMs};
+use crate::shard::Shard;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
@@ -66,9 +68,13 @@ pub(crate) struct Query {
     last_trigger: Option<Instant>,
     /// This run's claim on the query in Postgres, taken once at start.
     ownership: owner::Ownership,
-    /// Reloads the subscribers in the background; `subscribers` is the
-    /// version the last plan pinned.
-    refresher: Refresher,
+    /// Reloads the subscribers in the background (one per process, shared
+    /// by its shards); `subscribers` is the version the last plan pinned.
+    refresher: Arc<Refresher>,
+    /// Which shard of the query this is ([`crate::shard`]).
+    shard: Shard,
+    /// The shard's key in both sinks ([`Shard::sink_key`]).
+    sink_key: String,
     /// Campaigns held until their start (`--hold-future-campaigns`).
     held: hold::Held,
     /// The next batch's input, read while the last one was written.
@@ -90,9 +96,9 @@ impl Query {
     /// connection), once Postgres confirms this run still owns the query: a
     /// new producer's `init_transactions` must never fence a newer owner.
     pub(crate) async fn reconnect(&mut self) -> Result<()> {
-        let query_id = self.checkpoint.query_id();
-        let ownership = owner::Ownership::connect(&self.config.postgres, query_id, self.ownership.epoch()).await?;
-        let (postgres, kafka) = connect_sinks(&self.config, query_id, &self.source, ownership.clone()).await?;
+        let key = &self.sink_key;
+        let ownership = owner::Ownership::connect(&self.config.postgres, key, self.ownership.epoch()).await?;
+        let (postgres, kafka) = connect_sinks(&self.config, key, &self.source, ownership.clone()).await?;
         (self.postgres, self.kafka, self.ownership) = (postgres, kafka, ownership);
         Ok(())
     }
@@ -100,7 +106,11 @@ impl Query {
     /// Runs one batch through its steps and records it as committed. Every
     /// log line of the batch carries its id (the `batch` span).
     pub(crate) async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress> {
-        let span = tracing::info_span!("batch", batch_id = plan.batch_id, replay = attempt == Attempt::Replay);
+        let replay = attempt == Attempt::Replay;
+        let span = match self.shard.sharded_layout {
+            true => tracing::info_span!("batch", shard = self.shard.id, batch_id = plan.batch_id, replay),
+            false => tracing::info_span!("batch", batch_id = plan.batch_id, replay),
+        };
         self.run_steps(plan, attempt).instrument(span).await
     }
 
@@ -288,7 +298,7 @@ impl Query {
         }
         self.offsets.advance_past(plan);
         self.offsets.purge(&self.checkpoint, plan.batch_id, self.config.min_batches_to_retain, || {
-            self.refresher.purge(&self.subscribers.id)
+            self.refresher.purge(&self.checkpoint.snapshots_dir(), &self.subscribers.id)
         });
     }
 

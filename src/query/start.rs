@@ -1,11 +1,16 @@
-//! Starting a query: the SQL files, the checkpoint, the subscribers, Kafka
-//! and both sinks checked in that order (so the first broken one is named),
-//! the query claimed in Postgres, and the checkpoint compared with what the
-//! sinks already hold.
+//! Starting a query's shards: the SQL files, the checkpoint, the
+//! subscribers, Kafka and both sinks checked in that order (so the first
+//! broken one is named), each shard claimed in Postgres, and each shard's
+//! logs compared with what the sinks already hold.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::checkpoint::layout::Layout;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
+use crate::shard::Shard;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
@@ -17,21 +22,48 @@ use crate::transform::SqlPipeline;
 use super::{hold, OffsetState, Query};
 
 impl Query {
-    /// Checks the SQL files, opens the checkpoint, loads the subscribers,
-    /// checks that Kafka answers and connects both sinks, in that order, so
-    /// the first broken one is named. Reads where the checkpoint stands.
-    pub(crate) async fn start(config: Config) -> Result<Self> {
+    /// Starts every shard of the query this process runs (`--shard-ids`):
+    /// checks the SQL files, opens the checkpoint and each shard's logs,
+    /// loads the subscribers once for all of them, checks that Kafka
+    /// answers and starts each shard ([`Query::start_shard`]), in that
+    /// order, so the first broken one is named.
+    pub(crate) async fn start_all(config: Config) -> Result<Vec<Self>> {
         let pipeline = SqlPipeline::load(&config.sql_dir)?;
         pipeline.validate().await?;
-        let checkpoint = CheckpointStore::open(&config.checkpoint_dir)?;
+        let layout = Layout::open(&config.checkpoint_dir, config.shards)?;
+        let ids = config.shard_ids.resolve(layout.count(), &crate::shard::pod_name())?;
+        let mut checkpoints = Vec::with_capacity(ids.len());
+        for id in &ids {
+            checkpoints.push(open_shard_waiting(&layout, *id).await?);
+        }
+        let snapshot_dirs = checkpoints.iter().map(CheckpointStore::snapshots_dir).collect();
+        let refresher =
+            Arc::new(Refresher::start(&config.postgres, &config.sql_dir, snapshot_dirs, config.subscribers).await?);
+        crate::kafka::check_reachable(&config.kafka).await?;
+        let mut queries = Vec::with_capacity(ids.len());
+        for (id, checkpoint) in ids.into_iter().zip(checkpoints) {
+            let shard = layout.shard(id);
+            queries.push(Self::start_shard(&config, shard, checkpoint, pipeline.clone(), refresher.clone()).await?);
+        }
+        Ok(queries)
+    }
+
+    /// Starts one shard: reads where its logs stand, connects the source
+    /// (its partitions only) and both sinks under the shard's key, claims
+    /// the shard in Postgres and compares its logs with what the sinks hold.
+    async fn start_shard(
+        config: &Config,
+        shard: Shard,
+        checkpoint: CheckpointStore,
+        pipeline: SqlPipeline,
+        refresher: Arc<Refresher>,
+    ) -> Result<Self> {
         let query_id = checkpoint.query_id().to_string();
+        let sink_key = shard.sink_key(&query_id);
         let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
         let held = hold::Held::load(&checkpoint, offsets.next_batch_id())?;
-        let refresher =
-            Refresher::start(&config.postgres, &config.sql_dir, checkpoint.snapshots_dir(), config.subscribers).await?;
         let subscribers = refresher.latest();
-        crate::kafka::check_reachable(&config.kafka).await?;
-        let source = KafkaSource::try_new(&config.kafka, &query_id)?;
+        let source = KafkaSource::try_new(&config.kafka, &query_id)?.for_shard(shard);
         if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
             let otherwise = "choose --on-bad-record drop or fail";
             source.require_topic(&config.bad_records.dead_letter_topic, "--dead-letter-topic", otherwise).await?;
@@ -40,15 +72,16 @@ impl Query {
             let otherwise = "run with --guarantee at-least-once";
             source.require_topic(&config.kafka.marker_topic, "--marker-topic", otherwise).await?;
         }
-        let ownership = owner::Ownership::claim(&config.postgres, &query_id).await?;
-        let (mut postgres, mut kafka) = connect_sinks(&config, &query_id, &source, ownership.clone()).await?;
-        check_sinks_not_ahead(&config, &query_id, &offsets, &mut postgres, &mut kafka).await?;
+        let ownership = owner::Ownership::claim(&config.postgres, &sink_key).await?;
+        let (mut postgres, mut kafka) = connect_sinks(config, &sink_key, &source, ownership.clone()).await?;
+        check_sinks_not_ahead(config, &sink_key, &offsets, &mut postgres, &mut kafka).await?;
         if let Some(before) = offsets.last_sql_fingerprint().filter(|f| *f != pipeline.fingerprint()) {
             tracing::info!(before, now = %pipeline.fingerprint(), "the SQL files changed since the last committed batch; new batches use the new files");
         }
         tracing::info!(
             query_id = %query_id,
-            checkpoint = %config.checkpoint_dir.display(),
+            shard = %shard.label(),
+            checkpoint = %checkpoint.dir().display(),
             sql_files = pipeline.steps().len(),
             held_campaigns = held.len(),
             postgres = %config.postgres.target(),
@@ -56,7 +89,7 @@ impl Query {
             "query started"
         );
         Ok(Query {
-            config,
+            config: config.clone(),
             checkpoint,
             source,
             pipeline,
@@ -67,25 +100,53 @@ impl Query {
             last_trigger: None,
             ownership,
             refresher,
+            shard,
+            sink_key,
             held,
             ahead: None,
         })
     }
 }
 
+/// How long a shard's start waits for another process to let go of it (a
+/// shard moving between processes: its old process finishes its batch,
+/// commits and exits).
+const SHARD_HANDOVER_WAIT: Duration = Duration::from_secs(120);
+
+/// Opens shard `id`'s logs; in the sharded layout, waits up to
+/// [`SHARD_HANDOVER_WAIT`] while another process still runs it. A query in
+/// the root layout is refused at once, as before shards.
+async fn open_shard_waiting(layout: &Layout, id: u32) -> Result<CheckpointStore> {
+    let deadline = tokio::time::Instant::now() + SHARD_HANDOVER_WAIT;
+    let mut logged = false;
+    loop {
+        match layout.open_shard(id) {
+            Err(Error::CheckpointInUse { holder, .. })
+                if layout.is_sharded() && tokio::time::Instant::now() < deadline =>
+            {
+                if !std::mem::replace(&mut logged, true) {
+                    tracing::info!(shard = id, %holder, "another process still runs this shard; waiting for it to stop");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Connects both sinks with the configured guarantee.
 pub(super) async fn connect_sinks(
     config: &Config,
-    query_id: &str,
+    sink_key: &str,
     source: &KafkaSource,
     ownership: owner::Ownership,
 ) -> Result<(PostgresSink, KafkaSink)> {
     let exactly_once = config.guarantee.exactly_once();
-    let postgres = PostgresSink::connect(&config.postgres, query_id, exactly_once, ownership.epoch()).await?;
+    let postgres = PostgresSink::connect(&config.postgres, sink_key, exactly_once, ownership.epoch()).await?;
     let dead_letter_topic = (config.bad_records.on_bad_record == OnBadRecord::DeadLetter)
         .then(|| config.bad_records.dead_letter_topic.clone());
     let group = source.group_metadata()?;
-    let kafka = KafkaSink::try_new(&config.kafka, query_id, group, exactly_once, dead_letter_topic, ownership).await?;
+    let kafka = KafkaSink::try_new(&config.kafka, sink_key, group, exactly_once, dead_letter_topic, ownership).await?;
     Ok((postgres, kafka))
 }
 

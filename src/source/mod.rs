@@ -26,6 +26,7 @@ use crate::batch::{BatchPlan, OffsetRange};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::kafka_log::LoggingContext;
+use crate::shard::Shard;
 use decode::RawBatch;
 use plan::Watermarks;
 pub use stream_decode::ReadBatch;
@@ -38,6 +39,8 @@ pub struct KafkaSource {
     consumer: Arc<BaseConsumer<LoggingContext>>,
     topic: String,
     timeout: Duration,
+    /// The shard whose partitions this source plans ([`crate::shard`]).
+    shard: Shard,
 }
 
 impl KafkaSource {
@@ -46,7 +49,18 @@ impl KafkaSource {
         let consumer: BaseConsumer<LoggingContext> = crate::kafka::consumer_config(kafka, query_id)
             .create_with_context(LoggingContext::new("input consumer"))
             .map_err(|e| Error::kafka("creating the input consumer", e))?;
-        Ok(KafkaSource { consumer: Arc::new(consumer), topic: kafka.input_topic.clone(), timeout: kafka.timeout })
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            topic: kafka.input_topic.clone(),
+            timeout: kafka.timeout,
+            shard: Shard::whole(),
+        })
+    }
+
+    /// The same source, planning only the partitions `shard` owns.
+    pub fn for_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// The input topic.
@@ -54,8 +68,9 @@ impl KafkaSource {
         &self.topic
     }
 
-    /// Low and high watermarks of every partition of the input topic;
-    /// partitions added since the last call are included.
+    /// Low and high watermarks of every partition of the input topic that
+    /// the source's shard owns; partitions added since the last call are
+    /// included.
     pub async fn watermarks(&self) -> Result<Vec<Watermarks>> {
         let this = self.clone();
         blocking(move || this.watermarks_blocking()).await
@@ -124,6 +139,11 @@ impl KafkaSource {
                 "input topic '{}' does not exist (or has no partitions)",
                 self.topic
             )));
+        }
+        let partitions: Vec<i32> = partitions.into_iter().filter(|p| self.shard.owns(*p)).collect();
+        if partitions.is_empty() {
+            // More shards than partitions: this shard waits for one.
+            return Ok(Vec::new());
         }
         // One ListOffsets request per bound for all partitions (the consumer's
         // read_committed isolation makes "latest" the last stable offset).

@@ -20,6 +20,7 @@ mod proxy;
 mod replay;
 mod restart;
 mod security;
+mod shards;
 mod sql_files;
 mod startup_errors;
 mod status_page;

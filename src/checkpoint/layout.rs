@@ -1,0 +1,259 @@
+//! Where a query's shards keep their logs.
+//!
+//! ```text
+//! <root>/metadata            the query id, shared by every shard
+//! <root>/offsets, commits... one shard at the root: a query created with
+//!                            one shard, or before shards existed
+//! <root>/shards/count        {"version":"1","shards":S}: the sharded layout
+//! <root>/shards/<s>/         shard s's own offsets/, commits/, sources/,
+//!                            state/, snapshots/ and .lock
+//! <root>/retired/<name>/     a layout replaced by `checkpoint repartition`
+//! ```
+//!
+//! The shard count is fixed when the query is created and changes only by
+//! `sparklet checkpoint repartition` ([`crate::admin`]), which builds the new
+//! layout beside the old one (`.shards.tmp`, `count` written last), moves the
+//! old one to `retired/` and renames the new one into place. An interrupted
+//! repartition is finished, or dropped if its new layout was incomplete, by
+//! the next opener. Openers and the repartition hold the root's lock while
+//! they read or change the layout; a sharded run lets go of it once its
+//! shards' own locks are held.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::lock::DirLock;
+use super::{io_err, read_json, read_or_create_metadata, write_new, CheckpointStore};
+use crate::error::{Error, Result};
+use crate::shard::Shard;
+
+/// The folder that keeps replaced layouts.
+pub(crate) const RETIRED: &str = "retired";
+/// The sharded layout's folder.
+const SHARDS: &str = "shards";
+/// A repartition's new layout while it is built.
+const BUILDING: &str = ".shards.tmp";
+/// The count file inside [`SHARDS`].
+const COUNT: &str = "count";
+/// The root's entries that belong to a shard in the root layout.
+const ROOT_SHARD_ENTRIES: &[&str] = &["offsets", "commits", "sources", "state", "snapshots"];
+/// How long an opener waits for another opener's hold on the root.
+const ROOT_LOCK_WAIT: Duration = Duration::from_secs(15);
+
+/// Versioned content of `shards/count`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum CountFile {
+    #[serde(rename = "1")]
+    V1 { shards: u32 },
+}
+
+/// A query's checkpoint root: its id, its shard count and where each shard
+/// keeps its logs.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+    query_id: String,
+    count: u32,
+    sharded: bool,
+}
+
+impl Layout {
+    /// Opens the checkpoint at `root`, creating a new query (with
+    /// `requested` shards, 1 by default) if it has none. A `requested` count
+    /// other than the recorded one is refused: only a repartition changes it.
+    pub fn open(root: &Path, requested: Option<u32>) -> Result<Self> {
+        if requested == Some(0) {
+            return Err(Error::config("--shards", "must be at least 1, got 0"));
+        }
+        fs::create_dir_all(root).map_err(io_err("creating", root))?;
+        let _root = lock_root(root)?;
+        finish_interrupted_repartition(root)?;
+        let query_id = read_or_create_metadata(root)?;
+        let count = match recorded_count(root)? {
+            Some(count) => count,
+            None if has_root_shard(root)? => 1,
+            None => {
+                let count = requested.unwrap_or(1);
+                if count > 1 {
+                    fs::create_dir_all(root.join(SHARDS)).map_err(io_err("creating", root))?;
+                    write_count(&root.join(SHARDS), count)?;
+                }
+                count
+            }
+        };
+        if let Some(requested) = requested.filter(|r| *r != count) {
+            return Err(Error::CheckpointMismatch(format!(
+                "the query in {} has {count} shard(s), but --shards is {requested}: stop every process of the \
+                 query and run `sparklet checkpoint repartition --checkpoint-dir {} --shards {requested}` to change it",
+                root.display(),
+                root.display()
+            )));
+        }
+        let sharded = root.join(SHARDS).join(COUNT).exists();
+        Ok(Layout { root: root.to_path_buf(), query_id, count, sharded })
+    }
+
+    /// Opens an existing query's checkpoint (the `sparklet checkpoint`
+    /// commands): a directory without `metadata` is refused, never created.
+    pub fn open_existing(root: &Path) -> Result<Self> {
+        if !root.join("metadata").is_file() {
+            return Err(Error::CheckpointMismatch(format!(
+                "{} is not a sparklet checkpoint (no metadata file); give the --checkpoint-dir a query ran with",
+                root.display()
+            )));
+        }
+        Self::open(root, None)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn query_id(&self) -> &str {
+        &self.query_id
+    }
+
+    /// The query's number of shards.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Whether the shards live under `shards/` (else one shard at the root).
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// Shard `id` of this query.
+    pub fn shard(&self, id: u32) -> Shard {
+        Shard { id, count: self.count, sharded_layout: self.sharded }
+    }
+
+    /// The folder of shard `id`'s logs.
+    pub fn shard_dir(&self, id: u32) -> PathBuf {
+        match self.sharded {
+            true => self.root.join(SHARDS).join(id.to_string()),
+            false => self.root.clone(),
+        }
+    }
+
+    /// Opens shard `id`'s logs, holding its lock (a shard runs in one
+    /// process at a time; the message names the holder).
+    pub fn open_shard(&self, id: u32) -> Result<CheckpointStore> {
+        if id >= self.count {
+            return Err(Error::CheckpointMismatch(format!(
+                "{}: shard {id} does not exist; the query has {} shard(s)",
+                self.root.display(),
+                self.count
+            )));
+        }
+        match self.sharded {
+            true => CheckpointStore::open_shard_dir(&self.shard_dir(id), &self.query_id),
+            false => CheckpointStore::open(&self.root),
+        }
+    }
+
+    /// Every shard's logs, all locked: the query is stopped everywhere.
+    pub fn open_all(&self) -> Result<Vec<CheckpointStore>> {
+        (0..self.count).map(|id| self.open_shard(id)).collect()
+    }
+
+    /// Takes the root's lock for a change of layout (held by the caller
+    /// until it drops the guard).
+    pub(crate) fn lock_root(&self) -> Result<DirLock> {
+        lock_root(&self.root)
+    }
+
+    /// Where a repartition builds its new layout; emptied first.
+    pub(crate) fn building_dir(&self) -> Result<PathBuf> {
+        let dir = self.root.join(BUILDING);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
+        }
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        Ok(dir)
+    }
+
+    /// The new layout's shard folder `id` inside [`building_dir`](Self::building_dir).
+    pub(crate) fn building_shard(&self, id: u32, query_id: &str) -> Result<CheckpointStore> {
+        CheckpointStore::open_shard_dir(&self.root.join(BUILDING).join(id.to_string()), query_id)
+    }
+
+    /// Completes a repartition: the count written (which makes the new
+    /// layout whole), the old layout moved to `retired/`, the new renamed
+    /// into place. Returns where the old layout went.
+    pub(crate) fn swap_in(&self, count: u32) -> Result<PathBuf> {
+        write_count(&self.root.join(BUILDING), count)?;
+        finish_interrupted_repartition(&self.root)?
+            .ok_or_else(|| Error::Runtime("the repartition's new layout vanished".into()))
+    }
+}
+
+/// Waits up to [`ROOT_LOCK_WAIT`] for the root's lock (another opener holds
+/// it only while it reads the layout; a root-layout run holds it for life).
+fn lock_root(root: &Path) -> Result<DirLock> {
+    let started = Instant::now();
+    loop {
+        match DirLock::acquire(root) {
+            Err(Error::CheckpointInUse { .. }) if started.elapsed() < ROOT_LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The recorded shard count, if the query uses the sharded layout.
+fn recorded_count(root: &Path) -> Result<Option<u32>> {
+    let path = root.join(SHARDS).join(COUNT);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let CountFile::V1 { shards } = read_json(&path)?;
+    Ok(Some(shards))
+}
+
+fn write_count(dir: &Path, shards: u32) -> Result<()> {
+    write_new(&dir.join(COUNT), &CountFile::V1 { shards })
+}
+
+/// Whether the root holds a shard's logs (a query in the root layout that
+/// has planned or started something).
+fn has_root_shard(root: &Path) -> Result<bool> {
+    for sub in ["offsets", "sources"] {
+        let path = root.join(sub);
+        if path.is_dir() && fs::read_dir(&path).map_err(io_err("listing", &path))?.next().is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A complete new layout in `.shards.tmp` replaces the old one (moved to
+/// `retired/`); an incomplete one (no `count`) is removed. Returns where
+/// the old layout went, when there was a swap.
+fn finish_interrupted_repartition(root: &Path) -> Result<Option<PathBuf>> {
+    let building = root.join(BUILDING);
+    if !building.exists() {
+        return Ok(None);
+    }
+    if !building.join(COUNT).exists() {
+        fs::remove_dir_all(&building).map_err(io_err("removing", &building))?;
+        return Ok(None);
+    }
+    let retired = root.join(RETIRED).join(format!("layout-{}", crate::batch::epoch_ms()));
+    fs::create_dir_all(&retired).map_err(io_err("creating", &retired))?;
+    let old: Vec<&str> = ROOT_SHARD_ENTRIES.iter().copied().chain([SHARDS, ".lock"]).collect();
+    for entry in old {
+        let from = root.join(entry);
+        if entry != ".lock" && from.exists() {
+            fs::rename(&from, retired.join(entry)).map_err(io_err("moving to retired/", &from))?;
+        }
+    }
+    fs::rename(&building, root.join(SHARDS)).map_err(io_err("renaming into place", &building))?;
+    super::sync_parent(&root.join(SHARDS))?;
+    Ok(Some(retired))
+}

@@ -1,0 +1,173 @@
+//! One query in shards over several `sparklet` processes (child processes
+//! sharing a checkpoint directory, as pods sharing a volume): 3 shards in 2
+//! processes over a 6-partition input; one process SIGKILLed and restarted
+//! while the other runs; the shards moved to 3 processes (`--shard-ids auto`
+//! with a new `--replicas`) mid-stream; the query repartitioned from 3 to 2
+//! shards. After every step both sinks hold every (campaign, subscriber)
+//! pair once. Each step's expected/found/duplicated counts are printed.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use serde_json::Value;
+
+use crate::child::*;
+use crate::exactly_once::expected_pairs;
+use crate::support::*;
+
+const FOREVER: i64 = 4_000_000_000;
+const PARTITIONS: i32 = 6;
+
+/// A `sparklet run` child playing StatefulSet pod `pod`.
+fn pod(job: &Job, pod: &str, extra: &[&str]) -> Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(job.checkpoint.path().join("child.log"))?;
+    let mut args = vec!["--trigger", "0s", "--max-offsets-per-trigger", "2"];
+    args.extend_from_slice(extra);
+    let child = Command::new(env!("CARGO_BIN_EXE_sparklet"))
+        .args(job.args(&args))
+        .env("SPARKLET_POD_NAME", pod)
+        .env("RUST_LOG", "info,rdkafka=warn")
+        .env_remove("SPARKLET_CRASH_AT")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(child)
+}
+
+/// SIGTERM: the pod finishes its batches, commits and exits 0.
+fn stop(job: &Job, mut child: Child) -> Result<()> {
+    signal(&child, "TERM")?;
+    let status = wait(&mut child, Duration::from_secs(60))?;
+    ensure!(status.success(), "a pod did not stop cleanly ({status}):\n{}", child_log(job));
+    Ok(())
+}
+
+/// Produces `n` campaigns named `<step>-<i>`, round-robin over every partition.
+fn produce(job: &Job, step: &str, n: usize, ids: &mut Vec<String>) -> Result<()> {
+    for partition in 0..PARTITIONS {
+        let mine: Vec<String> =
+            (0..n).filter(|i| *i as i32 % PARTITIONS == partition).map(|i| format!("{step}-{i:03}")).collect();
+        let messages: Vec<Value> = mine.iter().map(|id| campaign(RESTAURANT, id, 0, FOREVER)).collect();
+        job.kafka.produce(&job.input, partition, &messages)?;
+        ids.extend(mine);
+    }
+    Ok(())
+}
+
+/// Whether one of `shards` has a planned batch without a commit.
+fn mid_batch(job: &Job, shards: &[u32]) -> bool {
+    let latest = |shard: u32, dir: &str| -> Option<u64> {
+        std::fs::read_dir(job.checkpoint.path().join(format!("shards/{shard}/{dir}")))
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .max()
+    };
+    shards.iter().any(|s| latest(*s, "offsets") > latest(*s, "commits"))
+}
+
+fn pair(v: &Value) -> (String, String) {
+    (v["adv_campaign_id"].as_str().unwrap_or("").to_string(), v["client_id"].as_str().unwrap_or("").to_string())
+}
+
+/// Waits until Postgres holds every expected pair, then checks both sinks:
+/// Postgres exactly once; Kafka every pair, and no more records than
+/// `leaked` beyond them (records of a killed process's open transaction,
+/// which a real broker aborts and the test broker cannot). Prints the row.
+async fn check_step(job: &Job, step: &str, ids: &[String], clients: &[String], leaked: usize) -> Result<()> {
+    let expected = expected_pairs(ids, clients);
+    let want = expected.len();
+    let waited = wait_until(&format!("{step}: {want} rows in Postgres"), Duration::from_secs(90), async || {
+        Ok(job.db.feedback().await?.len() >= want)
+    })
+    .await;
+    let mut pg: Vec<(String, String)> = job.db.feedback().await?.iter().map(pair).collect();
+    let mut kafka: Vec<(String, String)> = job.output_messages()?.iter().map(|(_, v)| pair(v)).collect();
+    pg.sort();
+    kafka.sort();
+    let (pg_found, kafka_found) = (pg.len(), kafka.len());
+    pg.dedup();
+    kafka.dedup();
+    eprintln!(
+        "shards step | {step:<34} | expected {want:>4} | postgres found {:>4} duplicated {:>3} | kafka found {:>4} duplicated {:>3}",
+        pg.len(),
+        pg_found - pg.len(),
+        kafka.len(),
+        kafka_found - kafka.len()
+    );
+    waited.map_err(|e| anyhow::anyhow!("{e}\n{}", child_log(job)))?;
+    assert_eq!(pg_found, want, "{step}: Postgres holds each pair once");
+    assert_eq!(pg, expected, "{step}: Postgres holds exactly the expected pairs");
+    assert_eq!(kafka, expected, "{step}: Kafka holds every expected pair");
+    ensure!(kafka_found <= want + leaked, "{step}: {} Kafka records repeated", kafka_found - want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_over_processes_stay_exactly_once_through_kills_moves_and_a_repartition() -> Result<()> {
+    let job = Job::new(PARTITIONS).await?;
+    let _log = LogOnFailure(&job);
+    let clients: Vec<String> = (0..3).map(|i| format!("client-{i}")).collect();
+    let refs: Vec<&str> = clients.iter().map(String::as_str).collect();
+    job.db.add_subscribers(RESTAURANT, &refs).await?;
+    let mut ids = Vec::new();
+    let auto = |replicas: &'static str| ["--shards", "3", "--shard-ids", "auto", "--replicas", replicas];
+
+    // 3 shards in 2 processes: pod 0 runs shards 0 and 2, pod 1 shard 1.
+    let mut pod0 = pod(&job, "sparklet-0", &auto("2"))?;
+    let pod1 = pod(&job, "sparklet-1", &auto("2"))?;
+    produce(&job, "start", 60, &mut ids)?;
+    check_step(&job, "3 shards in 2 processes", &ids, &clients, 0).await?;
+    for shard in 0..3 {
+        ensure!(job.checkpoint.path().join(format!("shards/{shard}/commits")).read_dir()?.next().is_some());
+    }
+
+    // Pod 0 SIGKILLed mid-stream while pod 1 keeps running, then restarted.
+    produce(&job, "kill", 60, &mut ids)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !mid_batch(&job, &[0, 2]) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    pod0.kill()?;
+    pod0.wait()?;
+    ensure!(mid_batch(&job, &[0, 2]), "the kill did not land inside a batch of pod 0's shards");
+    produce(&job, "while-down", 30, &mut ids)?;
+    let pod0 = pod(&job, "sparklet-0", &auto("2"))?;
+    // At most one batch per shard of pod 0 was in flight: 2 campaigns x 3 clients each.
+    check_step(&job, "pod 0 SIGKILLed in a batch, restarted", &ids, &clients, 2 * 2 * clients.len()).await?;
+
+    // Replicas 2 -> 3 mid-stream, one pod at a time: the new pod 2 waits
+    // until old pod 0 has handed shard 2 over.
+    produce(&job, "move", 60, &mut ids)?;
+    let pod2 = pod(&job, "sparklet-2", &auto("3"))?;
+    stop(&job, pod0)?;
+    let pod0 = pod(&job, "sparklet-0", &auto("3"))?;
+    produce(&job, "moving", 30, &mut ids)?;
+    stop(&job, pod1)?;
+    let pod1 = pod(&job, "sparklet-1", &auto("3"))?;
+    check_step(&job, "replicas 2 -> 3 (shards moved)", &ids, &clients, 0).await?;
+
+    // Repartition 3 -> 2 shards: stop every pod, repartition, 2 pods.
+    produce(&job, "repartition", 30, &mut ids)?;
+    for p in [pod0, pod1, pod2] {
+        stop(&job, p)?;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sparklet"))
+        .args(["checkpoint", "repartition", "--checkpoint-dir"])
+        .arg(job.checkpoint.path())
+        .args(["--shards", "2", "--bootstrap-servers", &job.kafka.bootstrap()])
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success() && said.contains("3 shard(s) -> 2"), "repartition failed: {said}");
+    let two = ["--shards", "2", "--shard-ids", "auto", "--replicas", "2"];
+    // The old count is refused now.
+    let refused = wait(&mut pod(&job, "sparklet-0", &auto("2"))?, Duration::from_secs(60))?;
+    ensure!(!refused.success() && child_log(&job).contains("checkpoint repartition"), "--shards 3 not refused");
+    let (pod0, pod1) = (pod(&job, "sparklet-0", &two)?, pod(&job, "sparklet-1", &two)?);
+    produce(&job, "after", 30, &mut ids)?;
+    check_step(&job, "repartitioned 3 -> 2 shards", &ids, &clients, 0).await?;
+    stop(&job, pod0)?;
+    stop(&job, pod1)?;
+    ensure!(job.checkpoint.path().join("retired").read_dir()?.count() == 1, "the old layout is kept in retired/");
+    Ok(())
+}
