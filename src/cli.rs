@@ -364,7 +364,8 @@ pub struct RunArgs {
 
     /// Which shards this process runs: `all` (default), a list (`0,2`), or
     /// `auto` with --replicas R: the shards s with s mod R == i, where i is
-    /// the StatefulSet ordinal at the end of the host name (`sparklet-1`).
+    /// the StatefulSet ordinal at the end of the pod's name (`sparklet-1`,
+    /// see --pod-name).
     #[arg(long, env = "SPARKLET_SHARD_IDS", default_value = "all")]
     pub shard_ids: String,
 
@@ -372,6 +373,12 @@ pub struct RunArgs {
     /// replicas) the shards are spread over.
     #[arg(long, env = "SPARKLET_REPLICAS")]
     pub replicas: Option<u32>,
+
+    /// The name `--shard-ids auto` reads the ordinal from (default: the host
+    /// name, which Kubernetes sets to the pod's name); in a pod, set
+    /// SPARKLET_POD_NAME from metadata.name with the downward API.
+    #[arg(long, env = "SPARKLET_POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Options of `sparklet demo`.

@@ -137,6 +137,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         shards: None,
         shard_ids: "all".into(),
         replicas: None,
+        pod_name: None,
     };
     Ok(sparklet::Config::try_from(run)?)
 }

@@ -133,16 +133,6 @@ impl ShardSelection {
     }
 }
 
-/// The name `--shard-ids auto` reads the ordinal from: `SPARKLET_POD_NAME`
-/// (set it from the pod's `metadata.name` with the downward API), else the
-/// host name, which Kubernetes sets to the pod's name.
-pub fn pod_name() -> String {
-    std::env::var("SPARKLET_POD_NAME")
-        .ok()
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_else(crate::checkpoint::host_name)
-}
-
 /// The StatefulSet ordinal at the end of a pod's host name (`sparklet-2`).
 fn ordinal(host: &str) -> Result<u32> {
     let short = host.split('.').next().unwrap_or(host);

@@ -111,6 +111,9 @@ pub struct Config {
     pub shards: Option<u32>,
     /// `--shard-ids`, `--replicas`: which shards this process runs.
     pub shard_ids: crate::shard::ShardSelection,
+    /// `--pod-name`: where `--shard-ids auto` reads the ordinal (default:
+    /// the host name).
+    pub pod_name: Option<String>,
 }
 
 /// librdkafka keys sparklet sets itself; a user value would break offsets or
@@ -187,6 +190,7 @@ impl TryFrom<RunArgs> for Config {
                 shards => shards,
             },
             shard_ids: crate::shard::ShardSelection::parse(&args.shard_ids, args.replicas)?,
+            pod_name: args.pod_name.filter(|n| !n.trim().is_empty()),
         })
     }
 }

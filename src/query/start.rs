@@ -31,7 +31,8 @@ impl Query {
         let pipeline = SqlPipeline::load(&config.sql_dir)?;
         pipeline.validate().await?;
         let layout = Layout::open(&config.checkpoint_dir, config.shards)?;
-        let ids = config.shard_ids.resolve(layout.count(), &crate::shard::pod_name())?;
+        let pod = config.pod_name.clone().unwrap_or_else(crate::checkpoint::host_name);
+        let ids = config.shard_ids.resolve(layout.count(), &pod)?;
         let mut checkpoints = Vec::with_capacity(ids.len());
         for id in &ids {
             checkpoints.push(open_shard_waiting(&layout, *id).await?);

@@ -40,7 +40,15 @@ fn kubernetes_validate() -> Option<std::path::PathBuf> {
         .find(|p| std::process::Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-const MANIFESTS: [&str; 5] = ["statefulset.yaml", "service.yaml", "pdb.yaml", "configmap-sql.yaml", "secret.yaml"];
+const MANIFESTS: [&str; 7] = [
+    "statefulset.yaml",
+    "service.yaml",
+    "pdb.yaml",
+    "configmap-sql.yaml",
+    "secret.yaml",
+    "checkpoint-pvc.yaml",
+    "repartition-job.yaml",
+];
 
 #[test]
 fn kubernetes_manifests_pass_strict_schema_validation_offline() -> Result<()> {
@@ -95,15 +103,21 @@ fn the_kubernetes_config_map_holds_the_repos_sql_files_and_the_pods_options_exis
     use clap::CommandFactory;
     let command = sparklet::cli::Cli::command();
     let run = command.find_subcommand("run").context("no run command")?;
-    let known: Vec<String> = run
-        .get_arguments()
-        .chain(command.get_arguments())
-        .filter_map(|a| a.get_env())
-        .map(|e| e.to_string_lossy().into_owned())
-        .collect();
-    let pod = std::fs::read_to_string(repo_path("deploy/kubernetes/statefulset.yaml"))?;
-    for name in pod.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("SPARKLET_")) {
-        assert!(known.iter().any(|k| k == name), "the StatefulSet sets {name}, which sparklet run does not read");
+    let checkpoint = command.find_subcommand("checkpoint").context("no checkpoint command")?;
+    let repartition = checkpoint.find_subcommand("repartition").context("no repartition command")?;
+    let envs = |c: &clap::Command| -> Vec<String> {
+        c.get_arguments()
+            .chain(command.get_arguments())
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
+    };
+    for (file, known) in [("statefulset.yaml", envs(run)), ("repartition-job.yaml", envs(repartition))] {
+        let pod = std::fs::read_to_string(repo_path(&format!("deploy/kubernetes/{file}")))?;
+        let words = pod.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for name in words.filter(|w| w.starts_with("SPARKLET_")) {
+            assert!(known.iter().any(|k| k == name), "{file} sets {name}, which its sparklet command does not read");
+        }
     }
     Ok(())
 }
