@@ -217,7 +217,10 @@ pub struct RunArgs {
     pub database_ca_file: Option<PathBuf>,
 
     /// Checkpoint directory of this query (offsets/, commits/, metadata). Reuse
-    /// it to resume; a new directory starts a new query.
+    /// it to resume; a new directory starts a new query. A path, or an
+    /// object-store URL: s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix (credentials and endpoint from the cloud's usual
+    /// environment variables: AWS_ACCESS_KEY_ID, AWS_ENDPOINT, ...).
     #[arg(long, env = "SPARKLET_CHECKPOINT_DIR")]
     pub checkpoint_dir: PathBuf,
 

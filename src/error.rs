@@ -32,6 +32,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The object store that holds the checkpoint failed (a retry can help:
+    /// most such failures are the network or the service).
+    #[error("checkpoint: {action} {location} in the object store")]
+    CheckpointObject {
+        action: &'static str,
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+
     /// Another process owns the checkpoint directory.
     #[error(
         "checkpoint: {dir} is in use by another sparklet process ({holder}); stop it first, or give this query another --checkpoint-dir"
@@ -193,6 +203,15 @@ impl Error {
             Error::Kafka { source, .. } => kafka_retryable(source),
             Error::KafkaTimeout(_) => true,
             Error::Postgres { source, .. } => postgres_retryable(source),
+            Error::CheckpointObject { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::NotImplemented { .. }
+                    | object_store::Error::NotSupported { .. }
+            ),
             _ => false,
         }
     }
@@ -219,6 +238,7 @@ impl Error {
         match self {
             Error::Config { .. } => "config",
             Error::CheckpointIo { .. }
+            | Error::CheckpointObject { .. }
             | Error::CheckpointInUse { .. }
             | Error::CheckpointConflict { .. }
             | Error::CheckpointBehind { .. }

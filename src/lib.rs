@@ -20,7 +20,9 @@
 //!   the same SQL on input that can still be read (`query::replay`).
 //! - [`batch`]: a batch's id, timestamp and offset ranges ([`batch::BatchPlan`]).
 //! - [`checkpoint`]: `offsets/N`, `commits/N`, `metadata`, written atomically;
-//!   [`checkpoint::layout`]: one shard at the root or S under `shards/<s>/`.
+//!   [`checkpoint::layout`]: one shard at the root or S under `shards/<s>/`;
+//!   [`checkpoint::files`]: where the files live, a local folder or an object
+//!   store (`s3://`, `gs://`, `az://`).
 //! - [`shard`]: which input partitions a shard owns, its key in the sinks,
 //!   which shards a process runs (`--shard-ids`, `auto` from the pod's ordinal).
 //! - [`source`]: the Kafka source (watermarks, `assign()` reads), planning

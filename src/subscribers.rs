@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::hash::Hasher;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use arrow::error::ArrowError;
 use arrow::ipc::reader::FileReader;
 use futures::StreamExt;
 
-use crate::checkpoint::io_err;
+use crate::checkpoint::{io_err, Files};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::shared_text::Text;
@@ -171,24 +171,30 @@ fn distinct_unsorted(batch: &RecordBatch) -> Result<(RecordBatch, usize)> {
 }
 
 /// Saves `subs` under `dir` unless a snapshot with its id is already there.
-pub fn save_snapshot(dir: &Path, subs: &Subscribers) -> Result<()> {
-    let path = snapshot_path(dir, &subs.id);
-    if path.exists() {
+pub fn save_snapshot(dir: &Files, subs: &Subscribers) -> Result<()> {
+    let name = snapshot_name(&subs.id);
+    if dir.exists(&name)? {
         return Ok(());
     }
-    crate::checkpoint::write_arrow_atomic(&path, &subs.batch)
+    crate::checkpoint::write_arrow(dir, &name, &subs.batch)
 }
 
 /// Saves `subs` as a snapshot in each of `dirs` (one per shard the process
 /// runs, so each shard's checkpoint stands alone): written once, then
-/// hard-linked into the others (copied where a link cannot be made).
-pub fn save_snapshots(dirs: &[PathBuf], subs: &Subscribers) -> Result<()> {
+/// hard-linked into the other local folders (written where a link cannot
+/// be made).
+pub fn save_snapshots(dirs: &[Files], subs: &Subscribers) -> Result<()> {
     let Some((first, others)) = dirs.split_first() else { return Ok(()) };
     save_snapshot(first, subs)?;
-    let source = snapshot_path(first, &subs.id);
+    let name = snapshot_name(&subs.id);
     for dir in others {
-        let path = snapshot_path(dir, &subs.id);
-        if !path.exists() && fs::hard_link(&source, &path).is_err() {
+        let linked = match (first.local(), dir.local()) {
+            (Some(from), Some(to)) => {
+                to.join(&name).exists() || fs::hard_link(from.join(&name), to.join(&name)).is_ok()
+            }
+            _ => false,
+        };
+        if !linked {
             save_snapshot(dir, subs)?;
         }
     }
@@ -196,10 +202,13 @@ pub fn save_snapshots(dirs: &[PathBuf], subs: &Subscribers) -> Result<()> {
 }
 
 /// Reads the snapshot `id` back (for a replayed batch).
-pub fn load_snapshot(dir: &Path, id: &str) -> Result<Subscribers> {
+pub fn load_snapshot(dir: &Files, id: &str) -> Result<Subscribers> {
     let started = Instant::now();
-    let path = snapshot_path(dir, id);
-    let file = fs::File::open(&path).map_err(io_err("opening subscribers snapshot", &path))?;
+    let name = snapshot_name(id);
+    let path = dir.describe(&name);
+    let file = dir.open(&name)?.ok_or_else(|| {
+        io_err("opening subscribers snapshot", &path)(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    })?;
     let reader = FileReader::try_new(file, None).map_err(|e| Error::arrow(format!("reading {}", path.display()), e))?;
     let reading = |e| Error::arrow(format!("reading {}", path.display()), e);
     let mut batches = Vec::new();
@@ -226,22 +235,17 @@ fn compact(batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
 }
 
 /// Deletes snapshots whose id is not in `keep`.
-pub fn purge_snapshots(dir: &Path, keep: &HashSet<String>) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(io_err("listing", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(io_err("listing", dir))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(id) = name.strip_suffix(".arrow") {
-            if !keep.contains(id) {
-                fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
-            }
+pub fn purge_snapshots(dir: &Files, keep: &HashSet<String>) -> Result<()> {
+    for name in dir.list()? {
+        if name.strip_suffix(".arrow").is_some_and(|id| !keep.contains(id)) {
+            dir.remove(&name)?;
         }
     }
     Ok(())
 }
 
-fn snapshot_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{id}.arrow"))
+fn snapshot_name(id: &str) -> String {
+    format!("{id}.arrow")
 }
 
 /// How to create the tables when the query names one that does not exist.
@@ -332,13 +336,13 @@ mod tests {
         let columns: Vec<ArrayRef> = vec![a.batch.column(0).clone(), Arc::new(StringArray::from(vec!["r1", "r1"]))];
         let old = RecordBatch::try_new(Arc::new(plain), columns).unwrap();
         let mut writer = arrow::ipc::writer::FileWriter::try_new(
-            fs::File::create(snapshot_path(dir.path(), &a.id)).unwrap(),
+            fs::File::create(dir.path().join(snapshot_name(&a.id))).unwrap(),
             &old.schema(),
         )
         .unwrap();
         writer.write(&old).unwrap();
         writer.finish().unwrap();
-        let back = load_snapshot(dir.path(), &a.id).unwrap();
+        let back = load_snapshot(&Files::Local(dir.path().to_path_buf()), &a.id).unwrap();
         assert_eq!(back.batch, a.batch);
     }
 
@@ -347,12 +351,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = subs(&[("c1", "r1"), ("c2", "r1")]);
         let b = subs(&[("c3", "r2")]);
-        save_snapshot(dir.path(), &a).unwrap();
-        save_snapshot(dir.path(), &b).unwrap();
-        let back = load_snapshot(dir.path(), &a.id).unwrap();
+        save_snapshot(&Files::Local(dir.path().to_path_buf()), &a).unwrap();
+        save_snapshot(&Files::Local(dir.path().to_path_buf()), &b).unwrap();
+        let back = load_snapshot(&Files::Local(dir.path().to_path_buf()), &a.id).unwrap();
         assert_eq!(back.batch, a.batch);
-        purge_snapshots(dir.path(), &HashSet::from([b.id.clone()])).unwrap();
-        assert!(load_snapshot(dir.path(), &a.id).is_err());
-        assert_eq!(load_snapshot(dir.path(), &b.id).unwrap().num_rows(), 1);
+        purge_snapshots(&Files::Local(dir.path().to_path_buf()), &HashSet::from([b.id.clone()])).unwrap();
+        assert!(load_snapshot(&Files::Local(dir.path().to_path_buf()), &a.id).is_err());
+        assert_eq!(load_snapshot(&Files::Local(dir.path().to_path_buf()), &b.id).unwrap().num_rows(), 1);
     }
 }

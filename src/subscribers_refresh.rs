@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::checkpoint::Files;
 use crate::config::{PostgresConfig, RefreshPolicy, SubscribersSettings};
 use crate::error::{Error, Result};
 use crate::events;
@@ -51,7 +52,7 @@ struct Loader {
     postgres: PostgresConfig,
     sql_dir: PathBuf,
     /// Each shard's snapshot folder (see [`subscribers::save_snapshots`]).
-    snapshots: Vec<PathBuf>,
+    snapshots: Vec<Files>,
     versioned: bool,
     published: watch::Sender<Published>,
     /// Held while a version is loaded, saved and published: the background
@@ -84,7 +85,7 @@ impl Refresher {
     pub(crate) async fn start(
         postgres: &PostgresConfig,
         sql_dir: &Path,
-        snapshots: Vec<PathBuf>,
+        snapshots: Vec<Files>,
         settings: SubscribersSettings,
     ) -> Result<Self> {
         let versioned = matches!(settings.refresh, RefreshPolicy::OnChange { .. });
@@ -183,7 +184,7 @@ impl Refresher {
     /// needs: all but `pinned` (that shard's last batch's) and the newest
     /// published one. Skipped while a version is being loaded (the next
     /// commit purges).
-    pub(crate) fn purge(&self, dir: &Path, pinned: &str) -> Result<()> {
+    pub(crate) fn purge(&self, dir: &Files, pinned: &str) -> Result<()> {
         let Ok(_loading) = self.loader.loading.try_lock() else { return Ok(()) };
         let newest = self.published.borrow().subscribers.id.clone();
         subscribers::purge_snapshots(dir, &HashSet::from([pinned.to_string(), newest]))

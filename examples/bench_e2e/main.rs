@@ -25,6 +25,7 @@ mod latency;
 mod memory;
 mod raw_copy;
 mod raw_produce;
+mod shards;
 mod startup;
 mod steady;
 #[path = "../../src/tools.rs"]
@@ -56,10 +57,10 @@ struct Args {
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
     /// Scenarios to run: throughput, steady, tiny, latency, startup, memory,
-    /// flat, freshness (comma-separated; startup, memory, flat and freshness
+    /// flat, freshness, shards (comma-separated; startup, memory, flat and freshness
     /// each fill the subscribers table with their own sizes, so they run
     /// last; freshness is not in the default list: its 10M-row table takes
-    /// minutes to fill).
+    /// minutes to fill; nor is shards, which repeats a backlog six times).
     #[arg(long, value_delimiter = ',', default_value = "throughput,steady,tiny,latency,startup,memory,flat")]
     scenarios: Vec<String>,
     /// Batch sizes (campaigns) of the steady scenario; each runs
@@ -84,6 +85,9 @@ struct Args {
     /// Input rates (campaigns/s) of the latency scenario.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     latency_rates: Vec<usize>,
+    /// Backlog (campaigns) of the shards scenario's runs.
+    #[arg(long, default_value_t = 100_000)]
+    shard_campaigns: usize,
     /// How long each latency run produces.
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
@@ -191,6 +195,9 @@ async fn main() -> Result<()> {
     }
     if wants("freshness") {
         freshness::report(&url, &args.freshness_subscribers, &args.reload_subscribers).await?;
+    }
+    if wants("shards") {
+        shards::report(&url, args.shard_campaigns, args.restaurants).await?;
     }
     Ok(())
 }

@@ -14,13 +14,13 @@ mod rewind;
 mod verify;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::batch::{BatchId, BatchPlan};
 use crate::checkpoint::layout::Layout;
-use crate::checkpoint::{BatchCommit, CheckpointStore};
+use crate::checkpoint::{BatchCommit, CheckpointStore, Files};
 use crate::cli::{CheckpointCommand, CheckpointDir, ResetArgs, ShowArgs};
 use crate::error::{Error, Result};
 use crate::progress::rfc3339_ms;
@@ -41,13 +41,13 @@ pub async fn run(command: CheckpointCommand) -> Result<(String, bool)> {
 /// Opens the logs of the shard `dir.shard` names (a query with one shard
 /// needs no `--shard`), holding its lock.
 fn open_shard(dir: &CheckpointDir) -> Result<(CheckpointStore, Shard)> {
-    let layout = Layout::open_existing(&dir.checkpoint_dir)?;
+    let layout = Layout::open_existing(&root_of(&dir.checkpoint_dir)?)?;
     let id = match (dir.shard, layout.count()) {
         (Some(id), _) => id,
         (None, 1) => 0,
         (None, n) => {
             let why = format!("the query has {n} shards: name one with --shard (0 to {})", n - 1);
-            return Err(refuse(&dir.checkpoint_dir, why));
+            return Err(refuse(layout.root(), why));
         }
     };
     Ok((layout.open_shard(id)?, layout.shard(id)))
@@ -57,7 +57,7 @@ fn open_shard(dir: &CheckpointDir) -> Result<(CheckpointStore, Shard)> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Overview {
-    checkpoint: PathBuf,
+    checkpoint: String,
     query_id: String,
     /// Where each partition's next batch starts.
     next_offsets: BTreeMap<i32, i64>,
@@ -106,7 +106,7 @@ fn overview(store: &CheckpointStore, last: usize) -> Result<Overview> {
         .or_else(|| store.initial_offsets().ok().flatten().map(|starts| starts.into_iter().collect()));
     let next_id = resume.pending.as_ref().map_or(ids.last().map_or(0, |id| id + 1), |p| p.batch_id);
     Ok(Overview {
-        checkpoint: store.dir().to_path_buf(),
+        checkpoint: store.dir().to_string(),
         query_id: store.query_id().to_string(),
         next_offsets: next.unwrap_or_default().into_iter().collect(),
         last_committed: resume.last_committed.map(|p| p.batch_id),
@@ -133,7 +133,7 @@ fn render(o: &Overview) -> String {
     let offsets: Vec<String> = o.next_offsets.iter().map(|(p, off)| format!("{p}:{off}")).collect();
     let mut text = format!(
         "checkpoint {}\nquery id   {}\nlast committed batch {}; pending {}; held campaigns {}\nnext batch starts at partition:offset {}\n",
-        o.checkpoint.display(),
+        o.checkpoint,
         o.query_id,
         o.last_committed.map_or("none".to_string(), |b| b.to_string()),
         o.pending.map_or("none".to_string(), |b| format!("batch {b} (replayed first at the next run)")),
@@ -163,17 +163,17 @@ fn render(o: &Overview) -> String {
 /// Moves the checkpoint aside and opens a new one, with as many shards, in
 /// its place.
 fn reset(args: &ResetArgs) -> Result<String> {
-    let dir = &args.dir.checkpoint_dir;
-    let old = Layout::open_existing(dir)?;
+    let dir = root_of(&args.dir.checkpoint_dir)?;
+    let old = Layout::open_existing(&dir)?;
     let stores = old.open_all()?;
     let mut starts = BTreeMap::new();
     for store in stores.iter().filter(|_| args.keep_offsets) {
         starts.extend(stopped_at(store)?.ends);
     }
-    let aside = aside_path(dir, old.query_id());
-    std::fs::rename(dir, &aside).map_err(crate::checkpoint::io_err("moving aside", dir))?;
+    let aside = aside_path(&dir, old.query_id());
+    dir.move_to(&aside)?;
     drop(stores);
-    let new = Layout::open(dir, Some(old.count()))?;
+    let new = Layout::open(&dir, Some(old.count()))?;
     if args.keep_offsets {
         for id in 0..new.count() {
             let shard = new.shard(id);
@@ -182,17 +182,20 @@ fn reset(args: &ResetArgs) -> Result<String> {
         }
     }
     Ok(format!(
-        "query {} moved to {}\nnew query {} ({} shard(s)) in {}; it starts {}\n",
+        "query {} moved to {aside}\nnew query {} ({} shard(s)) in {dir}; it starts {}\n",
         old.query_id(),
-        aside.display(),
         new.query_id(),
         new.count(),
-        dir.display(),
         match args.keep_offsets {
             true => "where the old query's last committed batches ended",
             false => "at --starting-offsets (earliest or latest) at its first run",
         }
     ))
+}
+
+/// The checkpoint `--checkpoint-dir` names (a path or an object-store URL).
+pub(crate) fn root_of(dir: &Path) -> Result<Files> {
+    Files::parse(&dir.to_string_lossy())
 }
 
 /// Where a stopped shard's input stands.
@@ -226,11 +229,12 @@ fn stopped_at(store: &CheckpointStore) -> Result<StoppedAt> {
 }
 
 /// `<dir>.<query id>`: where a reset moves the old checkpoint.
-fn aside_path(dir: &Path, query_id: &str) -> PathBuf {
-    let name = dir.file_name().map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
-    dir.with_file_name(format!("{name}.{query_id}"))
+fn aside_path(dir: &Files, query_id: &str) -> Files {
+    let name = dir.to_string();
+    let name = name.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("checkpoint");
+    dir.sibling(&format!("{name}.{query_id}"))
 }
 
-fn refuse(dir: &Path, why: String) -> Error {
-    Error::CheckpointMismatch(format!("{}: {why}", dir.display()))
+fn refuse(dir: &impl std::fmt::Display, why: String) -> Error {
+    Error::CheckpointMismatch(format!("{dir}: {why}"))
 }

@@ -26,14 +26,14 @@ use crate::shard::Shard;
 use super::stopped_at;
 
 pub(super) async fn run(args: &RepartitionArgs) -> Result<String> {
-    let root = &args.checkpoint_dir;
+    let root = &super::root_of(&args.checkpoint_dir)?;
     let to = args.shards;
     if to == 0 {
         return Err(Error::config("--shards", "must be at least 1, got 0"));
     }
     let layout = Layout::open_existing(root)?;
     if to == layout.count() {
-        return Ok(format!("the query in {} has {to} shard(s) already; nothing changed\n", root.display()));
+        return Ok(format!("the query in {root} has {to} shard(s) already; nothing changed\n"));
     }
     let stores = layout.open_all()?;
     let _root = if layout.is_sharded() { Some(layout.lock_root()?) } else { None };
@@ -60,7 +60,7 @@ pub(super) async fn run(args: &RepartitionArgs) -> Result<String> {
         layout.count(),
         ends.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" "),
         if retired.is_empty() { "none".to_string() } else { retired.join(", ") },
-        old.display()
+        old
     ))
 }
 

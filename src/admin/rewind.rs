@@ -22,8 +22,8 @@ use crate::shard::Shard;
 use super::refuse;
 
 pub(super) async fn run(args: &RewindArgs) -> Result<String> {
-    let dir = &args.dir.checkpoint_dir;
     let (store, shard) = super::open_shard(&args.dir)?;
+    let dir = store.dir();
     let last = last_committed(&store)?;
     let (mut starts, mut how) = match (args.to_batch, &args.to_time) {
         (Some(batch), _) => (batch_starts(&store, &last, batch)?, format!("the start of batch {batch}")),

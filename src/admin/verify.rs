@@ -97,8 +97,9 @@ fn check_files(store: &CheckpointStore, f: &mut Findings) -> Result<(Option<Batc
 /// A pending batch is replayed with its plan's subscribers snapshot.
 fn check_replayable(store: &CheckpointStore, pending: BatchId, f: &mut Findings) {
     let Ok(plan) = store.read_offsets(pending) else { return };
-    let snapshot = store.snapshots_dir().join(format!("{}.arrow", plan.subscribers_snapshot));
-    match snapshot.is_file() {
+    let name = format!("{}.arrow", plan.subscribers_snapshot);
+    let snapshot = store.snapshots_dir().describe(&name);
+    match store.snapshots_dir().exists(&name).unwrap_or(false) {
         true => f.ok(format!("batch {pending} is pending; its subscribers snapshot is there for the replay")),
         false => f.problem(format!("batch {pending} is pending but its snapshot {} is missing", snapshot.display())),
     }

@@ -19,14 +19,12 @@
 //! they read or change the layout; a sharded run lets go of it once its
 //! shards' own locks are held.
 
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::lock::DirLock;
-use super::{io_err, read_json, read_or_create_metadata, write_new, CheckpointStore};
+use super::{read_json, read_or_create_metadata, to_json, CheckpointStore, Files};
 use crate::error::{Error, Result};
 use crate::shard::Shard;
 
@@ -38,6 +36,8 @@ const SHARDS: &str = "shards";
 const BUILDING: &str = ".shards.tmp";
 /// The count file inside [`SHARDS`].
 const COUNT: &str = "count";
+/// Inside [`BUILDING`]: the old layout has been moved to `retired/`.
+const MOVING: &str = "moving";
 /// The root's entries that belong to a shard in the root layout.
 const ROOT_SHARD_ENTRIES: &[&str] = &["offsets", "commits", "sources", "state", "snapshots"];
 /// How long an opener waits for another opener's hold on the root.
@@ -55,7 +55,7 @@ enum CountFile {
 /// keeps its logs.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    root: PathBuf,
+    root: Files,
     query_id: String,
     count: u32,
     sharded: bool,
@@ -65,11 +65,11 @@ impl Layout {
     /// Opens the checkpoint at `root`, creating a new query (with
     /// `requested` shards, 1 by default) if it has none. A `requested` count
     /// other than the recorded one is refused: only a repartition changes it.
-    pub fn open(root: &Path, requested: Option<u32>) -> Result<Self> {
+    pub fn open(root: &Files, requested: Option<u32>) -> Result<Self> {
         if requested == Some(0) {
             return Err(Error::config("--shards", "must be at least 1, got 0"));
         }
-        fs::create_dir_all(root).map_err(io_err("creating", root))?;
+        root.ensure()?;
         let _root = lock_root(root)?;
         finish_interrupted_repartition(root)?;
         let query_id = read_or_create_metadata(root)?;
@@ -79,7 +79,7 @@ impl Layout {
             None => {
                 let count = requested.unwrap_or(1);
                 if count > 1 {
-                    fs::create_dir_all(root.join(SHARDS)).map_err(io_err("creating", root))?;
+                    root.join(SHARDS).ensure()?;
                     write_count(&root.join(SHARDS), count)?;
                 }
                 count
@@ -87,29 +87,26 @@ impl Layout {
         };
         if let Some(requested) = requested.filter(|r| *r != count) {
             return Err(Error::CheckpointMismatch(format!(
-                "the query in {} has {count} shard(s), but --shards is {requested}: stop every process of the \
-                 query and run `sparklet checkpoint repartition --checkpoint-dir {} --shards {requested}` to change it",
-                root.display(),
-                root.display()
+                "the query in {root} has {count} shard(s), but --shards is {requested}: stop every process of the \
+                 query and run `sparklet checkpoint repartition --checkpoint-dir {root} --shards {requested}` to change it"
             )));
         }
-        let sharded = root.join(SHARDS).join(COUNT).exists();
-        Ok(Layout { root: root.to_path_buf(), query_id, count, sharded })
+        let sharded = root.join(SHARDS).exists(COUNT)?;
+        Ok(Layout { root: root.clone(), query_id, count, sharded })
     }
 
     /// Opens an existing query's checkpoint (the `sparklet checkpoint`
     /// commands): a directory without `metadata` is refused, never created.
-    pub fn open_existing(root: &Path) -> Result<Self> {
-        if !root.join("metadata").is_file() {
+    pub fn open_existing(root: &Files) -> Result<Self> {
+        if !root.exists("metadata")? {
             return Err(Error::CheckpointMismatch(format!(
-                "{} is not a sparklet checkpoint (no metadata file); give the --checkpoint-dir a query ran with",
-                root.display()
+                "{root} is not a sparklet checkpoint (no metadata file); give the --checkpoint-dir a query ran with"
             )));
         }
         Self::open(root, None)
     }
 
-    pub fn root(&self) -> &Path {
+    pub fn root(&self) -> &Files {
         &self.root
     }
 
@@ -133,9 +130,9 @@ impl Layout {
     }
 
     /// The folder of shard `id`'s logs.
-    pub fn shard_dir(&self, id: u32) -> PathBuf {
+    pub fn shard_dir(&self, id: u32) -> Files {
         match self.sharded {
-            true => self.root.join(SHARDS).join(id.to_string()),
+            true => self.root.join(SHARDS).join(&id.to_string()),
             false => self.root.clone(),
         }
     }
@@ -146,13 +143,12 @@ impl Layout {
         if id >= self.count {
             return Err(Error::CheckpointMismatch(format!(
                 "{}: shard {id} does not exist; the query has {} shard(s)",
-                self.root.display(),
-                self.count
+                self.root, self.count
             )));
         }
         match self.sharded {
             true => CheckpointStore::open_shard_dir(&self.shard_dir(id), &self.query_id),
-            false => CheckpointStore::open(&self.root),
+            false => CheckpointStore::open_files(&self.root),
         }
     }
 
@@ -163,29 +159,27 @@ impl Layout {
 
     /// Takes the root's lock for a change of layout (held by the caller
     /// until it drops the guard).
-    pub(crate) fn lock_root(&self) -> Result<DirLock> {
+    pub(crate) fn lock_root(&self) -> Result<Option<DirLock>> {
         lock_root(&self.root)
     }
 
     /// Where a repartition builds its new layout; emptied first.
-    pub(crate) fn building_dir(&self) -> Result<PathBuf> {
+    pub(crate) fn building_dir(&self) -> Result<Files> {
         let dir = self.root.join(BUILDING);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))?;
-        }
-        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        dir.move_to(&self.root.join(RETIRED).join(&format!("unfinished-{}", crate::batch::epoch_ms())))?;
+        dir.ensure()?;
         Ok(dir)
     }
 
     /// The new layout's shard folder `id` inside [`building_dir`](Self::building_dir).
     pub(crate) fn building_shard(&self, id: u32, query_id: &str) -> Result<CheckpointStore> {
-        CheckpointStore::open_shard_dir(&self.root.join(BUILDING).join(id.to_string()), query_id)
+        CheckpointStore::open_shard_dir(&self.root.join(BUILDING).join(&id.to_string()), query_id)
     }
 
     /// Completes a repartition: the count written (which makes the new
     /// layout whole), the old layout moved to `retired/`, the new renamed
     /// into place. Returns where the old layout went.
-    pub(crate) fn swap_in(&self, count: u32) -> Result<PathBuf> {
+    pub(crate) fn swap_in(&self, count: u32) -> Result<Files> {
         write_count(&self.root.join(BUILDING), count)?;
         finish_interrupted_repartition(&self.root)?
             .ok_or_else(|| Error::Runtime("the repartition's new layout vanished".into()))
@@ -194,38 +188,39 @@ impl Layout {
 
 /// Waits up to [`ROOT_LOCK_WAIT`] for the root's lock (another opener holds
 /// it only while it reads the layout; a root-layout run holds it for life).
-fn lock_root(root: &Path) -> Result<DirLock> {
+/// An object store has no lock (`None`).
+fn lock_root(root: &Files) -> Result<Option<DirLock>> {
+    let Some(dir) = root.local() else { return Ok(None) };
     let started = Instant::now();
     loop {
-        match DirLock::acquire(root) {
+        match DirLock::acquire(dir) {
             Err(Error::CheckpointInUse { .. }) if started.elapsed() < ROOT_LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(50))
             }
-            other => return other,
+            other => return other.map(Some),
         }
     }
 }
 
 /// The recorded shard count, if the query uses the sharded layout.
-fn recorded_count(root: &Path) -> Result<Option<u32>> {
-    let path = root.join(SHARDS).join(COUNT);
-    if !path.exists() {
+fn recorded_count(root: &Files) -> Result<Option<u32>> {
+    let shards = root.join(SHARDS);
+    if !shards.exists(COUNT)? {
         return Ok(None);
     }
-    let CountFile::V1 { shards } = read_json(&path)?;
+    let CountFile::V1 { shards } = read_json(&shards, COUNT)?;
     Ok(Some(shards))
 }
 
-fn write_count(dir: &Path, shards: u32) -> Result<()> {
-    write_new(&dir.join(COUNT), &CountFile::V1 { shards })
+fn write_count(dir: &Files, shards: u32) -> Result<()> {
+    dir.create_new(COUNT, &to_json(&dir.describe(COUNT), &CountFile::V1 { shards })?)
 }
 
 /// Whether the root holds a shard's logs (a query in the root layout that
 /// has planned or started something).
-fn has_root_shard(root: &Path) -> Result<bool> {
+fn has_root_shard(root: &Files) -> Result<bool> {
     for sub in ["offsets", "sources"] {
-        let path = root.join(sub);
-        if path.is_dir() && fs::read_dir(&path).map_err(io_err("listing", &path))?.next().is_some() {
+        if !root.join(sub).list()?.is_empty() {
             return Ok(true);
         }
     }
@@ -233,27 +228,40 @@ fn has_root_shard(root: &Path) -> Result<bool> {
 }
 
 /// A complete new layout in `.shards.tmp` replaces the old one (moved to
-/// `retired/`); an incomplete one (no `count`) is removed. Returns where
-/// the old layout went, when there was a swap.
-fn finish_interrupted_repartition(root: &Path) -> Result<Option<PathBuf>> {
+/// `retired/`); an incomplete one (no `count`) is moved aside to
+/// `retired/` too. Returns where the old layout went, when there was a
+/// swap. In an object store the moves copy object by object; the new
+/// layout's `count` moves last, so an interrupted swap is finished by the
+/// next opener: the old layout is moved first and only then the new one, and
+/// `.shards.tmp/moving` records that the old one is gone.
+fn finish_interrupted_repartition(root: &Files) -> Result<Option<Files>> {
     let building = root.join(BUILDING);
-    if !building.exists() {
+    if building.list()?.is_empty() {
         return Ok(None);
     }
-    if !building.join(COUNT).exists() {
-        fs::remove_dir_all(&building).map_err(io_err("removing", &building))?;
+    if !building.exists(COUNT)? {
+        building.move_to(&root.join(RETIRED).join(&format!("unfinished-{}", crate::batch::epoch_ms())))?;
         return Ok(None);
     }
-    let retired = root.join(RETIRED).join(format!("layout-{}", crate::batch::epoch_ms()));
-    fs::create_dir_all(&retired).map_err(io_err("creating", &retired))?;
-    let old: Vec<&str> = ROOT_SHARD_ENTRIES.iter().copied().chain([SHARDS, ".lock"]).collect();
-    for entry in old {
-        let from = root.join(entry);
-        if entry != ".lock" && from.exists() {
-            fs::rename(&from, retired.join(entry)).map_err(io_err("moving to retired/", &from))?;
+    let retired = root.join(RETIRED).join(&format!("layout-{}", crate::batch::epoch_ms()));
+    if !building.exists(MOVING)? {
+        for entry in ROOT_SHARD_ENTRIES.iter().chain([&SHARDS]) {
+            root.join(entry).move_to(&retired.join(entry))?;
         }
+        building.put(MOVING, b"the old layout is in retired/")?;
     }
-    fs::rename(&building, root.join(SHARDS)).map_err(io_err("renaming into place", &building))?;
-    super::sync_parent(&root.join(SHARDS))?;
+    let shards = root.join(SHARDS);
+    for entry in building.list()?.into_iter().filter(|e| e != COUNT && e != MOVING) {
+        building.join(&entry).move_to(&shards.join(&entry))?;
+        building.remove(&entry)?;
+    }
+    shards.ensure()?;
+    let count = building.read(COUNT)?.unwrap_or_default();
+    shards.put(COUNT, &count)?;
+    building.remove(COUNT)?;
+    building.remove(MOVING)?;
+    if let Some(dir) = building.local() {
+        let _ = std::fs::remove_dir(dir);
+    }
     Ok(Some(retired))
 }

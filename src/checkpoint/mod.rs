@@ -9,11 +9,11 @@
 //! <dir>/state/<N>       held campaigns after batch N, when they changed (see [`state`])
 //! ```
 //!
-//! Every file is versioned and written atomically (tmp file, fsync, rename,
-//! fsync of the directory), so a crash leaves either the old state or the new
-//! one, never half a file. `metadata` and `offsets/N` are created, never
-//! replaced. One process owns the directory at a time (`.lock`, see
-//! [`lock`]). On start, `offsets/N` without `commits/N` means
+//! Every file is versioned and written atomically (locally: tmp file, fsync,
+//! rename, fsync of the directory; in an object store: one put), so a crash
+//! leaves either the old state or the new one, never half a file ([`files`]).
+//! `metadata` and `offsets/N` are created only if absent, never replaced.
+//! One process owns a local directory at a time (`.lock`, see [`lock`]). On start, `offsets/N` without `commits/N` means
 //! batch N was planned but not finished: it is run again with the same plan.
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,12 +26,14 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::batch::{BatchId, BatchPlan};
 use crate::error::{Error, Result};
 
+pub mod files;
 pub mod layout;
 mod lock;
 mod state;
 
 pub(crate) use lock::host_name;
 
+pub use files::Files;
 use lock::DirLock;
 
 /// Versioned content of `metadata`.
@@ -93,40 +95,41 @@ pub struct Resume {
     pub pending: Option<BatchPlan>,
 }
 
-/// Reads and writes one query's checkpoint directory, which it owns (holds
-/// its lock) for as long as it lives.
+/// Reads and writes one query's checkpoint folder (of one shard, in the
+/// sharded layout), on local disk or in an object store ([`files`]). A
+/// local folder is owned (its lock held) for as long as the store lives; an
+/// object store has no lock: create-if-absent on `offsets/N` and the
+/// owner epoch in Postgres stop a second owner.
 #[derive(Debug)]
 pub struct CheckpointStore {
-    dir: PathBuf,
+    files: Files,
     query_id: String,
-    _lock: DirLock,
+    _lock: Option<DirLock>,
 }
 
 impl CheckpointStore {
-    /// Opens `dir`, creating it and a new query id if it is empty. Fails at
-    /// once, naming the holder, if another process owns the directory.
+    /// Opens the local folder `dir`, creating it and a new query id if it
+    /// is empty. Fails at once, naming the holder, if another process owns
+    /// the folder.
     pub fn open(dir: &Path) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let lock = DirLock::acquire(dir)?;
-        let query_id = read_or_create_metadata(dir)?;
-        Self::with_lock(dir, query_id, lock)
+        Self::open_files(&Files::Local(dir.to_path_buf()))
     }
 
-    /// Opens the directory of one shard of a query in the sharded layout
+    /// Opens `files` (see [`open`](Self::open)) as the checkpoint root.
+    pub fn open_files(files: &Files) -> Result<Self> {
+        files.ensure()?;
+        let lock = files.local().map(DirLock::acquire).transpose()?;
+        let query_id = read_or_create_metadata(files)?;
+        Self::with_lock(files, query_id, lock)
+    }
+
+    /// Opens the folder of one shard of a query in the sharded layout
     /// (`<root>/shards/<s>`, see [`layout`]): its own logs and lock, the
     /// query id of the root's `metadata`.
-    pub(crate) fn open_shard_dir(dir: &Path, query_id: &str) -> Result<Self> {
-        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-        let lock = DirLock::acquire(dir)?;
-        Self::with_lock(dir, query_id.to_string(), lock)
-    }
-
-    fn with_lock(dir: &Path, query_id: String, lock: DirLock) -> Result<Self> {
-        for sub in ["offsets", "commits", "snapshots", "sources", "state"] {
-            let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(io_err("creating", &path))?;
-        }
-        Ok(CheckpointStore { dir: dir.to_path_buf(), query_id, _lock: lock })
+    pub(crate) fn open_shard_dir(files: &Files, query_id: &str) -> Result<Self> {
+        files.ensure()?;
+        let lock = files.local().map(DirLock::acquire).transpose()?;
+        Self::with_lock(files, query_id.to_string(), lock)
     }
 
     /// Opens an existing checkpoint (for the `sparklet checkpoint` commands):
@@ -141,9 +144,16 @@ impl CheckpointStore {
         Self::open(dir)
     }
 
-    /// The checkpoint directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    fn with_lock(files: &Files, query_id: String, lock: Option<DirLock>) -> Result<Self> {
+        for sub in ["offsets", "commits", "snapshots", "sources", "state"] {
+            files.join(sub).ensure()?;
+        }
+        Ok(CheckpointStore { files: files.clone(), query_id, _lock: lock })
+    }
+
+    /// The checkpoint folder.
+    pub fn dir(&self) -> &Files {
+        &self.files
     }
 
     /// The query id from `metadata`: stable across restarts.
@@ -156,11 +166,11 @@ impl CheckpointStore {
         let Some(latest) = self.latest_id("offsets")? else {
             return Ok(Resume::default());
         };
-        if self.commit_path(latest).exists() {
+        if self.files.join("commits").exists(&latest.to_string())? {
             return Ok(Resume { last_committed: Some(self.read_offsets(latest)?), pending: None });
         }
         let last_committed = match latest.checked_sub(1) {
-            Some(prev) if self.offsets_path(prev).exists() => Some(self.read_offsets(prev)?),
+            Some(prev) if self.files.join("offsets").exists(&prev.to_string())? => Some(self.read_offsets(prev)?),
             _ => None,
         };
         Ok(Resume { last_committed, pending: Some(self.read_offsets(latest)?) })
@@ -169,27 +179,31 @@ impl CheckpointStore {
     /// Write-ahead: records the plan of a batch before it runs. An existing
     /// `offsets/N` is never overwritten: a plan, once written, is the batch.
     pub fn write_offsets(&self, plan: &BatchPlan) -> Result<()> {
-        write_new(&self.offsets_path(plan.batch_id), &OffsetsFile::V1(plan.clone()))
+        let name = plan.batch_id.to_string();
+        let offsets = self.files.join("offsets");
+        offsets.create_new(&name, &to_json(&offsets.describe(&name), &OffsetsFile::V1(plan.clone()))?)
     }
 
     /// Reads the plan of batch `id`.
     pub fn read_offsets(&self, id: BatchId) -> Result<BatchPlan> {
-        let OffsetsFile::V1(plan) = read_json(&self.offsets_path(id))?;
+        let OffsetsFile::V1(plan) = read_json(&self.files.join("offsets"), &id.to_string())?;
         Ok(plan)
     }
 
     /// Records that batch `commit.batch_id` is in both sinks.
     pub fn write_commit(&self, commit: &BatchCommit) -> Result<()> {
-        write_atomic(&self.commit_path(commit.batch_id), &CommitFile::V1(commit.clone()))
+        let name = commit.batch_id.to_string();
+        let commits = self.files.join("commits");
+        commits.put(&name, &to_json(&commits.describe(&name), &CommitFile::V1(commit.clone()))?)
     }
 
     /// Reads the commit record of batch `id`, if there is one.
     pub fn read_commit(&self, id: BatchId) -> Result<Option<BatchCommit>> {
-        let path = self.commit_path(id);
-        if !path.exists() {
+        let commits = self.files.join("commits");
+        if !commits.exists(&id.to_string())? {
             return Ok(None);
         }
-        let CommitFile::V1(commit) = read_json(&path)?;
+        let CommitFile::V1(commit) = read_json(&commits, &id.to_string())?;
         Ok(Some(commit))
     }
 
@@ -198,8 +212,7 @@ impl CheckpointStore {
     pub fn purge_before(&self, keep_from: BatchId) -> Result<()> {
         for sub in ["offsets", "commits"] {
             for id in self.batch_ids(sub)?.into_iter().filter(|id| *id < keep_from) {
-                let path = self.dir.join(sub).join(id.to_string());
-                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                self.files.join(sub).remove(&id.to_string())?;
             }
         }
         self.purge_state_before(keep_from)
@@ -208,15 +221,15 @@ impl CheckpointStore {
     /// The start offsets resolved when the query first ran (`sources/0`), so
     /// `latest` means the same thing after a restart before the first batch.
     pub fn initial_offsets(&self) -> Result<Option<HashMap<i32, i64>>> {
-        let path = self.dir.join("sources").join("0");
-        if !path.exists() {
+        let sources = self.files.join("sources");
+        if !sources.exists("0")? {
             return Ok(None);
         }
-        let SourceStartFile::V1 { offsets } = read_json(&path)?;
+        let SourceStartFile::V1 { offsets } = read_json(&sources, "0")?;
         let parse = |(partition, offset): (String, i64)| match partition.parse::<i32>() {
             Ok(partition) => Ok((partition, offset)),
             Err(_) => Err(Error::CheckpointFormat {
-                path: path.clone(),
+                path: sources.describe("0"),
                 source: serde::de::Error::custom(format!("'{partition}' is not a partition id")),
             }),
         };
@@ -226,20 +239,13 @@ impl CheckpointStore {
     /// Records the start offsets of a new query.
     pub fn write_initial_offsets(&self, offsets: &HashMap<i32, i64>) -> Result<()> {
         let offsets = offsets.iter().map(|(p, o)| (p.to_string(), *o)).collect();
-        write_atomic(&self.dir.join("sources").join("0"), &SourceStartFile::V1 { offsets })
+        let sources = self.files.join("sources");
+        sources.put("0", &to_json(&sources.describe("0"), &SourceStartFile::V1 { offsets })?)
     }
 
     /// The folder that holds subscriber snapshots.
-    pub fn snapshots_dir(&self) -> PathBuf {
-        self.dir.join("snapshots")
-    }
-
-    fn offsets_path(&self, id: BatchId) -> PathBuf {
-        self.dir.join("offsets").join(id.to_string())
-    }
-
-    fn commit_path(&self, id: BatchId) -> PathBuf {
-        self.dir.join("commits").join(id.to_string())
+    pub fn snapshots_dir(&self) -> Files {
+        self.files.join("snapshots")
     }
 
     fn latest_id(&self, sub: &str) -> Result<Option<BatchId>> {
@@ -248,32 +254,23 @@ impl CheckpointStore {
 
     /// Batch ids present in `sub`; tmp files of an interrupted write are ignored.
     pub(crate) fn batch_ids(&self, sub: &str) -> Result<Vec<BatchId>> {
-        let path = self.dir.join(sub);
-        let entries = fs::read_dir(&path).map_err(io_err("listing", &path))?;
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err("listing", &path))?;
-            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                ids.push(id);
-            }
-        }
-        Ok(ids)
+        Ok(self.files.join(sub).list()?.iter().filter_map(|name| name.parse().ok()).collect())
     }
 }
 
-/// The query id in `<dir>/metadata`, created with a new id if absent. Two
+/// The query id in `<root>/metadata`, created with a new id if absent. Two
 /// processes creating it at once agree: the second reads the first's.
-pub(crate) fn read_or_create_metadata(dir: &Path) -> Result<String> {
-    let meta_path = dir.join("metadata");
-    if !meta_path.exists() {
+pub(crate) fn read_or_create_metadata(root: &Files) -> Result<String> {
+    if !root.exists("metadata")? {
         let id = uuid::Uuid::new_v4().to_string();
-        match write_new(&meta_path, &MetadataFile::V1 { id: id.clone() }) {
+        let json = to_json(&root.describe("metadata"), &MetadataFile::V1 { id: id.clone() })?;
+        match root.create_new("metadata", &json) {
             Ok(()) => return Ok(id),
             Err(Error::CheckpointConflict { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    let MetadataFile::V1 { id } = read_json(&meta_path)?;
+    let MetadataFile::V1 { id } = read_json(root, "metadata")?;
     Ok(id)
 }
 
@@ -292,15 +289,14 @@ pub fn is_checkpoint(dir: &Path) -> bool {
             || name == lock::LOCK_FILE
             || (name.starts_with('.') && name.ends_with(".tmp"))
     });
-    only_ours && read_json::<MetadataFile>(&dir.join("metadata")).is_ok()
+    only_ours && read_json::<MetadataFile>(&Files::Local(dir.to_path_buf()), "metadata").is_ok()
 }
 
-/// Creates `path` holding `value` as JSON, atomically, failing if it exists:
-/// tmp file, fsync, hard link into place (which refuses an existing name),
-/// fsync of the parent directory.
-pub(crate) fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let json = to_json(path, value)?;
-    let tmp = write_tmp(path, |file| file.write_all(&json).map_err(io_err("writing", path)))?;
+/// Creates `path` holding `bytes`, atomically, failing if it exists: tmp
+/// file, fsync, hard link into place (which refuses an existing name), fsync
+/// of the parent directory.
+fn write_new_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_tmp(path, |file| file.write_all(bytes).map_err(io_err("writing", path)))?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -312,41 +308,31 @@ pub(crate) fn write_new<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     sync_parent(path)
 }
 
-/// Writes `value` as JSON to `path` atomically: tmp file, fsync, rename,
-/// fsync of the parent directory.
-pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_bytes_atomic(path, &to_json(path, value)?)
-}
-
 /// `value` as the pretty JSON of a checkpoint file at `path`.
 fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(value).map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })
 }
 
-/// Writes `bytes` to `path` atomically (see [`write_atomic`]).
-pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |file| file.write_all(bytes).map_err(io_err("writing", path)))
-}
-
-/// Like [`write_bytes_atomic`], but `write` streams the content into the
-/// temporary file (no copy of it in memory).
+/// Writes `path` atomically: `write` streams the content into a tmp file,
+/// which is fsynced and renamed into place; then the folder is fsynced.
 pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
     let tmp = write_tmp(path, write)?;
     fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
     sync_parent(path)
 }
 
-/// Writes `batch` as an Arrow IPC file at `path` atomically (see
-/// [`write_atomic`]): subscriber snapshots and the held campaigns' state.
-pub(crate) fn write_arrow_atomic(path: &Path, batch: &arrow::array::RecordBatch) -> Result<()> {
+/// Writes `batch` as Arrow IPC file `name` of `files`, atomically (see
+/// [`files`]): subscriber snapshots and the held campaigns' state.
+pub(crate) fn write_arrow(files: &Files, name: &str, batch: &arrow::array::RecordBatch) -> Result<()> {
+    let path = files.describe(name);
     let encoding = |e| Error::arrow(format!("writing {}", path.display()), e);
-    write_atomic_with(path, |file| {
-        let mut writer = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), &batch.schema())
-            .map_err(encoding)?;
+    files.put_with(name, |out| {
+        let mut writer =
+            arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(out), &batch.schema()).map_err(encoding)?;
         writer.write(batch).map_err(encoding)?;
         writer.finish().map_err(encoding)?;
         let buffered = writer.into_inner().map_err(encoding)?;
-        buffered.into_inner().map_err(|e| io_err("flushing", path)(e.into_error()))?;
+        buffered.into_inner().map_err(|e| io_err("flushing", &path)(e.into_error()))?;
         Ok(())
     })
 }
@@ -369,9 +355,13 @@ fn sync_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = fs::read(path).map_err(io_err("reading", path))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })
+/// Reads file `name` of `files` as JSON; a missing file is an error naming it.
+pub(crate) fn read_json<T: DeserializeOwned>(files: &Files, name: &str) -> Result<T> {
+    let path = files.describe(name);
+    let bytes = files
+        .read(name)?
+        .ok_or_else(|| io_err("reading", &path)(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::CheckpointFormat { path, source })
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {

@@ -5,8 +5,6 @@
 //! state before batch N is the newest `state/K` with K < N.
 
 use std::collections::HashMap;
-use std::fs;
-use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
@@ -23,11 +21,10 @@ const VERSION: &str = "1";
 impl CheckpointStore {
     /// Records `state` as what is held after batch `id`.
     pub fn write_state(&self, id: BatchId, state: &RecordBatch) -> Result<()> {
-        let path = self.state_path(id);
         let metadata = HashMap::from([(VERSION_KEY.to_string(), VERSION.to_string())]);
         let schema = Schema::new(state.schema().fields().clone()).with_metadata(metadata);
         let batch = state.clone().with_schema(schema.into()).map_err(|e| Error::arrow("tagging the state", e))?;
-        super::write_arrow_atomic(&path, &batch)
+        super::write_arrow(&self.files.join("state"), &id.to_string(), &batch)
     }
 
     /// What was held before batch `id`: the newest `state/K`, K < `id`.
@@ -35,8 +32,11 @@ impl CheckpointStore {
         let Some(k) = self.batch_ids("state")?.into_iter().filter(|k| *k < id).max() else {
             return Ok(None);
         };
-        let path = self.state_path(k);
-        let file = fs::File::open(&path).map_err(io_err("opening", &path))?;
+        let state_dir = self.files.join("state");
+        let path = state_dir.describe(&k.to_string());
+        let file = state_dir.open(&k.to_string())?.ok_or_else(|| {
+            io_err("opening", &path)(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+        })?;
         let reading = |e| Error::arrow(format!("reading {}", path.display()), e);
         let reader = FileReader::try_new(file, None).map_err(reading)?;
         let version = reader.schema().metadata().get(VERSION_KEY).cloned();
@@ -62,13 +62,8 @@ impl CheckpointStore {
         old.sort_unstable();
         old.pop();
         for k in old {
-            let path = self.state_path(k);
-            fs::remove_file(&path).map_err(io_err("removing", &path))?;
+            self.files.join("state").remove(&k.to_string())?;
         }
         Ok(())
-    }
-
-    fn state_path(&self, id: BatchId) -> PathBuf {
-        self.dir.join("state").join(id.to_string())
     }
 }

@@ -188,19 +188,23 @@ mod layouts {
     use super::*;
     use crate::checkpoint::layout::Layout;
 
+    fn local(dir: &Path) -> Files {
+        Files::Local(dir.to_path_buf())
+    }
+
     #[test]
     fn a_new_query_records_its_shard_count_and_refuses_another() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::open(dir.path(), Some(3)).unwrap();
+        let layout = Layout::open(&local(dir.path()), Some(3)).unwrap();
         assert!(layout.is_sharded() && layout.count() == 3);
-        assert_eq!(layout.shard_dir(2), dir.path().join("shards/2"));
+        assert_eq!(layout.shard_dir(2).local(), Some(dir.path().join("shards/2").as_path()));
         let shard = layout.open_shard(2).unwrap();
         assert_eq!(shard.query_id(), layout.query_id());
         assert!(matches!(layout.open_shard(2), Err(Error::CheckpointInUse { .. })), "one process per shard");
         assert!(layout.open_shard(1).is_ok(), "other shards are free");
         assert!(layout.open_shard(3).is_err());
-        assert_eq!(Layout::open(dir.path(), None).unwrap().count(), 3, "no --shards: as recorded");
-        let err = Layout::open(dir.path(), Some(2)).unwrap_err().to_string();
+        assert_eq!(Layout::open(&local(dir.path()), None).unwrap().count(), 3, "no --shards: as recorded");
+        let err = Layout::open(&local(dir.path()), Some(2)).unwrap_err().to_string();
         assert!(err.contains("has 3 shard(s)") && err.contains("checkpoint repartition"), "{err}");
         assert!(is_checkpoint(dir.path()));
     }
@@ -212,22 +216,22 @@ mod layouts {
         old.write_offsets(&plan(0, 5)).unwrap();
         let id = old.query_id().to_string();
         drop(old);
-        let layout = Layout::open(dir.path(), None).unwrap();
+        let layout = Layout::open(&local(dir.path()), None).unwrap();
         assert!(!layout.is_sharded() && layout.count() == 1 && layout.query_id() == id);
         assert_eq!(layout.shard(0).sink_key(&id), id, "its markers keep their key");
-        assert_eq!(layout.open_shard(0).unwrap().dir(), dir.path());
-        assert!(Layout::open(dir.path(), Some(4)).is_err(), "a count is not changed by a flag");
+        assert_eq!(layout.open_shard(0).unwrap().dir().local(), Some(dir.path()));
+        assert!(Layout::open(&local(dir.path()), Some(4)).is_err(), "a count is not changed by a flag");
     }
 
     #[test]
     fn an_interrupted_repartition_is_finished_or_dropped_by_the_next_opener() {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::open(dir.path(), Some(2)).unwrap();
+        let layout = Layout::open(&local(dir.path()), Some(2)).unwrap();
         drop(layout.open_all().unwrap());
         // Incomplete (no count yet): dropped, the old layout stays.
         layout.building_dir().unwrap();
         drop(layout.building_shard(0, layout.query_id()).unwrap());
-        assert_eq!(Layout::open(dir.path(), None).unwrap().count(), 2);
+        assert_eq!(Layout::open(&local(dir.path()), None).unwrap().count(), 2);
         assert!(!dir.path().join(".shards.tmp").exists());
         // Complete: swapped in, the old layout kept under retired/.
         layout.building_dir().unwrap();
@@ -235,8 +239,8 @@ mod layouts {
             drop(layout.building_shard(id, layout.query_id()).unwrap());
         }
         let retired = layout.swap_in(3).unwrap();
-        assert!(retired.join("shards/count").exists());
-        let now = Layout::open(dir.path(), None).unwrap();
+        assert!(retired.join("shards").exists("count").unwrap());
+        let now = Layout::open(&local(dir.path()), None).unwrap();
         assert_eq!((now.count(), now.query_id()), (3, layout.query_id()));
         assert!(is_checkpoint(dir.path()));
     }

@@ -86,7 +86,8 @@ pub struct KafkaConfig {
 pub struct Config {
     pub kafka: KafkaConfig,
     pub postgres: PostgresConfig,
-    pub checkpoint_dir: PathBuf,
+    /// `--checkpoint-dir`: a local folder or an object-store URL.
+    pub checkpoint_dir: crate::checkpoint::Files,
     pub sql_dir: PathBuf,
     pub trigger: Trigger,
     pub starting_offsets: StartingOffsets,
@@ -171,7 +172,7 @@ impl TryFrom<RunArgs> for Config {
         Ok(Config {
             kafka,
             postgres: PostgresConfig::parse(&args.database_url)?.with_ca_file(args.database_ca_file)?,
-            checkpoint_dir: args.checkpoint_dir,
+            checkpoint_dir: crate::checkpoint::Files::parse(&args.checkpoint_dir.to_string_lossy())?,
             sql_dir: args.sql_dir,
             trigger: args.trigger.parse()?,
             starting_offsets: args.starting_offsets.parse()?,

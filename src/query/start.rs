@@ -82,7 +82,7 @@ impl Query {
         tracing::info!(
             query_id = %query_id,
             shard = %shard.label(),
-            checkpoint = %checkpoint.dir().display(),
+            checkpoint = %checkpoint.dir(),
             sql_files = pipeline.steps().len(),
             held_campaigns = held.len(),
             postgres = %config.postgres.target(),
@@ -170,7 +170,7 @@ async fn check_sinks_not_ahead(
     for (sink, held) in held {
         if let Some(held) = held.filter(|h| known.is_none_or(|k| *h > k)) {
             return Err(Error::CheckpointBehind {
-                dir: config.checkpoint_dir.clone(),
+                dir: config.checkpoint_dir.describe(""),
                 query_id: query_id.to_string(),
                 known: known.map_or("none (no batch yet)".to_string(), |k| format!("batch {k}")),
                 sink,

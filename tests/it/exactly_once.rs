@@ -13,6 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+use sparklet::checkpoint::Files;
+
 use crate::child::*;
 use crate::support::*;
 
@@ -224,8 +226,21 @@ async fn second_signal_aborts_and_the_next_start_recovers() -> Result<()> {
 /// a batch, seen from the checkpoint), restarts it each time,
 /// then lets it finish and checks both sinks. Returns the figures.
 pub async fn soak(kills: usize, per_round: usize) -> Result<HashMap<&'static str, usize>> {
-    let clients = clients(4);
     let job = Job::new(3).await?;
+    let checkpoint = Files::Local(job.checkpoint.path().to_path_buf());
+    soak_with(&job, kills, per_round, &checkpoint, &[]).await
+}
+
+/// [`soak`] with the checkpoint at `checkpoint` (`extra` names it to the
+/// child processes).
+pub async fn soak_with(
+    job: &Job,
+    kills: usize,
+    per_round: usize,
+    checkpoint: &Files,
+    extra: &[&str],
+) -> Result<HashMap<&'static str, usize>> {
+    let clients = clients(4);
     let refs: Vec<&str> = clients.iter().map(String::as_str).collect();
     job.db.add_subscribers(RESTAURANT, &refs).await?;
     // SPARKLET_SOAK_SEED=<n> replays the kill times of a failed run.
@@ -251,21 +266,22 @@ pub async fn soak(kills: usize, per_round: usize) -> Result<HashMap<&'static str
             })
             .collect();
         job.kafka.produce(&job.input, (round % 3) as i32, &batch)?;
-        let mut child = spawn(&job, &["--trigger", "0s", "--max-offsets-per-trigger", "7"], None)?;
+        let args = [&["--trigger", "0s", "--max-offsets-per-trigger", "7"], extra].concat();
+        let mut child = spawn(job, &args, None)?;
         if round % 2 == 0 {
             // Half the kills at a random instant of the run...
             tokio::time::sleep(Duration::from_millis(300 + next() % 900)).await;
         } else {
             // ...and half at a random instant inside a batch.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while !mid_batch(&job) && std::time::Instant::now() < deadline {
+            while !mid_batch(checkpoint) && std::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             tokio::time::sleep(Duration::from_micros(next() % 2_000)).await;
         }
         child.kill().context("SIGKILL")?;
         child.wait()?;
-        killed_mid_batch += usize::from(mid_batch(&job));
+        killed_mid_batch += usize::from(mid_batch(checkpoint));
     }
     // Half the kills aim inside a batch; a quarter must land there, or the
     // soak did not test what it claims.
@@ -273,8 +289,8 @@ pub async fn soak(kills: usize, per_round: usize) -> Result<HashMap<&'static str
         killed_mid_batch >= kills.div_ceil(4),
         "only {killed_mid_batch} of {kills} kills landed inside a batch (seed above)"
     );
-    run_to_completion(&job, &["--max-offsets-per-trigger", "7"])?;
-    let (pg, kafka) = assert_exactly_once(&job, &expected_pairs(&ids, &clients)).await?;
+    run_to_completion(job, &[&["--max-offsets-per-trigger", "7"], extra].concat())?;
+    let (pg, kafka) = assert_exactly_once(job, &expected_pairs(&ids, &clients)).await?;
     Ok(HashMap::from([
         ("kills", kills),
         ("killed_with_a_batch_in_flight", killed_mid_batch),
@@ -285,12 +301,9 @@ pub async fn soak(kills: usize, per_round: usize) -> Result<HashMap<&'static str
 }
 
 /// Whether the checkpoint has a planned batch without a commit.
-fn mid_batch(job: &Job) -> bool {
+fn mid_batch(checkpoint: &Files) -> bool {
     let latest = |dir: &str| -> Option<u64> {
-        std::fs::read_dir(job.checkpoint.path().join(dir))
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .max()
+        checkpoint.join(dir).list().ok()?.iter().filter_map(|name| name.parse().ok()).max()
     };
     latest("offsets") > latest("commits")
 }

@@ -10,6 +10,7 @@ mod exactly_once;
 mod hold;
 mod http;
 mod newcomer;
+mod object_store;
 mod observability;
 mod outages;
 mod ownership;
