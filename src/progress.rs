@@ -109,6 +109,9 @@ pub(crate) struct SubscribersProgress {
 pub(crate) struct BatchProgress {
     /// The query id (checkpoint `metadata`).
     pub id: String,
+    /// The shard (`1/3`) of a query with several; batch ids are per shard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub batch_id: u64,
     /// The batch timestamp (`now`), RFC 3339.
     pub timestamp: String,
@@ -138,6 +141,8 @@ pub(crate) struct BatchProgress {
 
 /// What a finished batch did, for [`BatchProgress::new`].
 pub(crate) struct BatchReport<'a> {
+    /// The shard (`1/3`) of a query with several.
+    pub shard: Option<String>,
     pub plan: &'a BatchPlan,
     pub replayed: bool,
     pub input_rows: u64,
@@ -166,6 +171,7 @@ impl BatchProgress {
         let sources = vec![source_progress(&r)];
         BatchProgress {
             id: id.to_string(),
+            shard: r.shard,
             batch_id: r.plan.batch_id,
             timestamp: rfc3339_ms(r.plan.batch_timestamp_ms),
             replayed: r.replayed,
@@ -326,6 +332,7 @@ mod tests {
     fn progress(input: u64, output: u64, subscribers: u64) -> BatchProgress {
         BatchProgress {
             id: "q".into(),
+            shard: None,
             batch_id: 4,
             timestamp: rfc3339_ms(0),
             replayed: false,

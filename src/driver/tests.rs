@@ -64,6 +64,7 @@ fn plan(id: BatchId) -> BatchPlan {
 fn progress(id: BatchId) -> BatchProgress {
     BatchProgress {
         id: "q".into(),
+        shard: None,
         batch_id: id,
         timestamp: String::new(),
         replayed: false,

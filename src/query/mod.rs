@@ -149,6 +149,7 @@ impl Query {
         let progress = BatchProgress::new(
             self.id(),
             BatchReport {
+                shard: self.shard.sharded_layout.then(|| self.shard.label()),
                 plan,
                 replayed: attempt == Attempt::Replay,
                 input_rows,

@@ -47,7 +47,7 @@ const MANIFESTS: [&str; 7] = [
     "configmap-sql.yaml",
     "secret.yaml",
     "checkpoint-pvc.yaml",
-    "repartition-job.yaml",
+    "jobs/repartition-job.yaml",
 ];
 
 #[test]
@@ -112,7 +112,7 @@ fn the_kubernetes_config_map_holds_the_repos_sql_files_and_the_pods_options_exis
             .map(|e| e.to_string_lossy().into_owned())
             .collect()
     };
-    for (file, known) in [("statefulset.yaml", envs(run)), ("repartition-job.yaml", envs(repartition))] {
+    for (file, known) in [("statefulset.yaml", envs(run)), ("jobs/repartition-job.yaml", envs(repartition))] {
         let pod = std::fs::read_to_string(repo_path(&format!("deploy/kubernetes/{file}")))?;
         let words = pod.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
         for name in words.filter(|w| w.starts_with("SPARKLET_")) {
