@@ -189,7 +189,8 @@ impl Files {
     }
 
     /// Creates file `name` with `bytes`, failing with
-    /// [`Error::CheckpointConflict`] if it exists.
+    /// [`Error::CheckpointConflict`] if it exists (in an object store: with
+    /// other bytes than these, which only another writer can have put).
     pub fn create_new(&self, name: &str, bytes: &[u8]) -> Result<()> {
         match self {
             Files::Local(dir) => super::write_new_bytes(&dir.join(name), bytes),
@@ -198,6 +199,9 @@ impl Files {
                 let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
                 match block_on(o.store.put_opts(&child(&o.prefix, name), payload, options)) {
                     Ok(_) => Ok(()),
+                    // A retried put whose first attempt landed finds its own
+                    // bytes there: that is success, not another writer.
+                    Err(object_store::Error::AlreadyExists { .. }) if o.get(name)?.as_deref() == Some(bytes) => Ok(()),
                     Err(object_store::Error::AlreadyExists { .. }) => {
                         Err(Error::CheckpointConflict { path: self.describe(name) })
                     }

@@ -12,7 +12,8 @@
 //! Every file is versioned and written atomically (locally: tmp file, fsync,
 //! rename, fsync of the directory; in an object store: one put), so a crash
 //! leaves either the old state or the new one, never half a file ([`files`]).
-//! `metadata` and `offsets/N` are created only if absent, never replaced.
+//! `metadata`, `offsets/N` and `commits/N` are created only if absent, never
+//! replaced.
 //! One process owns a local directory at a time (`.lock`, see [`lock`]). On start, `offsets/N` without `commits/N` means
 //! batch N was planned but not finished: it is run again with the same plan.
 
@@ -190,11 +191,14 @@ impl CheckpointStore {
         Ok(plan)
     }
 
-    /// Records that batch `commit.batch_id` is in both sinks.
+    /// Records that batch `commit.batch_id` is in both sinks. Created, never
+    /// replaced: a second owner committing the same batch is refused
+    /// ([`Error::CheckpointConflict`]), as Spark's commit log adds a file
+    /// only if absent.
     pub fn write_commit(&self, commit: &BatchCommit) -> Result<()> {
         let name = commit.batch_id.to_string();
         let commits = self.files.join("commits");
-        commits.put(&name, &to_json(&commits.describe(&name), &CommitFile::V1(commit.clone()))?)
+        commits.create_new(&name, &to_json(&commits.describe(&name), &CommitFile::V1(commit.clone()))?)
     }
 
     /// Reads the commit record of batch `id`, if there is one.
