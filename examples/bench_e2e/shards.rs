@@ -4,7 +4,9 @@
 //! second, and CPU time per output row, should stay flat as shards are
 //! added. The baseline is the 1-shard run of the same round. A raw binary
 //! COPY of the same rows is the Postgres write limit the 16-machine estimate
-//! divides by.
+//! divides by. With `SPARKLET_TEST_S3` set (an S3 server, as `.ci/run`
+//! starts), one shard with its checkpoint there is compared with one on
+//! local disk.
 
 use std::time::Instant;
 
@@ -43,6 +45,9 @@ pub(crate) async fn report(url: &str, campaigns: usize, restaurants: usize) -> R
             }
         }
     }
+    if let Ok(bucket) = std::env::var("SPARKLET_TEST_S3") {
+        s3_rows(url, campaigns, restaurants, &bucket).await?;
+    }
     if let Some((rows, took)) = raw {
         println!(
             "shards: Postgres write limit here: raw binary COPY of {rows} feedback rows in {:.0} ms = {:.0} rows/s",
@@ -53,9 +58,53 @@ pub(crate) async fn report(url: &str, campaigns: usize, restaurants: usize) -> R
     Ok(())
 }
 
+/// With `SPARKLET_TEST_S3` (and the `AWS_*` variables): one shard with its
+/// checkpoint in that S3 server against one shard on local disk, twice
+/// alternating: rows/s, and the median of the two checkpoint writes per
+/// batch (write-ahead, commit).
+async fn s3_rows(url: &str, campaigns: usize, restaurants: usize, bucket: &str) -> Result<()> {
+    println!("shards: checkpoint | batches | rows/s | ratio to local | median write-ahead ms | median commit ms");
+    for _ in 0..2 {
+        let mut base = None;
+        for place in ["local", "s3"] {
+            let dir = format!("{bucket}/bench-{}", uuid::Uuid::new_v4().simple());
+            let at = (place == "s3").then_some(dir.as_str());
+            let (run, batches) = run_at(url, campaigns, restaurants, 1, at).await?;
+            let rate = run.rows as f64 / run.wall_s;
+            let base = *base.get_or_insert(rate);
+            let median = |key: &str| {
+                let mut v: Vec<u64> = batches.iter().map(|b| b["durationMs"][key].as_u64().unwrap_or(0)).collect();
+                v.sort_unstable();
+                v.get(v.len() / 2).copied().unwrap_or(0)
+            };
+            println!(
+                "shards: {place} | {} | {rate:.0} | {:.2} | {} | {}",
+                batches.len(),
+                rate / base,
+                median("walCommit"),
+                median("commitOffsets")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// One `available-now` run over a fresh backlog of `campaigns` with `shards`
 /// shards in this process; returns its figures and its batch count.
 async fn run(url: &str, campaigns: usize, restaurants: usize, shards: u32) -> Result<(ShardRun, usize)> {
+    let (run, batches) = run_at(url, campaigns, restaurants, shards, None).await?;
+    Ok((run, batches.len()))
+}
+
+/// [`run`] with the checkpoint at `checkpoint` (a URL) instead of a local
+/// folder; returns the progress records.
+async fn run_at(
+    url: &str,
+    campaigns: usize,
+    restaurants: usize,
+    shards: u32,
+    checkpoint_url: Option<&str>,
+) -> Result<(ShardRun, Vec<Value>)> {
     let (cluster, topic) = crate::new_cluster(campaigns)?;
     crate::produce(&cluster, &topic, campaigns, restaurants)?;
     crate::connect(url).await?.batch_execute("TRUNCATE subscribers_feedback").await?;
@@ -74,13 +123,16 @@ async fn run(url: &str, campaigns: usize, restaurants: usize, shards: u32) -> Re
         args[at + 1] = "20000".into();
     }
     args.extend(["--shards".into(), shards.to_string()]);
+    if let (Some(dir), Some(at)) = (checkpoint_url, args.iter().position(|a| a == "--checkpoint-dir")) {
+        args[at + 1] = dir.to_string();
+    }
     let config = crate::config(args)?;
     let (cpu, started) = (cpu_seconds(), Instant::now());
     sparklet::run(config, std::future::pending()).await?;
     let (wall_s, cpu_s) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let batches: Vec<Value> = crate::read_progress(&progress)?;
     let rows = batches.iter().map(|b| b["numOutputRows"].as_u64().unwrap_or(0)).sum();
-    Ok((ShardRun { shards, rows, wall_s, cpu_s }, batches.len()))
+    Ok((ShardRun { shards, rows, wall_s, cpu_s }, batches))
 }
 
 /// User plus system CPU time of this process so far (`/proc/self/stat`).
