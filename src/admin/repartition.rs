@@ -36,7 +36,7 @@ pub(super) async fn run(args: &RepartitionArgs) -> Result<String> {
         return Ok(format!("the query in {root} has {to} shard(s) already; nothing changed\n"));
     }
     let stores = layout.open_all()?;
-    let _root = if layout.is_sharded() { Some(layout.lock_root()?) } else { None };
+    let _layout = layout.lock_root()?;
     let (ends, last) = where_shards_stopped(&stores)?;
     let query_id = layout.query_id().to_string();
     let new_shard = |id| Shard { id, count: to, sharded_layout: true };

@@ -15,9 +15,10 @@
 //! layout beside the old one (`.shards.tmp`, `count` written last), moves the
 //! old one to `retired/` and renames the new one into place. An interrupted
 //! repartition is finished, or dropped if its new layout was incomplete, by
-//! the next opener. Openers and the repartition hold the root's lock while
-//! they read or change the layout; a sharded run lets go of it once its
-//! shards' own locks are held.
+//! the next opener. Openers and the repartition hold the root's layout
+//! lock (`.layout.lock`) while they read or change the layout; the owner's
+//! `.lock` of each shard is apart, so opening never waits for a running
+//! query.
 
 use std::time::{Duration, Instant};
 
@@ -186,14 +187,14 @@ impl Layout {
     }
 }
 
-/// Waits up to [`ROOT_LOCK_WAIT`] for the root's lock (another opener holds
-/// it only while it reads the layout; a root-layout run holds it for life).
-/// An object store has no lock (`None`).
+/// Waits up to [`ROOT_LOCK_WAIT`] for the root's layout lock (another
+/// opener holds it only while it reads the layout, a repartition while it
+/// runs). An object store has no lock (`None`).
 fn lock_root(root: &Files) -> Result<Option<DirLock>> {
     let Some(dir) = root.local() else { return Ok(None) };
     let started = Instant::now();
     loop {
-        match DirLock::acquire(dir) {
+        match DirLock::acquire_file(dir, super::lock::LAYOUT_LOCK_FILE) {
             Err(Error::CheckpointInUse { .. }) if started.elapsed() < ROOT_LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(50))
             }

@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 
 /// The lock file's name inside the checkpoint directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
+/// The lock a process holds while it reads or changes a checkpoint's
+/// layout (briefly; a repartition for its whole run), apart from the
+/// owner's `.lock`, so that opening never waits for a running query.
+pub(crate) const LAYOUT_LOCK_FILE: &str = ".layout.lock";
 
 /// The held lock; dropping it releases the directory.
 #[derive(Debug)]
@@ -21,7 +25,12 @@ pub(crate) struct DirLock {
 impl DirLock {
     /// Takes the lock of `dir` or fails at once, naming the holder.
     pub(crate) fn acquire(dir: &Path) -> Result<Self> {
-        let path = dir.join(LOCK_FILE);
+        Self::acquire_file(dir, LOCK_FILE)
+    }
+
+    /// Takes the lock file `name` of `dir` (see [`LAYOUT_LOCK_FILE`]).
+    pub(crate) fn acquire_file(dir: &Path, name: &str) -> Result<Self> {
+        let path = dir.join(name);
         let io = |action| super::io_err(action, &path);
         let mut file = OpenOptions::new()
             .read(true)

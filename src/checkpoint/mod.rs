@@ -291,6 +291,7 @@ pub fn is_checkpoint(dir: &Path) -> bool {
         let name = name.to_string_lossy();
         CHECKPOINT_ENTRIES.contains(&name.as_ref())
             || name == lock::LOCK_FILE
+            || name == lock::LAYOUT_LOCK_FILE
             || (name.starts_with('.') && name.ends_with(".tmp"))
     });
     only_ours && read_json::<MetadataFile>(&Files::Local(dir.to_path_buf()), "metadata").is_ok()
