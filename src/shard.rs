@@ -66,6 +66,17 @@ pub enum ShardSelection {
     Auto { replicas: u32 },
 }
 
+impl std::fmt::Display for ShardSelection {
+    /// As the command line spells it (`all`, `0,2`, `auto --replicas 2`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardSelection::All => f.write_str("all"),
+            ShardSelection::List(ids) => f.write_str(&ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            ShardSelection::Auto { replicas } => write!(f, "auto --replicas {replicas}"),
+        }
+    }
+}
+
 impl ShardSelection {
     /// Parses `--shard-ids` (`all`, `auto` or a list such as `0,2`) with
     /// `--replicas`, which only `auto` uses and which it needs.
@@ -184,6 +195,8 @@ mod tests {
     #[test]
     fn a_list_names_existing_shards_once() {
         assert_eq!(ShardSelection::parse("0, 2", None).unwrap(), ShardSelection::List(vec![0, 2]));
+        assert_eq!(ShardSelection::parse("0, 2", None).unwrap().to_string(), "0,2");
+        assert_eq!(ShardSelection::parse("auto", Some(3)).unwrap().to_string(), "auto --replicas 3");
         assert_eq!(ShardSelection::parse("all", None).unwrap().resolve(2, "h").unwrap(), vec![0, 1]);
         let err = ShardSelection::parse("0,x", None).unwrap_err().to_string();
         assert!(err.contains("'x' is not a shard number"), "{err}");

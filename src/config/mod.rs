@@ -277,7 +277,7 @@ impl Config {
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
              --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
              {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
-             --shards {} --shard-ids {:?} --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
+             --shards {} --shard-ids {} --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
