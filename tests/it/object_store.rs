@@ -125,3 +125,32 @@ async fn shards_in_s3_are_repartitioned_and_shown() -> Result<()> {
     ensure!(!Files::parse(&url)?.join("retired").list()?.is_empty(), "the old layout is kept under retired/");
     Ok(())
 }
+
+#[test]
+fn a_repartition_interrupted_mid_move_in_s3_is_finished_by_the_next_opener() -> Result<()> {
+    use sparklet::checkpoint::layout::Layout;
+    let Some(url) = s3_location("interrupted") else { return Ok(()) };
+    let root = Files::parse(&url)?;
+    let old = Layout::open(&root, Some(2))?;
+    // A repartition to 3 built its new layout, moved the old one to
+    // retired/ (`moving` says so), moved shard 0 of the new layout into
+    // place, and died.
+    let building = root.join(".shards.tmp");
+    for shard in 0..3 {
+        building.join(&format!("{shard}/offsets")).create_new("7", format!("plan of shard {shard}").as_bytes())?;
+    }
+    building.create_new("count", br#"{"version":"1","shards":3}"#)?;
+    root.join("shards").move_to(&root.join("retired/layout-1/shards"))?;
+    building.put("moving", b"the old layout is in retired/")?;
+    building.join("0").move_to(&root.join("shards/0"))?;
+
+    let now = Layout::open(&root, None)?;
+    assert_eq!((now.count(), now.query_id()), (3, old.query_id()), "the new layout is in place");
+    for shard in 0..3 {
+        let plan = now.shard_dir(shard).join("offsets").read("7")?;
+        assert_eq!(plan, Some(format!("plan of shard {shard}").into_bytes()), "shard {shard} moved whole");
+    }
+    assert!(building.read("count")?.is_none() && building.join("1/offsets").read("7")?.is_none());
+    assert!(root.join("retired/layout-1/shards").exists("count")?, "the old layout stays retired");
+    Ok(())
+}
