@@ -73,8 +73,10 @@ fn pair(v: &Value) -> (String, String) {
 /// Waits until Postgres holds every expected pair, then checks both sinks:
 /// Postgres exactly once; Kafka every pair, and no more records than
 /// `leaked` beyond them (records of a killed process's open transaction,
-/// which a real broker aborts and the test broker cannot). Prints the row.
-async fn check_step(job: &Job, step: &str, ids: &[String], clients: &[String], leaked: usize) -> Result<()> {
+/// which a real broker aborts and the test broker cannot; they stay, so a
+/// later step allows those found before and no more). Prints the row and
+/// returns how many Kafka records were repeated.
+async fn check_step(job: &Job, step: &str, ids: &[String], clients: &[String], leaked: usize) -> Result<usize> {
     let expected = expected_pairs(ids, clients);
     let want = expected.len();
     let waited = wait_until(&format!("{step}: {want} rows in Postgres"), Duration::from_secs(90), async || {
@@ -100,7 +102,7 @@ async fn check_step(job: &Job, step: &str, ids: &[String], clients: &[String], l
     assert_eq!(pg, expected, "{step}: Postgres holds exactly the expected pairs");
     assert_eq!(kafka, expected, "{step}: Kafka holds every expected pair");
     ensure!(kafka_found <= want + leaked, "{step}: {} Kafka records repeated", kafka_found - want);
-    Ok(())
+    Ok(kafka_found - want)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +136,8 @@ async fn shards_over_processes_stay_exactly_once_through_kills_moves_and_a_repar
     produce(&job, "while-down", 30, &mut ids)?;
     let pod0 = pod(&job, "sparklet-0", &auto("2"))?;
     // At most one batch per shard of pod 0 was in flight: 2 campaigns x 3 clients each.
-    check_step(&job, "pod 0 SIGKILLed in a batch, restarted", &ids, &clients, 2 * 2 * clients.len()).await?;
+    let leaked =
+        check_step(&job, "pod 0 SIGKILLed in a batch, restarted", &ids, &clients, 2 * 2 * clients.len()).await?;
 
     // Replicas 2 -> 3 mid-stream, one pod at a time: the new pod 2 waits
     // until old pod 0 has handed shard 2 over.
@@ -145,7 +148,7 @@ async fn shards_over_processes_stay_exactly_once_through_kills_moves_and_a_repar
     produce(&job, "moving", 30, &mut ids)?;
     stop(&job, pod1)?;
     let pod1 = pod(&job, "sparklet-1", &auto("3"))?;
-    check_step(&job, "replicas 2 -> 3 (shards moved)", &ids, &clients, 0).await?;
+    check_step(&job, "replicas 2 -> 3 (shards moved)", &ids, &clients, leaked).await?;
 
     // Repartition 3 -> 2 shards: stop every pod, repartition, 2 pods.
     produce(&job, "repartition", 30, &mut ids)?;
@@ -165,7 +168,7 @@ async fn shards_over_processes_stay_exactly_once_through_kills_moves_and_a_repar
     ensure!(!refused.success() && child_log(&job).contains("checkpoint repartition"), "--shards 3 not refused");
     let (pod0, pod1) = (pod(&job, "sparklet-0", &two)?, pod(&job, "sparklet-1", &two)?);
     produce(&job, "after", 30, &mut ids)?;
-    check_step(&job, "repartitioned 3 -> 2 shards", &ids, &clients, 0).await?;
+    check_step(&job, "repartitioned 3 -> 2 shards", &ids, &clients, leaked).await?;
     stop(&job, pod0)?;
     stop(&job, pod1)?;
     ensure!(job.checkpoint.path().join("retired").read_dir()?.count() == 1, "the old layout is kept in retired/");
