@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::batch::{BatchId, BatchPlan};
 use crate::checkpoint::layout::Layout;
 use crate::checkpoint::{BatchCommit, CheckpointStore, Files};
-use crate::cli::{CheckpointCommand, CheckpointDir, ResetArgs, ShowArgs};
+use crate::cli::{CheckpointCommand, CheckpointDir, ClusterArgs, ResetArgs, ShowArgs};
 use crate::error::{Error, Result};
 use crate::progress::rfc3339_ms;
 use crate::shard::Shard;
@@ -191,6 +191,19 @@ fn reset(args: &ResetArgs) -> Result<String> {
             false => "at --starting-offsets (earliest or latest) at its first run",
         }
     ))
+}
+
+/// The Kafka client settings and request timeout of a command that asks the
+/// broker: `--bootstrap-servers` (refused when missing, saying `why` it is
+/// needed), `--kafka-option`, `--kafka-timeout`.
+pub(crate) fn kafka_client(cluster: &ClusterArgs, why: &str) -> Result<(rdkafka::ClientConfig, std::time::Duration)> {
+    let servers = cluster
+        .bootstrap_servers
+        .as_deref()
+        .ok_or_else(|| Error::config("--bootstrap-servers", format!("{why}: give --bootstrap-servers")))?;
+    let options = crate::config::parse_kafka_options(&cluster.kafka_options)?;
+    let timeout = crate::config::parse_duration("--kafka-timeout", &cluster.kafka_timeout)?;
+    Ok((crate::kafka::client_config(servers, &options), timeout))
 }
 
 /// The checkpoint `--checkpoint-dir` names (a path or an object-store URL).

@@ -11,7 +11,6 @@
 //! `retired/`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, Producer};
 
@@ -19,7 +18,6 @@ use crate::batch::{epoch_ms, BatchPlan, OffsetRange};
 use crate::checkpoint::layout::Layout;
 use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::cli::{ClusterArgs, RepartitionArgs};
-use crate::config::{parse_duration, parse_kafka_options};
 use crate::error::{Error, Result};
 use crate::shard::Shard;
 
@@ -108,15 +106,12 @@ async fn settle_transactions(keys: &[String], cluster: &ClusterArgs) -> Result<(
     if keys.is_empty() {
         return Ok(());
     }
-    let servers = cluster.bootstrap_servers.clone().ok_or_else(|| {
-        Error::config("--bootstrap-servers", "repartition settles the retired shards' Kafka transactions: give it")
-    })?;
-    let options = parse_kafka_options(&cluster.kafka_options)?;
-    let timeout: Duration = parse_duration("--kafka-timeout", &cluster.kafka_timeout)?;
+    let (client, timeout) = super::kafka_client(cluster, "repartition settles the retired shards' Kafka transactions")?;
     let keys = keys.to_vec();
     crate::source::blocking(move || {
         for key in keys {
-            let producer: BaseProducer = crate::kafka::client_config(&servers, &options)
+            let producer: BaseProducer = client
+                .clone()
                 .set("transactional.id", crate::kafka::transactional_id(&key))
                 .create()
                 .map_err(|e| Error::kafka(format!("creating a producer for retired shard {key}"), e))?;

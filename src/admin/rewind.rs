@@ -7,7 +7,7 @@
 //! starts at that one batch's start).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -15,7 +15,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::batch::{epoch_ms, BatchId, BatchPlan, OffsetRange};
 use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::cli::{ClusterArgs, RewindArgs};
-use crate::config::{parse_duration, parse_kafka_options};
 use crate::error::{Error, Result};
 use crate::shard::Shard;
 
@@ -134,17 +133,10 @@ async fn time_starts(last: &BatchPlan, shard: &Shard, time: &str, cluster: &Clus
         Error::config("--to-time", format!("'{time}' is not an RFC 3339 time (e.g. 2026-11-24T09:00:00Z): {e}"))
     })?;
     let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let servers = cluster
-        .bootstrap_servers
-        .clone()
-        .ok_or_else(|| Error::config("--bootstrap-servers", "--to-time asks the broker: give --bootstrap-servers"))?;
-    let options = parse_kafka_options(&cluster.kafka_options)?;
-    let timeout: Duration = parse_duration("--kafka-timeout", &cluster.kafka_timeout)?;
+    let (client, timeout) = super::kafka_client(cluster, "--to-time asks the broker")?;
     let (topic, shard) = (last.topic.clone(), *shard);
     crate::source::blocking(move || {
-        let consumer: BaseConsumer = crate::kafka::client_config(&servers, &options)
-            .create()
-            .map_err(|e| Error::kafka("creating the offsets client", e))?;
+        let consumer: BaseConsumer = client.create().map_err(|e| Error::kafka("creating the offsets client", e))?;
         let partitions = crate::kafka::topic_partitions(&consumer, &topic, timeout)?;
         let mut wanted = TopicPartitionList::new();
         for p in partitions.iter().filter(|p| shard.owns(**p)) {

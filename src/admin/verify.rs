@@ -4,12 +4,11 @@
 //! compared with the markers each sink holds for the query.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use crate::batch::BatchId;
 use crate::checkpoint::CheckpointStore;
 use crate::cli::{ClusterArgs, VerifyArgs};
-use crate::config::{parse_duration, parse_kafka_options, PostgresConfig};
+use crate::config::PostgresConfig;
 use crate::error::Result;
 use crate::shard::Shard;
 
@@ -122,8 +121,8 @@ async fn check_sinks(
         f.note("postgres: not compared (no --database-url)".into());
     }
     match &cluster.bootstrap_servers {
-        Some(servers) => {
-            let held = kafka_marker(servers, cluster, &query_id).await;
+        Some(_) => {
+            let held = kafka_marker(cluster, &query_id).await;
             compare("kafka", held, committed, pending, f);
         }
         None => f.note("kafka: not compared (no --bootstrap-servers)".into()),
@@ -168,10 +167,8 @@ async fn postgres_marker(url: &str, cluster: &ClusterArgs, query_id: &str) -> Re
     crate::sink::postgres::latest_marker(&client, query_id, &config.target()).await
 }
 
-async fn kafka_marker(servers: &str, cluster: &ClusterArgs, query_id: &str) -> Result<Option<BatchId>> {
-    let options = parse_kafka_options(&cluster.kafka_options)?;
-    let timeout: Duration = parse_duration("--kafka-timeout", &cluster.kafka_timeout)?;
-    let mut config = crate::kafka::client_config(servers, &options);
+async fn kafka_marker(cluster: &ClusterArgs, query_id: &str) -> Result<Option<BatchId>> {
+    let (mut config, timeout) = super::kafka_client(cluster, "comparing with the Kafka markers")?;
     // Reading with assign() still needs a group id; nothing is committed.
     config.set("group.id", crate::kafka::group_id(query_id));
     let (topic, query_id) = (cluster.marker_topic.clone(), query_id.to_string());

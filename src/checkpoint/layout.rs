@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::lock::DirLock;
-use super::{read_json, read_or_create_metadata, to_json, CheckpointStore, Files};
+use super::{read_json_if_there, read_or_create_metadata, to_json, CheckpointStore, Files};
 use crate::error::{Error, Result};
 use crate::shard::Shard;
 
@@ -74,16 +74,16 @@ impl Layout {
         let _root = lock_root(root)?;
         finish_interrupted_repartition(root)?;
         let query_id = read_or_create_metadata(root)?;
-        let count = match recorded_count(root)? {
-            Some(count) => count,
-            None if has_root_shard(root)? => 1,
+        let (count, sharded) = match recorded_count(root)? {
+            Some(count) => (count, true),
+            None if has_root_shard(root)? => (1, false),
             None => {
                 let count = requested.unwrap_or(1);
                 if count > 1 {
                     root.join(SHARDS).ensure()?;
                     write_count(&root.join(SHARDS), count)?;
                 }
-                count
+                (count, count > 1)
             }
         };
         if let Some(requested) = requested.filter(|r| *r != count) {
@@ -92,7 +92,6 @@ impl Layout {
                  query and run `sparklet checkpoint repartition --checkpoint-dir {root} --shards {requested}` to change it"
             )));
         }
-        let sharded = root.join(SHARDS).exists(COUNT)?;
         Ok(Layout { root: root.clone(), query_id, count, sharded })
     }
 
@@ -205,12 +204,7 @@ fn lock_root(root: &Files) -> Result<Option<DirLock>> {
 
 /// The recorded shard count, if the query uses the sharded layout.
 fn recorded_count(root: &Files) -> Result<Option<u32>> {
-    let shards = root.join(SHARDS);
-    if !shards.exists(COUNT)? {
-        return Ok(None);
-    }
-    let CountFile::V1 { shards } = read_json(&shards, COUNT)?;
-    Ok(Some(shards))
+    Ok(read_json_if_there(&root.join(SHARDS), COUNT)?.map(|CountFile::V1 { shards }| shards))
 }
 
 fn write_count(dir: &Files, shards: u32) -> Result<()> {

@@ -13,9 +13,9 @@
 //! rename, fsync of the directory; in an object store: one put), so a crash
 //! leaves either the old state or the new one, never half a file ([`files`]).
 //! `metadata`, `offsets/N` and `commits/N` are created only if absent, never
-//! replaced.
-//! One process owns a local directory at a time (`.lock`, see [`lock`]). On start, `offsets/N` without `commits/N` means
-//! batch N was planned but not finished: it is run again with the same plan.
+//! replaced. One process owns a local directory at a time (`.lock`, see
+//! [`lock`]). On start, `offsets/N` without `commits/N` means batch N was
+//! planned but not finished: it is run again with the same plan.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -118,19 +118,29 @@ impl CheckpointStore {
 
     /// Opens `files` (see [`open`](Self::open)) as the checkpoint root.
     pub fn open_files(files: &Files) -> Result<Self> {
-        files.ensure()?;
-        let lock = files.local().map(DirLock::acquire).transpose()?;
-        let query_id = read_or_create_metadata(files)?;
-        Self::with_lock(files, query_id, lock)
+        Self::open_as(files, None)
     }
 
     /// Opens the folder of one shard of a query in the sharded layout
     /// (`<root>/shards/<s>`, see [`layout`]): its own logs and lock, the
     /// query id of the root's `metadata`.
     pub(crate) fn open_shard_dir(files: &Files, query_id: &str) -> Result<Self> {
+        Self::open_as(files, Some(query_id))
+    }
+
+    /// Creates the folders, takes the lock (locally), then reads the query
+    /// id from `metadata`, or creates it, unless `query_id` is given.
+    fn open_as(files: &Files, query_id: Option<&str>) -> Result<Self> {
         files.ensure()?;
         let lock = files.local().map(DirLock::acquire).transpose()?;
-        Self::with_lock(files, query_id.to_string(), lock)
+        let query_id = match query_id {
+            Some(id) => id.to_string(),
+            None => read_or_create_metadata(files)?,
+        };
+        for sub in ["offsets", "commits", "snapshots", "sources", "state"] {
+            files.join(sub).ensure()?;
+        }
+        Ok(CheckpointStore { files: files.clone(), query_id, _lock: lock })
     }
 
     /// Opens an existing checkpoint (for the `sparklet checkpoint` commands):
@@ -143,13 +153,6 @@ impl CheckpointStore {
             )));
         }
         Self::open(dir)
-    }
-
-    fn with_lock(files: &Files, query_id: String, lock: Option<DirLock>) -> Result<Self> {
-        for sub in ["offsets", "commits", "snapshots", "sources", "state"] {
-            files.join(sub).ensure()?;
-        }
-        Ok(CheckpointStore { files: files.clone(), query_id, _lock: lock })
     }
 
     /// The checkpoint folder.
@@ -203,12 +206,8 @@ impl CheckpointStore {
 
     /// Reads the commit record of batch `id`, if there is one.
     pub fn read_commit(&self, id: BatchId) -> Result<Option<BatchCommit>> {
-        let commits = self.files.join("commits");
-        if !commits.exists(&id.to_string())? {
-            return Ok(None);
-        }
-        let CommitFile::V1(commit) = read_json(&commits, &id.to_string())?;
-        Ok(Some(commit))
+        let commit = read_json_if_there(&self.files.join("commits"), &id.to_string())?;
+        Ok(commit.map(|CommitFile::V1(commit)| commit))
     }
 
     /// Deletes offset and commit files of batches older than `keep_from`
@@ -226,10 +225,9 @@ impl CheckpointStore {
     /// `latest` means the same thing after a restart before the first batch.
     pub fn initial_offsets(&self) -> Result<Option<HashMap<i32, i64>>> {
         let sources = self.files.join("sources");
-        if !sources.exists("0")? {
+        let Some(SourceStartFile::V1 { offsets }) = read_json_if_there(&sources, "0")? else {
             return Ok(None);
-        }
-        let SourceStartFile::V1 { offsets } = read_json(&sources, "0")?;
+        };
         let parse = |(partition, offset): (String, i64)| match partition.parse::<i32>() {
             Ok(partition) => Ok((partition, offset)),
             Err(_) => Err(Error::CheckpointFormat {
@@ -265,17 +263,16 @@ impl CheckpointStore {
 /// The query id in `<root>/metadata`, created with a new id if absent. Two
 /// processes creating it at once agree: the second reads the first's.
 pub(crate) fn read_or_create_metadata(root: &Files) -> Result<String> {
-    if !root.exists("metadata")? {
-        let id = uuid::Uuid::new_v4().to_string();
-        let json = to_json(&root.describe("metadata"), &MetadataFile::V1 { id: id.clone() })?;
-        match root.create_new("metadata", &json) {
-            Ok(()) => return Ok(id),
-            Err(Error::CheckpointConflict { .. }) => {}
-            Err(e) => return Err(e),
-        }
+    if let Some(MetadataFile::V1 { id }) = read_json_if_there(root, "metadata")? {
+        return Ok(id);
     }
-    let MetadataFile::V1 { id } = read_json(root, "metadata")?;
-    Ok(id)
+    let id = uuid::Uuid::new_v4().to_string();
+    let json = to_json(&root.describe("metadata"), &MetadataFile::V1 { id: id.clone() })?;
+    match root.create_new("metadata", &json) {
+        Ok(()) => Ok(id),
+        Err(Error::CheckpointConflict { .. }) => read_json(root, "metadata").map(|MetadataFile::V1 { id }| id),
+        Err(e) => Err(e),
+    }
 }
 
 /// Entries a checkpoint directory holds (besides tmp files of interrupted writes).
@@ -362,11 +359,17 @@ fn sync_parent(path: &Path) -> Result<()> {
 
 /// Reads file `name` of `files` as JSON; a missing file is an error naming it.
 pub(crate) fn read_json<T: DeserializeOwned>(files: &Files, name: &str) -> Result<T> {
-    let path = files.describe(name);
-    let bytes = files
-        .read(name)?
-        .ok_or_else(|| io_err("reading", &path)(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::CheckpointFormat { path, source })
+    read_json_if_there(files, name)?.ok_or_else(|| {
+        io_err("reading", &files.describe(name))(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    })
+}
+
+/// Reads file `name` of `files` as JSON, or `None` if there is none (one
+/// request in an object store, not an existence check and a read).
+pub(crate) fn read_json_if_there<T: DeserializeOwned>(files: &Files, name: &str) -> Result<Option<T>> {
+    let Some(bytes) = files.read(name)? else { return Ok(None) };
+    let parsed = serde_json::from_slice(&bytes);
+    parsed.map(Some).map_err(|source| Error::CheckpointFormat { path: files.describe(name), source })
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {

@@ -73,8 +73,6 @@ pub(crate) struct Query {
     refresher: Arc<Refresher>,
     /// Which shard of the query this is ([`crate::shard`]).
     shard: Shard,
-    /// The shard's key in both sinks ([`Shard::sink_key`]).
-    sink_key: String,
     /// Campaigns held until their start (`--hold-future-campaigns`).
     held: hold::Held,
     /// The next batch's input, read while the last one was written.
@@ -96,7 +94,7 @@ impl Query {
     /// connection), once Postgres confirms this run still owns the query: a
     /// new producer's `init_transactions` must never fence a newer owner.
     pub(crate) async fn reconnect(&mut self) -> Result<()> {
-        let key = &self.sink_key;
+        let key = &self.shard.sink_key(self.id());
         let ownership = owner::Ownership::connect(&self.config.postgres, key, self.ownership.epoch()).await?;
         let (postgres, kafka) = connect_sinks(&self.config, key, &self.source, ownership.clone()).await?;
         (self.postgres, self.kafka, self.ownership) = (postgres, kafka, ownership);

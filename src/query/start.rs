@@ -102,7 +102,6 @@ impl Query {
             ownership,
             refresher,
             shard,
-            sink_key,
             held,
             ahead: None,
         })
