@@ -17,6 +17,7 @@ pub const POINTS: &[&str] = &[
     "pg-mid-copy",
     "after-pg-commit",
     "kafka-mid-transaction",
+    "kafka-before-commit",
     "after-kafka-commit",
     "before-commit-log",
 ];

@@ -135,6 +135,7 @@ impl KafkaSink {
             .send_offsets_to_transaction(&offsets, &self.group, self.timeout)
             .map_err(|e| Error::kafka("adding input offsets to the output transaction", e))?;
         self.ownership.verify_blocking()?;
+        crate::crash::point("kafka-before-commit");
         self.producer
             .commit_transaction(self.timeout)
             .map_err(|e| Error::kafka("committing the output transaction", e))?;

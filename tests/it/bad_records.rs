@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 
 use crate::child::*;
+use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 use crate::tools::{read_committed_records, Record};
 
@@ -102,11 +103,13 @@ async fn a_replayed_batch_writes_its_dead_letters_once() -> Result<()> {
     let _log = LogOnFailure(&job);
     // Both sinks commit batch 0, then the process dies before its commit log.
     let mut child = spawn(&job, &["--trigger", "available-now"], Some("before-commit-log@1"))?;
-    ensure!(!wait(&mut child, Duration::from_secs(60))?.success(), "should have crashed:\n{}", child_log(&job));
+    ensure_crashed_at(&job, wait(&mut child, Duration::from_secs(60))?, "before-commit-log", 0)?;
     run_to_completion(&job, &[])?;
-    assert!(child_log(&job).contains("already committed"), "the replay skipped both sinks");
+    let log = child_log(&job);
+    ensure!(log.matches("batch already committed in sink").count() == 2, "the replay skipped both sinks:\n{log}");
     assert_eq!(dead_letters(&job)?.len(), bad.len(), "no duplicated dead letter");
-    assert_eq!(job.db.feedback().await?.len(), 2 * ids.len());
+    let clients = ["c1".to_string(), "c2".to_string()];
+    assert_exactly_once(&job, &expected_pairs(&ids, &clients)).await?;
     Ok(())
 }
 

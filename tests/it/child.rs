@@ -47,6 +47,27 @@ pub fn run_to_completion(job: &Job, extra: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a run stopped at crash point `point` while batch `batch` was
+/// in flight, not for another reason: it failed, the last crash point its
+/// log names is `point`, and the checkpoint holds batch `batch` planned
+/// (its write-ahead entry) and not committed, with no later batch planned.
+pub fn ensure_crashed_at(job: &Job, status: ExitStatus, point: &str, batch: u64) -> Result<()> {
+    let log = child_log(job);
+    ensure!(!status.success(), "the run should have crashed at {point}, but exited with {status}:\n{log}");
+    let last = log.lines().rev().find(|l| l.contains("crash point "));
+    ensure!(
+        last.is_some_and(|l| l.contains(&format!("crash point {point} reached"))),
+        "the run failed without reaching crash point {point} ({status}):\n{log}"
+    );
+    let dir = job.checkpoint.path();
+    let planned = |n: u64| dir.join(format!("offsets/{n}")).exists();
+    ensure!(
+        planned(batch) && !planned(batch + 1) && !dir.join(format!("commits/{batch}")).exists(),
+        "crash point {point} was reached outside batch {batch} (offsets/{batch} planned, not committed, nothing after):\n{log}"
+    );
+    Ok(())
+}
+
 pub fn signal(child: &Child, name: &str) -> Result<()> {
     let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status()?;
     ensure!(status.success(), "kill -{name} failed");

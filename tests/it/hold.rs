@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Result};
 use serde_json::Value;
 
-use crate::child::{child_log, run_to_completion, spawn, wait, LogOnFailure};
+use crate::child::{ensure_crashed_at, run_to_completion, spawn, wait, LogOnFailure};
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
@@ -81,7 +81,7 @@ async fn a_crash_in_the_batch_that_releases_a_held_campaign_delivers_it_once() -
         // Batch 0 holds "later"; batch 1, planned for it alone, crashes.
         let args = ["--trigger", "200ms", "--hold-future-campaigns", "true"];
         let status = wait(&mut spawn(&job, &args, Some(&format!("{point}@2")))?, Duration::from_secs(60))?;
-        ensure!(!status.success(), "{point}: the run should have crashed:\n{}", child_log(&job));
+        ensure_crashed_at(&job, status, point, 1)?;
         run_to_completion(&job, &["--hold-future-campaigns", "true"])?;
         assert_exactly_once(&job, &expected_pairs(&strings(&["later", "now"]), &strings(&["c1", "c2"]))).await?;
     }

@@ -1,8 +1,11 @@
 //! sparklet's integration tests, in one binary (one link of DataFusion and
-//! librdkafka). Real Postgres (a private schema per test) and the Kafka wire
-//! protocol through librdkafka's in-process mock cluster.
+//! librdkafka). Real Postgres (a private schema per test) and Apache Kafka's
+//! own broker (shared, each test with its own topics; private brokers for
+//! tests that stop one). librdkafka's in-process mock cluster only where a
+//! test injects request errors, which a real broker cannot.
 
 mod bad_records;
+mod broker;
 mod checkpoint_tools;
 mod child;
 mod deploy;

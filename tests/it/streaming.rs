@@ -13,7 +13,7 @@ const FOREVER: i64 = 4_000_000_000;
 const SUBSCRIBERS: i64 = 70_000;
 
 /// A job whose one campaign fans out to [`SUBSCRIBERS`] rows, and an output
-/// topic with room for them (the mock broker keeps ~5 MB per partition).
+/// output topic of 12 partitions.
 async fn job_with_a_wide_campaign() -> Result<(Job, String)> {
     let job = Job::new(1).await?;
     let output = format!("{}-wide", job.output);
@@ -43,19 +43,14 @@ async fn an_output_larger_than_the_head_streams_to_both_sinks_exactly_once() -> 
     let summary = job.run_available_now(&["--output-topic", &output]).await?;
     assert_eq!((summary.batches, summary.output_rows), (1, SUBSCRIBERS as u64));
     assert_eq!(feedback_counts(&job).await?, (SUBSCRIBERS, SUBSCRIBERS));
-    let messages = job.kafka.read_committed(&output)?;
-    let clients: HashSet<&str> = messages.iter().filter_map(|(_, v)| v["client_id"].as_str()).collect();
-    assert_eq!((messages.len(), clients.len()), (SUBSCRIBERS as usize, SUBSCRIBERS as usize));
-    ensure!(messages.iter().all(|(key, v)| v["client_id"] == key.as_str()), "every message is keyed by its client");
-    Ok(())
+    assert_wide_output(&job, &output)
 }
 
 /// The failing row is the table's last (subscribers are cached in
 /// restaurant, client order and the join keeps that order), so the failure
 /// comes after both sinks started writing: Postgres rolls back, and the
-/// Kafka transaction is aborted (hiding its records from `read_committed`
-/// readers is Kafka's contract, which the test broker does not implement,
-/// so only Postgres and the checkpoint are checked before the fix).
+/// Kafka transaction is aborted, its records hidden from `read_committed`
+/// readers; after the fix each sink holds every row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sql_failure_after_the_sinks_started_commits_nothing_and_a_fix_replays_it() -> Result<()> {
     let (job, output) = job_with_a_wide_campaign().await?;
@@ -84,10 +79,20 @@ async fn a_sql_failure_after_the_sinks_started_commits_nothing_and_a_fix_replays
     );
     assert_eq!(feedback_counts(&job).await?, (0, 0), "Postgres rolled the batch back");
     assert!(!job.checkpoint.path().join("commits/0").exists());
+    assert!(job.kafka.read_committed(&output)?.is_empty(), "the Kafka transaction was aborted");
 
     std::fs::write(&step, &original)?;
     let summary = job.run_available_now(&args).await?;
     assert_eq!((summary.batches, summary.output_rows), (1, SUBSCRIBERS as u64), "the batch replayed");
     assert_eq!(feedback_counts(&job).await?, (SUBSCRIBERS, SUBSCRIBERS));
+    assert_wide_output(&job, &output)
+}
+
+/// The output topic holds one message per subscriber, keyed by its client.
+fn assert_wide_output(job: &Job, output: &str) -> Result<()> {
+    let messages = job.kafka.read_committed(output)?;
+    let clients: HashSet<&str> = messages.iter().filter_map(|(_, v)| v["client_id"].as_str()).collect();
+    assert_eq!((messages.len(), clients.len()), (SUBSCRIBERS as usize, SUBSCRIBERS as usize));
+    ensure!(messages.iter().all(|(key, v)| v["client_id"] == key.as_str()), "every message is keyed by its client");
     Ok(())
 }

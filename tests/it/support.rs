@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use rdkafka::mocking::MockCluster;
+
+pub use crate::broker::{admin, Broker};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 use serde_json::Value;
@@ -40,7 +42,8 @@ pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
     m
 }
 
-/// The default `--marker-topic`; each test's cluster is its own.
+/// The default `--marker-topic`, for tests of a cluster of their own (the
+/// mock). On the shared broker each [`Job`] has its own marker topic.
 pub const MARKERS: &str = sparklet::cli::DEFAULT_MARKER_TOPIC;
 
 /// Polls `done` every 20 ms until it says yes, for at most `limit`.
@@ -62,32 +65,61 @@ pub fn unique(prefix: &str) -> String {
 /// A message's key and value, either possibly null.
 pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-/// An in-process Kafka cluster.
+/// A Kafka cluster for one test: Apache Kafka's own broker (the shared one,
+/// [`Broker::shared`], or a private one), or librdkafka's in-process mock
+/// cluster where a test needs what only the mock gives (injected request
+/// errors). Topics are created here; every test names its own.
 pub struct Kafka {
-    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    bootstrap: String,
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
     producer: ThreadedProducer<DefaultProducerContext>,
 }
 
 impl Kafka {
+    /// The shared real broker.
     pub fn start() -> Result<Self> {
+        Self::on(&Broker::shared()?.plaintext)
+    }
+
+    /// A client of the real broker at `bootstrap` (a private one).
+    pub fn on(bootstrap: &str) -> Result<Self> {
+        Ok(Kafka { bootstrap: bootstrap.to_string(), mock: None, producer: test_producer(bootstrap)? })
+    }
+
+    /// librdkafka's mock cluster: no abort, no fencing, no last stable
+    /// offset, so it proves nothing about exactly-once; for request errors.
+    pub fn mock() -> Result<Self> {
         let cluster = MockCluster::new(1).context("starting the mock cluster")?;
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("linger.ms", "0")
-            .create()
-            .context("creating the test producer")?;
-        Ok(Kafka { cluster, producer })
+        let bootstrap = cluster.bootstrap_servers();
+        Ok(Kafka { producer: test_producer(&bootstrap)?, bootstrap, mock: Some(cluster) })
+    }
+
+    /// The mock cluster, for a test that injects errors.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        self.mock.as_ref().expect("a test of the real broker asked for the mock cluster")
     }
 
     pub fn bootstrap(&self) -> String {
-        self.cluster.bootstrap_servers()
+        self.bootstrap.clone()
     }
 
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        self.cluster.create_topic(name, partitions, 1).context("creating topic")?;
+        self.create_topic_with(name, partitions, &[])
+    }
+
+    /// Creates `name` with topic-level settings (`cleanup.policy=compact`, ...).
+    pub fn create_topic_with(&self, name: &str, partitions: i32, settings: &[(&str, &str)]) -> Result<()> {
+        match &self.mock {
+            Some(cluster) => cluster.create_topic(name, partitions, 1).context("creating topic")?,
+            None => admin::create_topic(&self.bootstrap, name, partitions, settings)?,
+        }
         Ok(())
     }
 
+    /// Deletes `name` (real broker only).
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        admin::delete_topic(&self.bootstrap, name)
+    }
     /// Produces raw payloads to one partition and waits for delivery.
     pub fn produce_raw(&self, topic: &str, partition: i32, payloads: &[&[u8]]) -> Result<()> {
         let keys: Vec<String> = (0..payloads.len()).map(|i| format!("message_{i}")).collect();
@@ -118,6 +150,14 @@ impl Kafka {
     pub fn read_committed(&self, topic: &str) -> Result<Vec<(String, Value)>> {
         read_committed(&self.bootstrap(), topic)
     }
+}
+
+fn test_producer(bootstrap: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .context("creating the test producer")
 }
 
 /// Reads every committed message of `topic`, all partitions, from the start.
@@ -223,20 +263,33 @@ pub struct Job {
     pub output: String,
     /// The default dead-letter topic of `input`.
     pub dead_letters: String,
+    /// This job's `--marker-topic`, compacted as the README says.
+    pub markers: String,
     pub checkpoint: tempfile::TempDir,
 }
 
 impl Job {
+    /// A job on the shared real broker.
     pub async fn new(partitions: i32) -> Result<Self> {
-        let kafka = Kafka::start()?;
+        Self::on(Kafka::start()?, partitions).await
+    }
+
+    /// A job on librdkafka's mock cluster (for injected request errors).
+    pub async fn on_mock(partitions: i32) -> Result<Self> {
+        Self::on(Kafka::mock()?, partitions).await
+    }
+
+    /// A job on `kafka`, with its own topics.
+    pub async fn on(kafka: Kafka, partitions: i32) -> Result<Self> {
         let input = unique("in");
         let output = unique("out");
         kafka.create_topic(&input, partitions)?;
         kafka.create_topic(&output, 1)?;
         let dead_letters = format!("{input}-dead-letter");
         kafka.create_topic(&dead_letters, 1)?;
-        kafka.create_topic(MARKERS, 1)?;
-        Ok(Job { kafka, db: Db::new().await?, input, output, dead_letters, checkpoint: tempfile::tempdir()? })
+        let markers = if kafka.mock.is_some() { MARKERS.to_string() } else { unique("markers") };
+        kafka.create_topic_with(&markers, 1, &[("cleanup.policy", "compact")])?;
+        Ok(Job { kafka, db: Db::new().await?, input, output, dead_letters, markers, checkpoint: tempfile::tempdir()? })
     }
 
     /// `sparklet run` arguments for this job, plus `extra`.
@@ -259,6 +312,8 @@ impl Job {
             "earliest",
             "--kafka-timeout",
             "10s",
+            "--marker-topic",
+            &self.markers,
         ]
         .iter()
         .map(|s| s.to_string())
