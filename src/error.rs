@@ -125,6 +125,28 @@ pub enum Error {
     #[error("kafka: cannot reach bootstrap servers {servers}: {cause}")]
     KafkaUnreachable { servers: String, cause: String },
 
+    /// A broker refused the client's SASL credentials or mechanism: a
+    /// setting is wrong, so a retry cannot help.
+    #[error(
+        "kafka: SASL authentication with broker {broker} failed ({cause}); check sasl.username, sasl.password and sasl.mechanisms. Not retried: a retry cannot help"
+    )]
+    KafkaAuthentication { broker: String, cause: String },
+
+    /// The TLS handshake with a broker failed (a CA that did not sign its
+    /// certificate, a name mismatch): a setting is wrong, so a retry cannot help.
+    #[error(
+        "kafka: TLS handshake with broker {broker} failed ({cause}); check ssl.ca.location and security.protocol. Not retried: a retry cannot help"
+    )]
+    KafkaTls { broker: String, cause: String },
+
+    /// A broker closed the connection at the client's first request, as a
+    /// listener that expects TLS does to a client that does not speak it:
+    /// `security.protocol` does not match the listener, so a retry cannot help.
+    #[error(
+        "kafka: broker {broker} closed the connection at the first request ({cause}): security.protocol is {protocol}, but this listener seems to expect TLS (SSL or SASL_SSL); check security.protocol and the port. Not retried: a retry cannot help"
+    )]
+    KafkaProtocol { broker: String, protocol: String, cause: String },
+
     /// A Kafka step did not finish in time (the broker may be away).
     #[error("kafka: {0}")]
     KafkaTimeout(String),
@@ -248,6 +270,9 @@ impl Error {
             Error::Transform { .. } | Error::OutputSchema { .. } => "transform",
             Error::Kafka { .. }
             | Error::KafkaUnreachable { .. }
+            | Error::KafkaAuthentication { .. }
+            | Error::KafkaTls { .. }
+            | Error::KafkaProtocol { .. }
             | Error::KafkaTimeout(_)
             | Error::KafkaState(_)
             | Error::DataLoss { .. } => "kafka",
@@ -410,6 +435,17 @@ mod tests {
             assert!(!k(code).is_retryable(), "{code:?}");
         }
         assert!(!Error::KafkaState("input topic 'x' does not exist".into()).is_retryable());
+        let (broker, cause) = (String::from("b:9093"), String::from("x"));
+        for wrong_setting in [
+            Error::KafkaAuthentication { broker: broker.clone(), cause: cause.clone() },
+            Error::KafkaTls { broker: broker.clone(), cause: cause.clone() },
+            Error::KafkaProtocol { broker, protocol: "PLAINTEXT".into(), cause },
+        ] {
+            assert!(!wrong_setting.is_retryable(), "{wrong_setting}");
+            assert_eq!(wrong_setting.component(), "kafka");
+            assert!(wrong_setting.to_string().contains("b:9093"), "{wrong_setting}");
+            assert!(wrong_setting.to_string().ends_with("a retry cannot help"), "{wrong_setting}");
+        }
         assert!(!Error::config("--trigger", "bad").is_retryable());
     }
 }

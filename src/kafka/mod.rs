@@ -16,7 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::kafka_log::LoggingContext;
+use crate::kafka_log::{Failure, FailureKind, LoggingContext};
 
 mod ranges;
 
@@ -165,9 +165,11 @@ impl SetDefault for ClientConfig {
 }
 
 /// Checks once, at start, that the bootstrap servers answer a metadata
-/// request. Fails as soon as librdkafka has tried every broker and none
-/// answered, naming the servers and the cause it reported (`connection
-/// refused`, a name that does not resolve, a TLS or SASL failure), or after
+/// request. Fails as soon as a broker refuses the security settings (SASL
+/// credentials, the TLS handshake, a plain client on a TLS listener: errors
+/// a retry cannot fix, each naming the broker), or librdkafka has tried
+/// every broker and none answered, naming the servers and the cause it
+/// reported (`connection refused`, a name that does not resolve), or after
 /// `--kafka-timeout` if they accept connections but never answer.
 pub async fn check_reachable(kafka: &KafkaConfig) -> Result<()> {
     let kafka = kafka.clone();
@@ -179,7 +181,6 @@ fn check_reachable_blocking(kafka: &KafkaConfig) -> Result<()> {
         .create_with_context(LoggingContext::new("start-up check"))
         .map_err(|e| Error::kafka("creating the start-up check client", e))?;
     let deadline = Instant::now() + kafka.timeout;
-    let unreachable = |cause: String| Error::KafkaUnreachable { servers: kafka.bootstrap_servers.clone(), cause };
     loop {
         let probe = REACHABILITY_PROBE.min(deadline.saturating_duration_since(Instant::now()));
         let error = match consumer.fetch_metadata(Some(&kafka.input_topic), probe) {
@@ -189,14 +190,41 @@ fn check_reachable_blocking(kafka: &KafkaConfig) -> Result<()> {
         // Serves librdkafka's log and error events, which say why.
         let _ = consumer.poll(Duration::ZERO);
         let log = &consumer.context().0;
-        if let (true, Some(cause)) = (log.all_brokers_down(), log.last_failure()) {
-            return Err(unreachable(cause));
+        let failure = log.last_failure();
+        let wrong_setting = failure.as_ref().is_some_and(|f| f.kind != FailureKind::Connection);
+        if let (true, Some(failure)) = (wrong_setting || log.all_brokers_down(), failure) {
+            return Err(start_failure(kafka, failure));
         }
         if Instant::now() >= deadline {
-            let cause = log.last_failure().unwrap_or_else(|| format!("no answer within {:?} ({error})", kafka.timeout));
-            return Err(unreachable(cause));
+            let cause = format!("no answer within {:?} ({error})", kafka.timeout);
+            let failure = log.last_failure().unwrap_or(Failure { kind: FailureKind::Connection, broker: None, cause });
+            return Err(start_failure(kafka, failure));
         }
     }
+}
+
+/// The error of a start-up check that failed with `failure`: one that names
+/// the broker and says whether a retry can help.
+fn start_failure(kafka: &KafkaConfig, failure: Failure) -> Error {
+    let Failure { kind, broker, cause } = failure;
+    let broker = broker.unwrap_or_else(|| kafka.bootstrap_servers.clone());
+    let protocol = security_protocol(kafka);
+    // A TLS client got through the handshake: not a plain client on a TLS listener.
+    let speaks_tls = protocol.ends_with("SSL");
+    match kind {
+        FailureKind::Authentication => Error::KafkaAuthentication { broker, cause },
+        FailureKind::Tls => Error::KafkaTls { broker, cause },
+        FailureKind::Protocol if !speaks_tls => Error::KafkaProtocol { broker, protocol, cause },
+        FailureKind::Protocol | FailureKind::Connection => {
+            Error::KafkaUnreachable { servers: kafka.bootstrap_servers.clone(), cause }
+        }
+    }
+}
+
+/// The `security.protocol` the clients use (librdkafka's default: PLAINTEXT).
+fn security_protocol(kafka: &KafkaConfig) -> String {
+    let set = kafka.options.iter().rev().find(|(key, _)| key == "security.protocol");
+    set.map_or_else(|| "PLAINTEXT".to_string(), |(_, value)| value.trim().to_uppercase())
 }
 
 /// Partition ids of `topic` as the broker reports them (none if it does not
@@ -273,5 +301,23 @@ mod tests {
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         let plain = producer_config(&kafka(&[]), "q", false);
         assert_eq!(plain.get("transactional.id"), None);
+    }
+
+    #[test]
+    fn a_start_failure_names_the_broker_and_the_setting_to_check() {
+        let failure = |kind| Failure { kind, broker: Some("b:9093".into()), cause: "why".into() };
+        let plain = kafka(&[]);
+        let err = start_failure(&plain, failure(FailureKind::Authentication)).to_string();
+        assert!(err.starts_with("kafka: SASL authentication with broker b:9093 failed (why)"), "{err}");
+        let err = start_failure(&plain, failure(FailureKind::Tls)).to_string();
+        assert!(err.starts_with("kafka: TLS handshake with broker b:9093 failed (why)"), "{err}");
+        let err = start_failure(&plain, failure(FailureKind::Protocol)).to_string();
+        assert!(err.contains("security.protocol is PLAINTEXT"), "{err}");
+        // A TLS client that got through the handshake is not a plain client on a TLS listener.
+        let tls = kafka(&[("security.protocol", "sasl_ssl")]);
+        let err = start_failure(&tls, failure(FailureKind::Protocol)).to_string();
+        assert_eq!(err, "kafka: cannot reach bootstrap servers b:9091: why");
+        let nameless = Failure { broker: None, ..failure(FailureKind::Tls) };
+        assert!(start_failure(&plain, nameless).to_string().contains("broker b:9091"));
     }
 }

@@ -23,6 +23,7 @@ mod progress_bar;
 mod proxy;
 mod replay;
 mod restart;
+mod sasl_ssl;
 mod security;
 mod shards;
 mod sql_files;

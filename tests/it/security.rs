@@ -1,7 +1,10 @@
 //! The original deployment's Kafka security settings (SASL_SSL, SCRAM-SHA-512, a CA file)
 //! reach librdkafka for both the consumer and the producer, and the bundled
-//! librdkafka is built with what they need. (The mock cluster speaks neither
-//! TLS nor SASL, so no handshake is made here.)
+//! librdkafka is built with what they need. No handshake is made here: the
+//! end-to-end tests over the test broker's SASL_SSL listener (exactly-once
+//! delivery, a wrong password, an unknown CA, a PLAINTEXT client on the
+//! SASL_SSL port, the password in no log, file or endpoint) are in
+//! `sasl_ssl.rs`.
 
 use anyhow::Result;
 use sparklet::source::KafkaSource;
