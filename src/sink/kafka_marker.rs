@@ -96,13 +96,23 @@ fn stable_end(
             return Ok((low, stable));
         }
         if Instant::now() > deadline {
-            return Err(Error::KafkaTimeout(format!(
-                "an open transaction of another producer holds marker topic {topic}[{partition}] at offset \
-                 {stable} (high watermark {high}) for longer than {timeout:?}"
-            )));
+            return Err(held_back(topic, partition, (stable, high), timeout));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The error when the marker topic's last stable offset stays below the high
+/// watermark: what holds it, what recovery cannot do meanwhile, what ends it.
+fn held_back(topic: &str, partition: i32, (stable, high): (i64, i64), timeout: Duration) -> Error {
+    Error::KafkaTimeout(format!(
+        "recovery cannot read the batch markers of marker topic '{topic}' (--marker-topic) partition {partition}: \
+         an open transaction, most likely of another producer writing to that topic, has held its last stable \
+         offset at {stable} (high watermark {high}) for longer than --kafka-timeout {timeout:?}, and a \
+         read_committed reader sees no marker past it. It ends when that producer commits or aborts, or after \
+         its transaction.timeout.ms; find it with kafka-transactions.sh describe-producers --topic {topic} \
+         --partition {partition} (a hanging one: find-hanging, then abort), or raise --kafka-timeout"
+    ))
 }
 
 fn latest_in_partition(

@@ -34,3 +34,4 @@ mod subscribers_fresh;
 mod support;
 #[path = "../../src/tools.rs"]
 mod tools;
+mod transactions;
