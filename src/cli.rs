@@ -49,7 +49,8 @@ pub enum Command {
     /// Run the streaming job against a Kafka cluster and Postgres.
     Run(Box<RunArgs>),
     /// Run the whole job once on this machine: an in-process Kafka (librdkafka's
-    /// mock cluster), sample campaigns and subscribers, the local Postgres.
+    /// mock cluster), sample campaigns and subscribers, the local Postgres
+    /// (a throwaway one the demo starts when none runs).
     Demo(DemoArgs),
     /// Inspect or repair a stopped query's checkpoint (each command takes the
     /// checkpoint's lock, so it refuses while the query runs).
@@ -267,8 +268,14 @@ pub struct DemoArgs {
     /// Postgres the demo writes to (it uses its own schema, sparklet_demo).
     /// Deliberately not read from DATABASE_URL, which may name a production
     /// database: the demo writes where this option says, or to the local default.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
-    pub database_url: String,
+    /// Without it: postgres://postgres@127.0.0.1:5432/postgres if a server
+    /// answers there, else a throwaway server the demo starts from the
+    /// installed PostgreSQL binaries (initdb and pg_ctl, found on PATH or in
+    /// /usr/lib/postgresql/*/bin; apt-get install postgresql), in a temporary
+    /// directory, on a free port of 127.0.0.1, and removes at the end.
+    /// `auto`: that throwaway server even when one answers on 5432.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 
     /// Directory of the SQL files.
     #[arg(long, default_value = "sql")]

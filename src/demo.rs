@@ -1,9 +1,10 @@
 //! `sparklet demo`: the whole job on one machine (part of the binary, not of
 //! the library). An in-process Kafka
 //! (librdkafka's mock cluster, real wire protocol on a local port), sample
-//! subscribers in the local Postgres (schema `sparklet_demo`), the example
-//! campaign of the message format plus generated ones, a few micro-batches, then a sample of both
-//! sinks.
+//! subscribers in the local Postgres (schema `sparklet_demo`; a throwaway
+//! server of the demo's own when none runs, see [`crate::demo_postgres`]),
+//! the example campaign of the message format plus generated ones, a few
+//! micro-batches, then a sample of both sinks.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use sparklet::cli::DemoArgs;
 use sparklet::config::PostgresConfig;
 
-use crate::tools;
+use crate::{demo_postgres, tools};
 
 const SCHEMA: &str = "sparklet_demo";
 const INPUT: &str = "promotions_in";
@@ -24,8 +25,23 @@ const DEAD_LETTERS: &str = "promotions_in-dead-letter";
 const MARKERS: &str = sparklet::cli::DEFAULT_MARKER_TOPIC;
 const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 
-/// Runs the demo; a live one (`--http-addr`) stops when `shutdown` resolves.
+/// Runs the demo. A live one (`--http-addr`) finishes its batch and stops
+/// when `shutdown` resolves; any other is abandoned there (its checkpoint and
+/// Kafka are new every run). A throwaway Postgres it started is removed in
+/// every case.
 pub(crate) async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    reset_checkpoint(&args)?;
+    let (database_url, _throwaway) = demo_postgres::database(args.database_url.as_deref())?;
+    if args.http_addr.is_some() {
+        return run_job(&args, &database_url, shutdown).await;
+    }
+    tokio::select! {
+        result = run_job(&args, &database_url, std::future::pending()) => result,
+        () = shutdown => bail!("interrupted"),
+    }
+}
+
+async fn run_job(args: &DemoArgs, database_url: &str, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let cluster = MockCluster::new(1).context("starting the in-process Kafka")?;
     let bootstrap = cluster.bootstrap_servers();
     cluster.create_topic(INPUT, 3, 1).context("creating the input topic")?;
@@ -34,15 +50,14 @@ pub(crate) async fn run(args: DemoArgs, shutdown: impl std::future::Future<Outpu
     cluster.create_topic(MARKERS, 1, 1).context("creating the marker topic")?;
     println!("== in-process Kafka at {bootstrap}: topics {INPUT} (3 partitions), {OUTPUT}, {DEAD_LETTERS}, {MARKERS}");
 
-    reset_checkpoint(&args)?;
-    let url = prepare_postgres(&args).await?;
+    let url = prepare_postgres(database_url, &args.sql_dir).await?;
 
     let client = tools::client_config(&bootstrap, &[]);
     let messages = sample_campaigns(args.campaigns);
     tools::produce(&client, INPUT, &messages)?;
     println!("== produced {} campaigns (the example message first, one malformed)", messages.len());
 
-    let config = demo_config(&bootstrap, &url, &args)?;
+    let config = demo_config(&bootstrap, &url, args)?;
     let summary = match &args.http_addr {
         None => sparklet::run(config, std::future::pending()).await?,
         Some(addr) => {
@@ -61,16 +76,16 @@ pub(crate) async fn run(args: DemoArgs, shutdown: impl std::future::Future<Outpu
 }
 
 /// Demo schema with the job's tables, emptied, plus sample subscribers.
-async fn prepare_postgres(args: &DemoArgs) -> Result<String> {
-    let admin = PostgresConfig::parse(&args.database_url)?;
+async fn prepare_postgres(database_url: &str, sql_dir: &std::path::Path) -> Result<String> {
+    let admin = PostgresConfig::parse(database_url)?;
     println!("== writing to Postgres {} (schema {SCHEMA}; --database-url to choose another)", admin.target());
     let db = sparklet::postgres::connect(&admin, "the demo").await?;
     db.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
         .await
         .with_context(|| format!("creating schema {SCHEMA}"))?;
-    let url = sparklet::config::url_with_search_path(&args.database_url, SCHEMA);
+    let url = sparklet::config::url_with_search_path(database_url, SCHEMA);
     let db = sparklet::postgres::connect(&PostgresConfig::parse(&url)?, "the demo").await?;
-    let schema_file = args.sql_dir.join("schema.sql");
+    let schema_file = sql_dir.join("schema.sql");
     let ddl = std::fs::read_to_string(&schema_file).with_context(|| format!("reading {}", schema_file.display()))?;
     let mut setup = format!("{ddl};\n");
     setup.push_str("TRUNCATE subscribers_restaurants, subscribers_feedback;\nDROP TABLE IF EXISTS sparklet_commits;\n");

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod allocator;
 mod demo;
+mod demo_postgres;
 mod tools;
 
 use anyhow::Context;
@@ -105,6 +106,8 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         let _ = first.send(());
         wait_for_signal().await;
         eprintln!("sparklet: second signal, aborting; the next start recovers the batch");
+        // Exiting runs no destructors: the demo's throwaway Postgres, if any, first.
+        demo_postgres::stop();
         std::process::exit(130);
     });
     async move {

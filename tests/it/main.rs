@@ -8,6 +8,7 @@ mod bad_records;
 mod broker;
 mod checkpoint_tools;
 mod child;
+mod demo_postgres;
 mod deploy;
 mod exactly_once;
 mod hold;
