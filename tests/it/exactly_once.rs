@@ -295,12 +295,16 @@ pub async fn soak_with(
     );
     run_to_completion(job, &[&["--max-offsets-per-trigger", "7"], extra].concat())?;
     let (pg, kafka) = assert_exactly_once(job, &expected_pairs(&ids, &clients)).await?;
+    // What the kills left on the broker: records of aborted transactions,
+    // which a read_uncommitted reader sees and the check above never did.
+    let aborted = crate::isolation::read_as(&job.kafka.bootstrap(), &job.output, "read_uncommitted")?.len() - kafka;
     Ok(HashMap::from([
         ("kills", kills),
         ("killed_with_a_batch_in_flight", killed_mid_batch),
         ("messages", ids.len()),
         ("postgres_rows_checked", pg),
         ("kafka_messages_checked", kafka),
+        ("aborted_records_hidden_from_read_committed", aborted),
     ]))
 }
 

@@ -13,6 +13,7 @@ mod deploy;
 mod exactly_once;
 mod hold;
 mod http;
+mod isolation;
 mod newcomer;
 mod object_store;
 mod observability;

@@ -21,84 +21,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
-use sparklet::batch::OffsetRange;
 
 use crate::child::{child_log, run_to_completion, signal, spawn, wait, LogOnFailure};
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
+use crate::isolation::{read_as, stable_and_high, Seen};
 use crate::support::*;
 
 const FOREVER: i64 = 4_000_000_000;
 
 /// Generous limit for one sparklet run of a few batches.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
-
-/// One record as a reader saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    offset: i64,
-    /// (adv_campaign_id, client_id) of an output record; empty otherwise.
-    pair: (String, String),
-    /// The `sparklet.batch` header, if any.
-    batch: Option<String>,
-    /// The `sparklet.query` header, if any.
-    query: Option<String>,
-}
-
-/// Everything a reader with `isolation` (`read_committed` or
-/// `read_uncommitted`) sees in `topic` now: all partitions, from the low
-/// watermark to the end that isolation level reads to (the last stable
-/// offset for `read_committed`, the high watermark otherwise).
-fn read_as(bootstrap: &str, topic: &str, isolation: &str) -> Result<Vec<Seen>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("transactions-reader"))
-        .set("isolation.level", isolation)
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("creating a reader")?;
-    let timeout = Duration::from_secs(20);
-    let mut ranges = Vec::new();
-    for partition in sparklet::kafka::topic_partitions(&consumer, topic, timeout)? {
-        let (start, end) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        ranges.push(OffsetRange { partition, start, end });
-    }
-    let mut seen = Vec::new();
-    sparklet::kafka::read_ranges(&consumer, topic, &ranges, timeout, |m| {
-        let header = |name: &str| {
-            let headers = m.headers()?;
-            let h = headers.iter().find(|h| h.key == name)?;
-            Some(String::from_utf8_lossy(h.value?).into_owned())
-        };
-        let value: serde_json::Value = m.payload().and_then(|p| serde_json::from_slice(p).ok()).unwrap_or_default();
-        let text = |k: &str| value[k].as_str().unwrap_or("").to_string();
-        seen.push(Seen {
-            offset: m.offset(),
-            pair: (text("adv_campaign_id"), text("client_id")),
-            batch: header("sparklet.batch"),
-            query: header("sparklet.query"),
-        });
-    })?;
-    Ok(seen)
-}
-
-/// (last stable offset, high watermark) of `topic[0]`.
-fn stable_and_high(bootstrap: &str, topic: &str) -> Result<(i64, i64)> {
-    let client = |isolation: &str| -> Result<BaseConsumer> {
-        Ok(ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", unique("transactions-offsets"))
-            .set("isolation.level", isolation)
-            .create()?)
-    };
-    let timeout = Duration::from_secs(20);
-    let (_, stable) = client("read_committed")?.fetch_watermarks(topic, 0, timeout)?;
-    let (_, high) = client("read_uncommitted")?.fetch_watermarks(topic, 0, timeout)?;
-    Ok((stable, high))
-}
 
 fn of_batch(seen: &[Seen], batch: &str) -> Vec<Seen> {
     seen.iter().filter(|s| s.batch.as_deref() == Some(batch)).cloned().collect()
