@@ -1,7 +1,9 @@
 //! The table-size scenario of `bench_e2e`: the per-batch time of small
 //! batches (100 campaigns) as the cached subscribers table grows from 10k to
 //! 10M rows (10 per restaurant). The baseline is the smallest table, in the
-//! same run: the goal is a ratio within 1.5.
+//! same run: the goal is a ratio within 1.5. Kafka: a fresh mock cluster, or
+//! the `--bootstrap-servers` broker with topics of its own
+//! ([`crate::cluster`]), one per table size.
 
 use std::time::Duration;
 
@@ -23,6 +25,25 @@ pub(crate) struct Flat {
     pub load_ms: f64,
 }
 
+/// Prints the table, one row per table size in `sizes`.
+pub(crate) async fn report(url: &str, sizes: &[usize]) -> Result<()> {
+    println!("flat: subscribers | load ms | batch ms (median of 20 x 100 campaigns) | SQL ms | batch ratio to the smallest table");
+    let mut first = None;
+    for &n in sizes {
+        let f = run(url, n).await?;
+        let base = *first.get_or_insert(f.trigger_ms);
+        println!(
+            "flat: {} | {:.0} | {:.1} | {:.1} | {:.2}",
+            f.subscribers,
+            f.load_ms,
+            f.trigger_ms,
+            f.sql_ms,
+            f.trigger_ms / base
+        );
+    }
+    Ok(())
+}
+
 /// Fills the table with `subscribers` rows and runs 20 batches of 100
 /// campaigns over it with `--max-offsets-per-trigger 100`.
 pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Flat> {
@@ -32,9 +53,8 @@ pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Flat> {
     crate::produce(&cluster, &topic, BATCHES * CAMPAIGNS, (subscribers / 10).max(1))?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let bootstrap = cluster.bootstrap_servers();
     let mut args =
-        crate::run_args(&bootstrap, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
+        crate::run_args(&cluster, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
     let limit = args.iter().position(|a| a == "--max-offsets-per-trigger").map_or(args.len(), |i| i + 1);
     args[limit] = CAMPAIGNS.to_string();
     sparklet::run(crate::config(args)?, std::future::pending()).await?;

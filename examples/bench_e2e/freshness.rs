@@ -3,7 +3,9 @@
 //! `--subscribers-refresh on-change` and, as the baseline in the same run,
 //! a 1 s reload timer (what a periodic refresh of a cached table does); and
 //! what one reload of the table costs at 10k, 1M and 10M rows (time, memory)
-//! against a raw binary COPY of the same query.
+//! against a raw binary COPY of the same query. Kafka: a fresh mock cluster,
+//! or the `--bootstrap-servers` broker with topics of its own
+//! ([`crate::cluster`]), one per delay run.
 
 use std::time::{Duration, Instant};
 
@@ -49,8 +51,7 @@ async fn delays(url: &str, refresh: &str) -> Result<Vec<Duration>> {
     let (cluster, topic) = crate::new_cluster(10_000)?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let mut args =
-        crate::run_args(&cluster.bootstrap_servers(), &topic, url, "exactly-once", "0s", checkpoint.path(), &progress);
+    let mut args = crate::run_args(&cluster, &topic, url, "exactly-once", "0s", checkpoint.path(), &progress);
     args.extend(["--subscribers-refresh", refresh, "--subscribers-version-check", "60s"].map(String::from));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let query = tokio::spawn(sparklet::run(crate::config(args)?, async move {

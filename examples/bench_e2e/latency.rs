@@ -3,7 +3,9 @@
 //! time from its produce call until a reader of each sink first sees it: a
 //! `read_committed` consumer of the output topic (fetching every 2 ms), and a
 //! Postgres reader that polls the feedback table every 2 ms (so up to 2 ms of
-//! each figure is the reader's).
+//! each figure is the reader's). Kafka is the scenario's own mock cluster,
+//! or the `--bootstrap-servers` broker with topics of its own
+//! ([`crate::cluster`]), one per run.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +31,33 @@ pub(crate) struct Latencies {
     pub missing: usize,
 }
 
+/// Prints the table: per-campaign latency, produce to visible in each sink,
+/// at each of `rates`, with `--trigger 0s` and the `--trigger 100ms` baseline.
+pub(crate) async fn report(url: &str, rates: &[usize], seconds: u64, restaurants: usize) -> Result<()> {
+    println!("latency: rate/s | trigger | sink | campaigns | p50 ms | p99 ms | max ms | p99 ratio to trigger 100ms");
+    for &rate in rates {
+        let baseline = run(url, rate, seconds, "100ms", restaurants).await?;
+        let fast = run(url, rate, seconds, "0s", restaurants).await?;
+        for (sink, base, now) in
+            [("kafka", &baseline.kafka, &fast.kafka), ("postgres", &baseline.postgres, &fast.postgres)]
+        {
+            let (_, base_p99, _) = percentiles(base);
+            for (trigger, run) in [("100ms", base), ("0s", now)] {
+                let (p50, p99, max) = percentiles(run);
+                let ratio = if trigger == "0s" { format!("{:.2}", p99 / base_p99.max(0.001)) } else { "1".into() };
+                println!(
+                    "latency: {rate} | {trigger} | {sink} | {} | {p50:.1} | {p99:.1} | {max:.1} | {ratio}",
+                    run.len()
+                );
+            }
+        }
+        if baseline.missing + fast.missing > 0 {
+            eprintln!("latency at {rate}/s: {} campaigns never seen in a sink", baseline.missing + fast.missing);
+        }
+    }
+    Ok(())
+}
+
 /// Feeds `rate` campaigns/s for `seconds` into a query with `trigger`.
 pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, restaurants: usize) -> Result<Latencies> {
     let (cluster, topic) = crate::new_cluster(rate * seconds as usize)?;
@@ -36,8 +65,7 @@ pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, res
     db.batch_execute("TRUNCATE subscribers_feedback").await?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let bootstrap = cluster.bootstrap_servers();
-    let args = crate::run_args(&bootstrap, &topic, url, "exactly-once", trigger, checkpoint.path(), &progress);
+    let args = crate::run_args(&cluster, &topic, url, "exactly-once", trigger, checkpoint.path(), &progress);
     let config = crate::config(args)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let query = tokio::spawn(sparklet::run(config, async move {
@@ -45,7 +73,7 @@ pub(crate) async fn run(url: &str, rate: usize, seconds: u64, trigger: &str, res
     }));
     let done = Arc::new(AtomicBool::new(false));
     let (kafka_seen, pg_seen) = (Seen::default(), Seen::default());
-    let reader = read_kafka(cluster.bootstrap_servers(), kafka_seen.clone(), done.clone());
+    let reader = read_kafka(cluster.bootstrap_servers(), cluster.output_topic(), kafka_seen.clone(), done.clone());
     let poller = tokio::spawn(poll_postgres(db, pg_seen.clone(), done.clone()));
     // The query has started and both readers are fetching before the first campaign.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -122,17 +150,23 @@ async fn produce_steadily(
 }
 
 /// A `read_committed` consumer of the output topic, on its own thread.
-fn read_kafka(bootstrap: String, seen: Seen, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn read_kafka(bootstrap: String, output: String, seen: Seen, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut config = tools::client_config(&bootstrap, &[]);
         // The mock cluster holds an empty fetch for fetch.wait.max.ms (a real
         // broker answers when data arrives): keep it short so the reader's
-        // wait does not count as sparklet's latency.
-        config.set("group.id", "latency-reader").set("isolation.level", "read_committed").set("fetch.wait.max.ms", "2");
+        // wait does not count as sparklet's latency; the same on a real
+        // broker, so both modes measure with the same reader. Assigned
+        // partitions, no offsets committed: the group is a name only.
+        config
+            .set("group.id", "latency-reader")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "2");
         let Ok(consumer) = config.create::<BaseConsumer>() else { return };
         let mut tpl = TopicPartitionList::new();
         for p in 0..crate::OUTPUT_PARTITIONS {
-            let _ = tpl.add_partition_offset(crate::OUTPUT, p, Offset::Beginning);
+            let _ = tpl.add_partition_offset(&output, p, Offset::Beginning);
         }
         if consumer.assign(&tpl).is_err() {
             return;

@@ -5,22 +5,35 @@
 //! delivery awaited. Sparklet's Kafka sink does that plus JSON encoding, its
 //! marker and the owner checks, so the ratio of the two is its overhead.
 //! (Reading the output topic back is no option: the mock broker keeps about
-//! 5 MB per partition.)
+//! 5 MB per partition.) The fresh topic is created in the scenario's
+//! [`Cluster`], the mock or the real broker, with a name of its own.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+use crate::cluster::Cluster;
+
 /// (messages, time from begin to commit) of producing the output again.
-pub(crate) async fn produce_output_again(
-    cluster: &MockCluster<'static, DefaultProducerContext>,
-    url: &str,
-) -> Result<(usize, Duration)> {
+pub(crate) async fn produce_output_again(cluster: &Cluster, url: &str) -> Result<(usize, Duration)> {
     let raw = RawProduce::prepare(cluster, url, "bench_raw_produce").await?;
     tokio::task::spawn_blocking(move || raw.run()).await?
+}
+
+/// Milliseconds of a raw COPY and a raw produce of the batch's output run
+/// concurrently, as sparklet's two sinks run: what the machine does for both
+/// sinks without sparklet.
+pub(crate) async fn both_at_once(cluster: &Cluster, url: &str) -> Result<f64> {
+    let copy = crate::raw_copy::RawCopy::prepare(url).await?;
+    let produce = RawProduce::prepare(cluster, url, "bench_raw_both").await?;
+    let started = Instant::now();
+    let (copied, produced) = tokio::join!(copy.run(), tokio::task::spawn_blocking(move || produce.run()));
+    let elapsed = started.elapsed();
+    copied?;
+    produced??;
+    Ok(elapsed.as_secs_f64() * 1000.0)
 }
 
 /// A raw produce made ready: the messages rebuilt, the producer initialised.
@@ -32,24 +45,21 @@ pub(crate) struct RawProduce {
 }
 
 impl RawProduce {
-    pub(crate) async fn prepare(
-        cluster: &MockCluster<'static, DefaultProducerContext>,
-        url: &str,
-        topic: &str,
-    ) -> Result<Self> {
+    /// `base`: the fresh topic's name, before the cluster's suffix.
+    pub(crate) async fn prepare(cluster: &Cluster, url: &str, base: &str) -> Result<Self> {
         let messages = output_messages(url).await?;
-        cluster.create_topic(topic, crate::OUTPUT_PARTITIONS, 1)?;
+        let topic = cluster.name(base);
+        cluster.create_topic(&topic, crate::OUTPUT_PARTITIONS, &[])?;
         // sparklet's own producer settings (`sparklet::kafka::producer_config`),
         // under a transactional id of its own.
         let dir = tempfile::tempdir()?;
-        let args =
-            crate::run_args(&cluster.bootstrap_servers(), topic, url, "exactly-once", "once", dir.path(), dir.path());
+        let args = crate::run_args(cluster, &topic, url, "exactly-once", "once", dir.path(), dir.path());
         let kafka = crate::config(args)?.kafka;
         let query_id = uuid::Uuid::new_v4().to_string();
         let producer: ThreadedProducer<DefaultProducerContext> =
             sparklet::kafka::producer_config(&kafka, &query_id, true).create().context("raw producer")?;
         producer.init_transactions(TIMEOUT)?;
-        Ok(RawProduce { producer, messages, topic: topic.to_string(), query_id })
+        Ok(RawProduce { producer, messages, topic, query_id })
     }
 
     /// The timed part (blocking): begin, send every message, flush, commit.

@@ -6,7 +6,8 @@
 //! COPY of the same rows is the Postgres write limit the 16-machine estimate
 //! divides by. With `SPARKLET_TEST_S3` set (an S3 server, as `.ci/run`
 //! starts), one shard with its checkpoint there is compared with one on
-//! local disk.
+//! local disk. Kafka: a fresh mock cluster, or the `--bootstrap-servers`
+//! broker with topics of its own ([`crate::cluster`]), one per run.
 
 use std::time::Instant;
 
@@ -110,15 +111,8 @@ async fn run_at(
     crate::connect(url).await?.batch_execute("TRUNCATE subscribers_feedback").await?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let mut args = crate::run_args(
-        &cluster.bootstrap_servers(),
-        &topic,
-        url,
-        "exactly-once",
-        "available-now",
-        checkpoint.path(),
-        &progress,
-    );
+    let mut args =
+        crate::run_args(&cluster, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
     if let Some(at) = args.iter().position(|a| a == "--max-offsets-per-trigger") {
         args[at + 1] = "20000".into();
     }

@@ -2,7 +2,9 @@
 //! the end of a first one-campaign batch, with 10k and 1M cached
 //! subscribers, and how long loading the table took of it; the baseline, in
 //! the same run, is a raw binary COPY of the same subscribers query to
-//! nowhere (the floor of loading the table).
+//! nowhere (the floor of loading the table). Kafka: a fresh mock cluster, or
+//! the `--bootstrap-servers` broker with topics of its own
+//! ([`crate::cluster`]), one per table size.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,18 @@ pub(crate) struct Startup {
     pub load_ms: f64,
 }
 
+/// Prints the table, one row per table size in `sizes`.
+pub(crate) async fn report(url: &str, sizes: &[usize]) -> Result<()> {
+    println!("startup: subscribers | raw COPY ms | load ms | ratio | start to first batch done ms");
+    for &n in sizes {
+        let s = run(url, n).await?;
+        let (raw, first) = (s.raw_copy.as_secs_f64() * 1000.0, s.first_batch.as_secs_f64() * 1000.0);
+        let load = s.load_ms;
+        println!("startup: {} | {raw:.0} | {load:.0} | {:.2} | {first:.0}", s.subscribers, load / raw.max(0.001));
+    }
+    Ok(())
+}
+
 /// Fills `subscribers_restaurants` with `subscribers` rows (10 per
 /// restaurant) and times a run over one campaign.
 pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Startup> {
@@ -29,8 +43,7 @@ pub(crate) async fn run(url: &str, subscribers: usize) -> Result<Startup> {
     crate::produce(&cluster, &topic, 1, subscribers / 10)?;
     let checkpoint = tempfile::tempdir()?;
     let progress = checkpoint.path().join("progress.jsonl");
-    let bootstrap = cluster.bootstrap_servers();
-    let args = crate::run_args(&bootstrap, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
+    let args = crate::run_args(&cluster, &topic, url, "exactly-once", "available-now", checkpoint.path(), &progress);
     let config = crate::config(args)?;
     let started = Instant::now();
     sparklet::run(config, std::future::pending()).await?;

@@ -2,6 +2,8 @@
 //! into a growing table (exactly-once, `--max-offsets-per-trigger` = the batch
 //! size), against a raw binary COPY of the same rows in transactions of the
 //! same size, one after the other, into a growing table of the same shape.
+//! Kafka: a fresh mock cluster, or the `--bootstrap-servers` broker with
+//! topics of its own ([`crate::cluster`]), one per batch size.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,21 @@ pub(crate) struct Steady {
     pub sparklet: Duration,
     /// The raw COPY transactions, end to end.
     pub raw: Duration,
+}
+
+/// Prints the table: each size in `sizes` (campaigns per batch) runs
+/// 300,000 / size batches, at least 3 and at most 30.
+pub(crate) async fn report(url: &str, sizes: &[usize], restaurants: usize) -> Result<()> {
+    println!(
+        "steady: campaigns per batch | batches | rows | sparklet rows/s | raw COPY rows/s (same transactions) | ratio"
+    );
+    for &n in sizes {
+        let s = run(url, n, (300_000 / n.max(1)).clamp(3, 30), restaurants).await?;
+        let rate = |d: Duration| s.rows as f64 / d.as_secs_f64().max(0.001);
+        let (ours, raw) = (rate(s.sparklet), rate(s.raw));
+        println!("steady: {n} | {} | {} | {ours:.0} | {raw:.0} | {:.2}", s.batches, s.rows, ours / raw);
+    }
+    Ok(())
 }
 
 /// Runs `batches` batches of `campaigns` campaigns, then the raw baseline.
