@@ -1,0 +1,57 @@
+"""Times raw librdkafka transactions against a broker: the floor under
+sparklet's Kafka sink for a small batch.
+
+Each transaction: begin, 10 records of 300 bytes to TOPIC and one marker
+record to TOPIC-m, send_offsets_to_transaction, commit; 40 transactions back
+to back, the first 5 not counted. Prints the median and max of each step.
+
+    bash tests/kafka/broker start /tmp/probe-kafka        # or any broker
+    # create txprobe and txprobe-m (1 partition each), e.g. with
+    #   bash tests/kafka/broker tool /tmp/probe-kafka org.apache.kafka.tools.TopicCommand \
+    #     --bootstrap-server HOST:PORT --create --topic txprobe --partitions 1
+    python3 -m venv /tmp/probe && /tmp/probe/bin/pip install 'confluent-kafka==2.12.*'
+    /tmp/probe/bin/python benches/kafka_txn_probe.py HOST:PORT enable.idempotence=true acks=all
+
+confluent-kafka's wheels bundle librdkafka: 2.12.* is the version sparklet's
+rdkafka-sys bundles; compare with a newer one (2.16.*) in another venv.
+Extra arguments are librdkafka settings (key=value).
+"""
+import statistics
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition, libversion
+
+TOPIC = "txprobe"
+
+
+def main() -> None:
+    bootstrap = sys.argv[1]
+    extra = dict(kv.split("=", 1) for kv in sys.argv[2:])
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"probe-{time.time()}", "linger.ms": 5, **extra}
+    )
+    producer.init_transactions(30)
+    group = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe-g", "enable.auto.commit": False})
+    steps = []
+    for i in range(40):
+        t0 = time.perf_counter()
+        producer.begin_transaction()
+        for _ in range(10):
+            producer.produce(TOPIC, value=b"x" * 300, key=b"k")
+        producer.produce(f"{TOPIC}-m", value=b"m", key=b"q")
+        producer.flush(10)
+        t1 = time.perf_counter()
+        producer.send_offsets_to_transaction([TopicPartition(TOPIC, 0, i)], group.consumer_group_metadata(), 10)
+        t2 = time.perf_counter()
+        producer.commit_transaction(10)
+        t3 = time.perf_counter()
+        steps.append(((t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000))
+    print(f"librdkafka {libversion()[0]}")
+    for k, name in enumerate(["send+delivered", "send_offsets", "commit"]):
+        values = [s[k] for s in steps[5:]]
+        print(f"{name:15s} median {statistics.median(values):6.1f} ms  max {max(values):6.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
