@@ -13,8 +13,9 @@ to back, the first 5 not counted. Prints the median and max of each step.
     /tmp/probe/bin/python benches/kafka_txn_probe.py HOST:PORT enable.idempotence=true acks=all
 
 confluent-kafka's wheels bundle librdkafka: 2.12.* is the version sparklet's
-rdkafka-sys bundles; compare with a newer one (2.16.*) in another venv.
-Extra arguments are librdkafka settings (key=value).
+rdkafka-sys bundles. Warm the broker first (one run not counted): a broker
+just started takes several times longer per transaction until its JIT has
+warmed. Extra arguments are librdkafka settings (key=value).
 """
 import statistics
 import sys
