@@ -37,9 +37,25 @@ fn pair(v: &Value) -> (String, String) {
 /// or any content in one sink is caught), and returns (rows checked in
 /// Postgres, messages checked in Kafka). Kafka is read `read_committed`.
 pub(crate) async fn assert_exactly_once(job: &Job, expected: &[(String, String)]) -> Result<(usize, usize)> {
+    settle_output(job).await?;
     let pg = job.db.feedback().await?;
     let kafka: Vec<Value> = job.output_messages()?.into_iter().map(|(_, v)| v).collect();
     check_exactly_once(&pg, &kafka, expected)
+}
+
+/// Waits until no transaction holds the output topic's last stable offset
+/// below its end. A commit's markers are written just after the commit
+/// returns (later after a broker restart), and a `read_committed` read
+/// before that stops at the last stable offset, missing the newest batch; a
+/// transaction still open after 30 s is an error of its own.
+async fn settle_output(job: &Job) -> Result<()> {
+    let bootstrap = job.kafka.bootstrap();
+    let what = format!("no open transaction on {} (last stable offset = high watermark)", job.output);
+    wait_until(&what, Duration::from_secs(30), async || {
+        let (stable, high) = crate::isolation::stable_and_high(&bootstrap, &job.output)?;
+        Ok(stable >= high)
+    })
+    .await
 }
 
 /// [`assert_exactly_once`] on rows already read.
