@@ -246,6 +246,21 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Copies a folder tree (a checkpoint, as another machine or a backup would have it).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Copies the repo's SQL files into `to`, for a test that edits them.
 pub fn copy_sql(to: &Path) -> Result<()> {
     for entry in std::fs::read_dir(repo_path("sql"))? {

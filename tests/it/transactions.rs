@@ -176,20 +176,6 @@ async fn end_open_postgres_transactions(job: &Job) -> Result<i64> {
     Ok(row.get(0))
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_batch_is_invisible_to_read_committed_readers_and_replayed_once() -> Result<()> {
     let job = Job::new(1).await?;
@@ -286,15 +272,21 @@ async fn a_zombie_paused_inside_its_transaction_is_fenced_and_its_records_aborte
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_transaction_of_another_producer_on_the_output_topic_does_not_hold_up_recovery() -> Result<()> {
+/// A job whose batch 0 (two campaigns for c1 and c2) both sinks committed,
+/// and whose checkpoint does not record it: the next start recovers it.
+async fn batch_0_in_both_sinks_not_in_the_checkpoint() -> Result<(Job, Vec<String>)> {
     let job = Job::new(1).await?;
-    let _log = LogOnFailure(&job);
     job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
     let first = ids("first", 2);
     produce_campaigns(&job, 0, &first)?;
-    // Both sinks commit batch 0; the checkpoint does not record it.
     crash_at(&job, &[], "before-commit-log@1")?;
+    Ok((job, first))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_of_another_producer_on_the_output_topic_does_not_hold_up_recovery() -> Result<()> {
+    let (job, first) = batch_0_in_both_sinks_not_in_the_checkpoint().await?;
+    let _log = LogOnFailure(&job);
 
     let bootstrap = job.kafka.bootstrap();
     let foreign = open_foreign_transaction(&bootstrap, &job.output)?;
@@ -318,12 +310,8 @@ async fn an_open_transaction_of_another_producer_on_the_output_topic_does_not_ho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_transaction_of_another_producer_on_the_marker_topic_fails_recovery_in_time_saying_why() -> Result<()> {
-    let job = Job::new(1).await?;
+    let (job, first) = batch_0_in_both_sinks_not_in_the_checkpoint().await?;
     let _log = LogOnFailure(&job);
-    job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
-    let first = ids("first", 2);
-    produce_campaigns(&job, 0, &first)?;
-    crash_at(&job, &[], "before-commit-log@1")?;
 
     let bootstrap = job.kafka.bootstrap();
     let foreign = open_foreign_transaction(&bootstrap, &job.markers)?;
