@@ -197,11 +197,19 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_KAFKA_TIMEOUT", default_value = "30s")]
     pub kafka_timeout: String,
 
-    /// How many times a trigger (planning or its batch) that failed on a
-    /// transient error (a timeout, a broker or database away, a lost
-    /// connection) is retried, with back-off, before sparklet exits.
-    #[arg(long, env = "SPARKLET_MAX_RETRIES", default_value_t = 5)]
-    pub max_retries: u32,
+    /// How long a trigger (planning or its batch) that fails on a transient
+    /// error (Kafka, Postgres or the checkpoint store away, a lost
+    /// connection, a timeout) is retried before sparklet exits: a duration
+    /// (30s, 10m, 1h) or `unlimited`. Each retry uses new connections; the
+    /// waits between them grow to 30 s (with jitter) and end early once the
+    /// failed component answers again.
+    #[arg(long, env = "SPARKLET_RETRY_FOR", default_value = "10m")]
+    pub retry_for: String,
+
+    /// At most this many retries of one trigger, also within --retry-for
+    /// (default: as many as --retry-for allows).
+    #[arg(long, env = "SPARKLET_MAX_RETRIES")]
+    pub max_retries: Option<u32>,
 
     /// Delivery guarantee: exactly-once (both sinks transactional with a batch
     /// marker; output readers must use isolation.level=read_committed) or

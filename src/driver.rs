@@ -4,23 +4,25 @@
 //! Each trigger is: plan (the query's next batch, or none), then run it (log
 //! offsets, read, transform, write, commit). A batch the last run left
 //! unfinished is replayed first. A retryable failure anywhere in a trigger
-//! (planning included) is retried with back-off after reconnecting the sinks;
-//! a batch that failed after its write-ahead is retried as a replay of the
-//! same plan. Shutdown is watched while starting, between batches and during
-//! a back-off, never inside a batch, so a batch in flight always finishes.
+//! (planning included) is an outage ([`retry`]): retried for `--retry-for`,
+//! each attempt on new connections, with back-off that ends early when the
+//! failed component answers again; a batch that failed after its write-ahead
+//! is retried as a replay of the same plan. Shutdown is watched while
+//! starting, between batches and during a back-off, never inside a batch, so
+//! a batch in flight always finishes.
 
 use std::future::Future;
 use std::time::Duration;
 
 use crate::batch::{BatchId, BatchPlan};
-use crate::config::{Config, Trigger};
+use crate::config::{Config, RetryPolicy, Trigger};
 use crate::error::Result;
-use crate::events;
 use crate::http::{self, health::Probes};
 use crate::progress::BatchProgress;
 use crate::progress_bar::ProgressBar;
 use crate::query::{Attempt, Query};
 use crate::status::RunStatus;
+use retry::Outage;
 
 /// Longest wait between full planning rounds that found no new data with
 /// `--trigger 0s`; in between, [`Batches::wait_for_data`] returns as soon as
@@ -50,7 +52,7 @@ pub struct RunSummary {
 /// nothing has been planned yet; once batches run, it stops between them.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
     tokio::pin!(shutdown);
-    let policy = Policy { trigger: config.trigger, max_retries: config.max_retries };
+    let policy = Policy { trigger: config.trigger, retry: config.retry };
     let status = RunStatus::new(policy.interval(), crate::kafka::transaction_timeout(&config.kafka));
     let _http = match config.http_addr {
         Some(addr) => Some(http::serve(addr, status.clone(), Probes::new(&config.kafka, &config.postgres)?).await?),
@@ -93,6 +95,12 @@ pub(crate) trait Batches {
     async fn run(&mut self, plan: &BatchPlan, attempt: Attempt) -> Result<BatchProgress>;
     /// Re-creates the connections after a failure.
     async fn reconnect(&mut self) -> Result<()>;
+    /// Whether `component` (as [`crate::Error::component`] names it) answers
+    /// now: a cheap probe that ends a retry's back-off early.
+    async fn probe(&self, component: &'static str) -> bool {
+        let _ = component;
+        false
+    }
     /// Waits until there may be new data, at most `limit`.
     async fn wait_for_data(&self, limit: Duration) {
         tokio::time::sleep(limit).await
@@ -123,13 +131,17 @@ impl Batches for Query {
     async fn wait_for_data(&self, limit: Duration) {
         Query::wait_for_data(self, limit).await
     }
+
+    async fn probe(&self, component: &'static str) -> bool {
+        Query::probe(self, component).await
+    }
 }
 
-/// When batches run and how often a failure is retried.
+/// When batches run and how long a failure is retried.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy {
     pub trigger: Trigger,
-    pub max_retries: u32,
+    pub retry: RetryPolicy,
 }
 
 /// How one trigger ended.
@@ -202,50 +214,92 @@ impl<B: Batches> Driver<B> {
         Ok(self.summary)
     }
 
-    /// One trigger: plan (unless a plan is given) and run; a retryable
-    /// failure is retried with back-off, as a replay once a plan exists.
+    /// One trigger: plan (unless a plan is given) and run. A retryable
+    /// failure starts an outage: retried on new connections after a back-off
+    /// (as a replay once a plan exists) until it goes through or
+    /// `--retry-for` is spent.
     async fn trigger(
         &mut self,
         mut plan: Option<BatchPlan>,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Result<Triggered> {
         let mut attempt = if plan.is_some() { Attempt::Replay } else { Attempt::New };
-        let mut failures = 0;
+        let mut outage: Option<Outage> = None;
         loop {
-            let result = match plan.as_ref() {
-                Some(p) => self.batches.run(p, attempt).await,
-                None => match self.batches.next_plan().await {
-                    Ok(None) => return Ok(Triggered::Idle),
-                    Ok(Some(p)) => self.batches.run(plan.insert(p), Attempt::New).await,
+            let result = match outage.is_some() {
+                // A retry never reuses a connection that failed; a reconnect
+                // that fails is the attempt's failure.
+                true => match self.batches.reconnect().await {
+                    Ok(()) => self.attempt(&mut plan, attempt).await,
                     Err(e) => Err(e),
                 },
+                false => self.attempt(&mut plan, attempt).await,
             };
             let error = match result {
-                Ok(progress) => return Ok(Triggered::Batch(Box::new(progress))),
+                Ok(triggered) => {
+                    if let Some(outage) = outage {
+                        outage.ended(&self.status);
+                    }
+                    return Ok(triggered);
+                }
                 Err(error) => error,
             };
-            failures += 1;
             self.summary.failed_attempts += 1;
-            let retryable = error.is_retryable() && failures <= self.policy.max_retries;
             let batch_id = plan.as_ref().map(|p| p.batch_id);
-            events::TriggerFailed { batch_id, attempt: failures, retryable, error: &error }.emit();
-            if !retryable {
+            let retry = self.policy.retry;
+            let current = outage.get_or_insert_with(Outage::new);
+            current.failed(&error, batch_id, &retry, &self.status);
+            if !error.is_retryable() {
+                self.status.not_waiting();
                 return Err(error);
             }
-            self.status.trigger_finished(None, &format!("Waiting to retry after a {} failure", error.component()));
+            if !retry.allows(current.waited(), current.failures() - 1) {
+                return Err(match outage.take() {
+                    Some(spent) => spent.spent(error, &retry, &self.status),
+                    None => error,
+                });
+            }
+            self.status.trigger_finished(None, &format!("Waiting to retry after a {} failure", current.component()));
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => {
                     tracing::info!(batch_id = ?batch_id, "shutdown during a retry back-off; the next start replays the batch");
+                    self.status.not_waiting();
                     return Ok(Triggered::Stopped);
                 }
-                _ = tokio::time::sleep(backoff(failures)) => {}
+                _ = self.back_off(current) => {}
             }
             self.status.trigger_started();
-            if let Err(e) = self.batches.reconnect().await {
-                tracing::warn!(cause = %e.chain(), "reconnecting the sinks failed; retrying anyway");
-            }
             attempt = Attempt::Replay;
+        }
+    }
+
+    /// One attempt: the given plan, or a new one (none: no new data).
+    async fn attempt(&mut self, plan: &mut Option<BatchPlan>, attempt: Attempt) -> Result<Triggered> {
+        let progress = match plan.as_ref() {
+            Some(p) => self.batches.run(p, attempt).await?,
+            None => match self.batches.next_plan().await? {
+                None => return Ok(Triggered::Idle),
+                Some(p) => self.batches.run(plan.insert(p), Attempt::New).await?,
+            },
+        };
+        Ok(Triggered::Batch(Box::new(progress)))
+    }
+
+    /// The wait before the next attempt: the back-off step (at most what is
+    /// left of `--retry-for`), ended early once the failed component answers
+    /// a probe (one every [`retry::PROBE_EVERY`]).
+    async fn back_off(&self, outage: &Outage) {
+        let step = crate::backoff::backoff(outage.failures(), crate::backoff::jitter());
+        let wait = self.policy.retry.remaining(outage.waited()).map_or(step, |left| step.min(left));
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let next = (tokio::time::Instant::now() + retry::PROBE_EVERY).min(until);
+            tokio::time::sleep_until(next).await;
+            self.status.still_waiting();
+            if next >= until || self.batches.probe(outage.component()).await {
+                return;
+            }
         }
     }
 
@@ -306,11 +360,7 @@ impl Triggered {
     }
 }
 
-/// 0.5 s, 1 s, 2 s, ... at most 30 s.
-pub(crate) fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(500 * 2u64.saturating_pow(failures.saturating_sub(1))).min(Duration::from_secs(30))
-}
-
+mod retry;
 mod shards;
 #[cfg(test)]
 mod tests;

@@ -186,6 +186,20 @@ pub enum Error {
     )]
     Fenced { sink: &'static str, query_id: String },
 
+    /// A transient failure outlasted `--retry-for` (or `--max-retries`): the
+    /// run stops; the cause is the last attempt's failure.
+    #[error(
+        "{component}: still failing after waiting {waited} over {attempts} attempts ({policy}); sparklet stops, and a restart resumes from the checkpoint"
+    )]
+    RetriesSpent {
+        component: &'static str,
+        waited: String,
+        attempts: u32,
+        policy: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The subscribers cache could not be reloaded for longer than allowed.
     #[error(
         "subscribers: the cache is {age_s} s old and reloading it keeps failing (--subscribers-max-staleness {max}); last failure: {cause}"
@@ -279,6 +293,7 @@ impl Error {
             Error::Postgres { .. } | Error::CopyEncoding(_) => "postgres",
             Error::BadRecord { .. } => "input",
             Error::Fenced { sink, .. } => sink,
+            Error::RetriesSpent { component, .. } => component,
             Error::SubscribersStale { .. } => "subscribers",
             Error::Arrow { .. } => "arrow",
             Error::OutputCut => "output",

@@ -129,20 +129,68 @@ pub(crate) struct TriggerFailed<'a> {
 }
 
 impl TriggerFailed<'_> {
+    /// Logged as an error when it ends the run; a retried attempt is a
+    /// debug line ([`ComponentDown`] says once that something is down).
     pub(crate) fn emit(&self) {
-        tracing::error!(
-            batch_id = ?self.batch_id,
-            attempt = self.attempt,
-            retryable = self.retryable,
-            error = %self.error.chain(),
-            "trigger failed"
-        );
+        let (batch_id, attempt, retryable, error) = (self.batch_id, self.attempt, self.retryable, self.error.chain());
+        match self.retryable {
+            true => {
+                tracing::debug!(batch_id = ?batch_id, attempt, retryable, error = %error, "trigger failed; retrying")
+            }
+            false => tracing::error!(batch_id = ?batch_id, attempt, retryable, error = %error, "trigger failed"),
+        }
         let component = self.error.component();
         let retryable = if self.retryable { "true" } else { "false" };
         metrics().failures.get_or_create(&FailureLabels { component, retryable }).inc();
         if self.retryable {
             metrics().retries.get_or_create(&ComponentLabel { component }).inc();
         }
+    }
+}
+
+/// A component started failing (or another one did, mid-outage): the query
+/// waits and retries. Logged once per change, not per attempt; the wait
+/// shows in `sparklet_blocked_seconds` and on `/readyz`.
+pub(crate) struct ComponentDown<'a> {
+    pub component: &'static str,
+    /// When it started failing (RFC 3339).
+    pub since: &'a str,
+    pub error: &'a crate::error::Error,
+    /// `--retry-for` (and `--max-retries`), as the command line spells it.
+    pub policy: &'a crate::config::RetryPolicy,
+}
+
+impl ComponentDown<'_> {
+    pub(crate) fn emit(&self) {
+        tracing::warn!(
+            component = self.component,
+            since = self.since,
+            cause = %self.error.chain(),
+            policy = %self.policy,
+            "{} is failing; the query waits and retries on new connections ({})",
+            self.component,
+            self.policy
+        );
+    }
+}
+
+/// The outage is over: the trigger went through after failing.
+pub(crate) struct ComponentBack {
+    pub component: &'static str,
+    pub waited: std::time::Duration,
+    pub attempts: u32,
+}
+
+impl ComponentBack {
+    pub(crate) fn emit(&self) {
+        let waited = format!("{:.1} s", self.waited.as_secs_f64());
+        tracing::info!(
+            component = self.component,
+            waited_ms = self.waited.as_millis() as u64,
+            failed_attempts = self.attempts,
+            "{} answers again after {waited}; the query goes on",
+            self.component
+        );
     }
 }
 

@@ -11,8 +11,9 @@
 //!   settings and their TLS connector in [`config::PostgresConfig`].
 //! - [`error`]: the error type; every variant names its component and says
 //!   whether a retry can help.
-//! - [`driver`]: the trigger loop: trigger policy, retries with back-off
-//!   (planning included), shutdown and the run summary; nothing else.
+//! - [`driver`]: the trigger loop: trigger policy, retries of an outage for
+//!   `--retry-for` on new connections (`driver::retry`, planning included),
+//!   shutdown and the run summary; nothing else.
 //! - [`query`]: one query's components and offset state;
 //!   [`query::Query::next_plan`] plans a batch and [`query::Query::run`] takes
 //!   it through log offsets, read, transform, write and commit, as a new
@@ -65,6 +66,7 @@
 //!   shared by the trigger loop and the HTTP endpoint.
 //! - [`http`]: the optional endpoint (`--http-addr`): `/metrics`, `/livez`,
 //!   `/readyz` ([`http::health`]), `/progress` and the status page.
+//! - `backoff`: capped exponential back-off with jitter (a leaf).
 //! - [`crash`]: named crash points for the exactly-once tests (test-only: the
 //!   `crash-points` feature, which `cargo test` enables).
 //!
@@ -77,6 +79,7 @@
 #![warn(unreachable_pub)]
 
 pub mod admin;
+pub(crate) mod backoff;
 pub mod batch;
 pub mod checkpoint;
 pub mod cli;

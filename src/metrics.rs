@@ -98,6 +98,7 @@ pub(crate) struct Metrics {
     pub subscribers_reloads: Family<OutcomeLabel, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub retries: Family<ComponentLabel, Counter>,
+    pub blocked_seconds: Family<ComponentLabel, FloatGauge>,
     pub transactions_aborted: Counter,
     pub producer_fenced: Counter,
     pub sink_writes_skipped: Family<SinkLabel, Counter>,
@@ -106,6 +107,19 @@ pub(crate) struct Metrics {
     /// confirmed current (epoch ms), for the age gauges, set when scraped.
     subscribers_loaded_at_ms: AtomicI64,
     subscribers_confirmed_at_ms: AtomicI64,
+}
+
+/// The components a query can wait for in an outage, each a series of
+/// `sparklet_blocked_seconds` from the start.
+pub(crate) const BLOCKING_COMPONENTS: [&str; 3] = ["kafka", "postgres", "checkpoint"];
+
+/// Sets `sparklet_blocked_seconds`: `component` blocked for `seconds`, the
+/// others not (all 0 with `None`).
+pub(crate) fn set_blocked(blocked: Option<(&'static str, f64)>) {
+    for component in BLOCKING_COMPONENTS {
+        let seconds = blocked.filter(|(c, _)| *c == component).map_or(0.0, |(_, s)| s);
+        metrics().blocked_seconds.get_or_create(&ComponentLabel { component }).set(seconds);
+    }
 }
 
 /// Bounds of the batch-duration histogram: 1 ms to about 66 s.
@@ -157,6 +171,7 @@ impl Metrics {
             subscribers_reloads: Family::default(),
             failures: Family::default(),
             retries: Family::default(),
+            blocked_seconds: Family::default(),
             transactions_aborted: Counter::default(),
             producer_fenced: Counter::default(),
             sink_writes_skipped: Family::default(),
@@ -188,6 +203,9 @@ impl Metrics {
         }
         for outcome in ["ok", "failed"] {
             self.subscribers_reloads.get_or_create(&OutcomeLabel { outcome }).inc_by(0);
+        }
+        for component in BLOCKING_COMPONENTS {
+            self.blocked_seconds.get_or_create(&ComponentLabel { component }).set(0.0);
         }
         for component in ["kafka", "postgres"] {
             self.retries.get_or_create(&ComponentLabel { component }).inc_by(0);
@@ -280,6 +298,11 @@ impl Metrics {
         );
         r.register("failures", "Failed trigger attempts, per component", self.failures.clone());
         r.register("retries", "Failed trigger attempts that were retried, per component", self.retries.clone());
+        r.register(
+            "blocked_seconds",
+            "How long the query has been waiting for a component that fails (kafka, postgres, checkpoint), retrying; 0 when it is not waiting",
+            self.blocked_seconds.clone(),
+        );
         r.register("kafka_transactions_aborted", "Output transactions aborted", self.transactions_aborted.clone());
         r.register(
             "kafka_producer_fenced",

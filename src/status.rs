@@ -37,6 +37,26 @@ struct State {
     /// When the running trigger started (none between triggers).
     trigger_since: Option<Instant>,
     last_advanced: Instant,
+    /// What the query is waiting for in an outage, if anything.
+    waiting: Option<Waiting>,
+}
+
+/// A component that fails while the query retries: since when (epoch ms,
+/// and as an instant) and the last failure.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    pub component: &'static str,
+    pub since_ms: i64,
+    pub since: Instant,
+    pub cause: String,
+}
+
+impl Waiting {
+    /// "postgres since 2026-12-02T10:00:00.000Z (12 s): <cause>".
+    pub(crate) fn describe(&self) -> String {
+        let (component, since) = (self.component, rfc3339_ms(self.since_ms));
+        format!("{component} since {since} ({} s): {}", self.since.elapsed().as_secs(), self.cause)
+    }
 }
 
 /// `/progress`: Spark's `StreamingQuery` fields a client polls.
@@ -77,6 +97,7 @@ impl RunStatus {
             data_available: false,
             trigger_since: None,
             last_advanced: Instant::now(),
+            waiting: None,
         };
         // Above the longest retry back-off (30 s), with a margin.
         let idle_limit = (interval * 3).max(Duration::from_secs(60));
@@ -127,6 +148,31 @@ impl RunStatus {
         metrics().trigger_loop_advanced.set(metrics::seconds(crate::batch::epoch_ms()));
     }
 
+    /// The query waits for `waiting.component`, which fails (and is
+    /// retried); `sparklet_blocked_seconds` says for how long.
+    pub(crate) fn waiting(&self, waiting: Waiting) {
+        metrics::set_blocked(Some((waiting.component, waiting.since.elapsed().as_secs_f64())));
+        self.state().waiting = Some(waiting);
+    }
+
+    /// Brings `sparklet_blocked_seconds` up to date while the query waits.
+    pub(crate) fn still_waiting(&self) {
+        if let Some(w) = &self.state().waiting {
+            metrics::set_blocked(Some((w.component, w.since.elapsed().as_secs_f64())));
+        }
+    }
+
+    /// The outage is over (the trigger went through, or the run stops).
+    pub(crate) fn not_waiting(&self) {
+        metrics::set_blocked(None);
+        self.state().waiting = None;
+    }
+
+    /// What the query waits for, if anything.
+    pub(crate) fn waiting_for(&self) -> Option<Waiting> {
+        self.state().waiting.clone()
+    }
+
     /// The run ended (shutdown or a failure): not live any more.
     pub(crate) fn stopped(&self, message: &str) {
         self.state().message = message.to_string();
@@ -168,6 +214,10 @@ impl RunStatus {
                 self.batch_limit.as_secs()
             )),
             Some(since) => Ok(format!("a trigger has been running for {} ms", since.elapsed().as_millis())),
+            None if s.waiting.is_some() => Ok(format!(
+                "waiting on purpose, retrying: {}",
+                s.waiting.as_ref().map(Waiting::describe).unwrap_or_default()
+            )),
             None if s.last_advanced.elapsed() > self.idle_limit => Err(format!(
                 "the trigger loop has not advanced for {} s (limit {} s)",
                 s.last_advanced.elapsed().as_secs(),

@@ -256,7 +256,7 @@ async fn background(loader: Loader, policy: RefreshPolicy) {
 async fn every(loader: Loader, interval: Duration) {
     let mut failures = 0;
     loop {
-        let wait = if failures == 0 { interval } else { crate::driver::backoff(failures) };
+        let wait = if failures == 0 { interval } else { crate::backoff::backoff(failures, crate::backoff::jitter()) };
         tokio::time::sleep(wait).await;
         match loader.reload("timer").await {
             Ok(()) => failures = 0,
@@ -280,7 +280,7 @@ async fn on_change(loader: Loader, check: Duration) {
                 loader.failed(&e, "listening for changes");
             }
         }
-        tokio::time::sleep(crate::driver::backoff(failures.max(1))).await;
+        tokio::time::sleep(crate::backoff::backoff(failures.max(1), crate::backoff::jitter())).await;
     }
 }
 

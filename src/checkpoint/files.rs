@@ -63,6 +63,19 @@ impl std::fmt::Debug for Files {
     }
 }
 
+/// How long the object store's client retries one request itself: a few
+/// seconds, for a dropped connection or a throttled call. A longer outage
+/// fails the trigger, which the trigger loop retries for `--retry-for`,
+/// saying what it waits for (`/readyz`, the log) rather than hanging inside
+/// one request for the client's default 3 minutes.
+fn request_retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(10),
+    }
+}
+
 impl Files {
     /// `--checkpoint-dir`: a local path (or `file://` URL), or an object
     /// store URL. Credentials and endpoints come from the environment, as
@@ -76,17 +89,23 @@ impl Files {
         let store: Arc<dyn ObjectStore> = match scheme {
             "file" => return Ok(Files::Local(PathBuf::from(rest))),
             "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env().with_url(&url).build().map_err(|e| bad_url(&url, e))?,
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(&url)
+                    .with_retry(request_retries())
+                    .build()
+                    .map_err(|e| bad_url(&url, e))?,
             ),
             "gs" => Arc::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(&url)
+                    .with_retry(request_retries())
                     .build()
                     .map_err(|e| bad_url(&url, e))?,
             ),
             "az" | "abfs" | "abfss" | "azure" => Arc::new(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(&url)
+                    .with_retry(request_retries())
                     .build()
                     .map_err(|e| bad_url(&url, e))?,
             ),

@@ -10,10 +10,13 @@ use std::time::Duration;
 
 mod bad_records;
 mod postgres;
+mod retry;
 mod subscribers;
 
 pub use bad_records::{BadRecords, OnBadRecord};
 pub use postgres::{url_with_search_path, PostgresConfig};
+use retry::parse_retry_for;
+pub use retry::RetryPolicy;
 pub use subscribers::{RefreshPolicy, SubscribersSettings};
 
 use crate::cli::RunArgs;
@@ -99,7 +102,8 @@ pub struct Config {
     pub subscribers: SubscribersSettings,
     /// Stop on lost input offsets (Spark's `failOnDataLoss`).
     pub fail_on_data_loss: bool,
-    pub max_retries: u32,
+    /// `--retry-for`, `--max-retries`.
+    pub retry: RetryPolicy,
     pub guarantee: Guarantee,
     pub progress_json: Option<PathBuf>,
     pub min_batches_to_retain: u64,
@@ -180,7 +184,7 @@ impl TryFrom<RunArgs> for Config {
             bad_records,
             subscribers,
             fail_on_data_loss: args.fail_on_data_loss,
-            max_retries: args.max_retries,
+            retry: RetryPolicy { budget: parse_retry_for(&args.retry_for)?, max_retries: args.max_retries },
             guarantee: args.guarantee.parse()?,
             progress_json: args.progress_json,
             min_batches_to_retain: args.min_batches_to_retain,
@@ -276,7 +280,7 @@ impl Config {
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
              --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
-             {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} --max-retries {} --min-batches-to-retain {} \
+             {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} {} --min-batches-to-retain {} \
              --shards {} --shard-ids {} --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
@@ -288,7 +292,7 @@ impl Config {
             humantime::format_duration(self.subscribers.max_staleness),
             self.fail_on_data_loss,
             humantime::format_duration(self.kafka.timeout),
-            self.max_retries,
+            self.retry,
             self.min_batches_to_retain,
             self.shards.map_or("as recorded".to_string(), |s| s.to_string()),
             self.shard_ids,

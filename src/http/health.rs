@@ -2,7 +2,9 @@
 //! real thing when probed (a metadata request to Kafka, `SELECT 1` on a new
 //! Postgres connection) with a short timeout, so a probe tells the truth
 //! even while the trigger loop waits in a back-off; the query's own state
-//! says whether it owns its checkpoint and holds its subscribers.
+//! says whether it owns its checkpoint and holds its subscribers, and
+//! whether it is waiting for a failing component (the checkpoint store
+//! included, which has no probe of its own here) between retries.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,9 @@ pub(crate) struct Check {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Readiness {
     pub ready: bool,
+    /// The component the query waits for in an outage (it fails, and the
+    /// trigger is retried), if any.
+    pub waiting_for: Option<&'static str>,
     pub checks: std::collections::BTreeMap<&'static str, Check>,
 }
 
@@ -84,8 +89,17 @@ impl Probes {
                 "starting: the checkpoint, the subscribers or the sinks are not ready yet".to_string()
             },
         };
-        let checks = [("kafka", kafka), ("postgres", postgres), ("query", query)].into_iter().collect();
-        let mut readiness = Readiness { ready: false, checks };
+        let waiting = status.waiting_for();
+        let retries = Check {
+            ok: waiting.is_none(),
+            detail: match &waiting {
+                Some(w) => format!("waiting for {}, retrying", w.describe()),
+                None => "no component is failing".to_string(),
+            },
+        };
+        let checks = [("kafka", kafka), ("postgres", postgres), ("query", query), ("retries", retries)];
+        let waiting_for = waiting.map(|w| w.component);
+        let mut readiness = Readiness { ready: false, waiting_for, checks: checks.into_iter().collect() };
         readiness.ready = readiness.checks.values().all(|c| c.ok);
         readiness
     }

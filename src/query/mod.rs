@@ -44,6 +44,9 @@ use start::connect_sinks;
 
 pub(crate) use offsets::OffsetState;
 
+/// How long a retry's probe may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How a plan is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
@@ -99,6 +102,30 @@ impl Query {
         let (postgres, kafka) = connect_sinks(&self.config, key, &self.source, ownership.clone()).await?;
         (self.postgres, self.kafka, self.ownership) = (postgres, kafka, ownership);
         Ok(())
+    }
+
+    /// Whether `component` answers now, within [`PROBE_TIMEOUT`] (a retry's
+    /// probe, which ends its back-off early): Postgres a new connection's
+    /// `SELECT 1`, Kafka a metadata request for the input topic, the
+    /// checkpoint store a look at the checkpoint's `metadata` file.
+    pub(crate) async fn probe(&self, component: &'static str) -> bool {
+        let probe = async {
+            match component {
+                "postgres" => {
+                    let client = crate::postgres::connect(&self.config.postgres, "the retry probe").await?;
+                    client.simple_query("SELECT 1").await.map_err(|e| Error::postgres("SELECT 1", e)).map(drop)
+                }
+                "kafka" => self.source.probe(PROBE_TIMEOUT).await,
+                "checkpoint" => {
+                    let files = self.checkpoint.dir().clone();
+                    crate::source::blocking(move || files.exists("metadata").map(drop)).await
+                }
+                _ => Err(Error::Runtime(format!("no probe for {component}"))),
+            }
+        };
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, probe).await;
+        tracing::debug!(component, answers = matches!(answer, Ok(Ok(()))), "retry probe");
+        matches!(answer, Ok(Ok(())))
     }
 
     /// Runs one batch through its steps and records it as committed. Every

@@ -63,6 +63,19 @@ impl KafkaSource {
         self
     }
 
+    /// Whether a broker answers a metadata request for the input topic
+    /// within `timeout` (a retry's probe).
+    pub(crate) async fn probe(&self, timeout: Duration) -> Result<()> {
+        let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
+        blocking(move || {
+            consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map(drop)
+                .map_err(|e| Error::kafka(format!("fetching metadata of topic '{topic}'"), e))
+        })
+        .await
+    }
+
     /// The input topic.
     pub fn topic(&self) -> &str {
         &self.topic

@@ -10,9 +10,15 @@ use crate::support::Job;
 
 /// Starts the sparklet binary for `job`, stderr to a log file in the checkpoint dir.
 pub fn spawn(job: &Job, extra: &[&str], crash_at: Option<&str>) -> Result<Child> {
+    spawn_with_env(job, extra, crash_at, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_with_env(job: &Job, extra: &[&str], crash_at: Option<&str>, env: &[(&str, &str)]) -> Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(job.checkpoint.path().join("child.log"))?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparklet"));
     cmd.args(job.args(extra)).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,rdkafka=warn");
+    cmd.envs(env.iter().copied());
     match crash_at {
         Some(point) => cmd.env("SPARKLET_CRASH_AT", point),
         None => cmd.env_remove("SPARKLET_CRASH_AT"),

@@ -25,6 +25,7 @@ mod progress_bar;
 mod proxy;
 mod replay;
 mod restart;
+mod ride_through;
 mod sasl_ssl;
 mod security;
 mod shards;

@@ -17,7 +17,7 @@ use crate::support::*;
 
 /// A new, empty checkpoint location in the test S3 server, or `None` (the
 /// test then passes with a notice) when there is none and none is required.
-fn s3_location(test: &str) -> Option<String> {
+pub fn s3_location(test: &str) -> Option<String> {
     match std::env::var("SPARKLET_TEST_S3") {
         Ok(bucket) if !bucket.is_empty() => Some(format!("{}/{}", bucket.trim_end_matches('/'), unique(test))),
         _ => {

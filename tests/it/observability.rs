@@ -17,7 +17,7 @@ use crate::support::*;
 const FOREVER: i64 = 4_000_000_000;
 
 /// Sample values of `name` in a scrape, by their label text (`{sink="kafka"}`).
-fn samples(scrape: &str, name: &str) -> BTreeMap<String, f64> {
+pub fn samples(scrape: &str, name: &str) -> BTreeMap<String, f64> {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -30,7 +30,7 @@ fn samples(scrape: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn sample(scrape: &str, name: &str, labels: &str) -> f64 {
+pub fn sample(scrape: &str, name: &str, labels: &str) -> f64 {
     samples(scrape, name).get(labels).copied().unwrap_or(0.0)
 }
 
