@@ -226,16 +226,7 @@ impl<B: Batches> Driver<B> {
         let mut attempt = if plan.is_some() { Attempt::Replay } else { Attempt::New };
         let mut outage: Option<Outage> = None;
         loop {
-            let result = match outage.is_some() {
-                // A retry never reuses a connection that failed; a reconnect
-                // that fails is the attempt's failure.
-                true => match self.batches.reconnect().await {
-                    Ok(()) => self.attempt(&mut plan, attempt).await,
-                    Err(e) => Err(e),
-                },
-                false => self.attempt(&mut plan, attempt).await,
-            };
-            let error = match result {
+            let error = match self.attempt(&mut plan, attempt, outage.is_some()).await {
                 Ok(triggered) => {
                     if let Some(outage) = outage {
                         outage.ended(&self.status);
@@ -244,22 +235,11 @@ impl<B: Batches> Driver<B> {
                 }
                 Err(error) => error,
             };
-            self.summary.failed_attempts += 1;
             let batch_id = plan.as_ref().map(|p| p.batch_id);
-            let retry = self.policy.retry;
             let current = outage.get_or_insert_with(Outage::new);
-            current.failed(&error, batch_id, &retry, &self.status);
-            if !error.is_retryable() {
-                self.status.not_waiting();
-                return Err(error);
+            if let Some(last) = self.failed(current, error, batch_id) {
+                return Err(last);
             }
-            if !retry.allows(current.waited(), current.failures() - 1) {
-                return Err(match outage.take() {
-                    Some(spent) => spent.spent(error, &retry, &self.status),
-                    None => error,
-                });
-            }
-            self.status.trigger_finished(None, &format!("Waiting to retry after a {} failure", current.component()));
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => {
@@ -274,8 +254,13 @@ impl<B: Batches> Driver<B> {
         }
     }
 
-    /// One attempt: the given plan, or a new one (none: no new data).
-    async fn attempt(&mut self, plan: &mut Option<BatchPlan>, attempt: Attempt) -> Result<Triggered> {
+    /// One attempt: the given plan, or a new one (none: no new data). A
+    /// retry first reconnects (it never reuses a connection that failed); a
+    /// reconnect that fails is the attempt's failure.
+    async fn attempt(&mut self, plan: &mut Option<BatchPlan>, attempt: Attempt, retry: bool) -> Result<Triggered> {
+        if retry {
+            self.batches.reconnect().await?;
+        }
         let progress = match plan.as_ref() {
             Some(p) => self.batches.run(p, attempt).await?,
             None => match self.batches.next_plan().await? {
@@ -284,6 +269,23 @@ impl<B: Batches> Driver<B> {
             },
         };
         Ok(Triggered::Batch(Box::new(progress)))
+    }
+
+    /// Counts a failed attempt in `outage`; returns the error that ends the
+    /// run if it must end (not retryable, or `--retry-for` spent).
+    fn failed(&mut self, outage: &mut Outage, error: crate::Error, batch_id: Option<BatchId>) -> Option<crate::Error> {
+        self.summary.failed_attempts += 1;
+        let retry = self.policy.retry;
+        outage.failed(&error, batch_id, &retry, &self.status);
+        if !error.is_retryable() {
+            self.status.not_waiting();
+            return Some(error);
+        }
+        if !retry.allows(outage.waited(), outage.failures() - 1) {
+            return Some(outage.spent(error, &retry, &self.status));
+        }
+        self.status.trigger_finished(None, &format!("Waiting to retry after a {} failure", outage.component()));
+        None
     }
 
     /// The wait before the next attempt: the back-off step (at most what is

@@ -21,7 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::tools;
 
 /// When each campaign id was first seen.
-type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+pub(crate) type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// Latencies of the campaigns that produce output, per sink.
 pub(crate) struct Latencies {
@@ -187,7 +187,7 @@ fn campaign_id(payload: &[u8]) -> Option<String> {
 }
 
 /// Polls the feedback table every 2 ms for rows after the last seen id.
-async fn poll_postgres(db: tokio_postgres::Client, seen: Seen, done: Arc<AtomicBool>) -> Result<()> {
+pub(crate) async fn poll_postgres(db: tokio_postgres::Client, seen: Seen, done: Arc<AtomicBool>) -> Result<()> {
     let mut last = 0i32;
     while !done.load(Ordering::Relaxed) {
         let rows = db

@@ -36,13 +36,17 @@
 //! consecutive batches of 1k to 100k campaigns against raw COPY in
 //! transactions of the same size ([`steady`]), and how fresh the
 //! subscribers are with `--subscribers-refresh on-change` against a 1 s
-//! timer, with the cost of one reload at 10k to 10M rows ([`freshness`]).
+//! timer, with the cost of one reload at 10k to 10M rows ([`freshness`]),
+//! and how soon a query commits again after a Postgres outage ([`outage`]).
 
 mod cluster;
 mod flat;
 mod freshness;
 mod latency;
 mod memory;
+mod outage;
+#[path = "../../tests/it/proxy.rs"]
+mod proxy;
 mod raw_copy;
 mod raw_produce;
 mod shards;
@@ -83,10 +87,11 @@ struct Args {
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     database_url: String,
     /// Scenarios to run: throughput, steady, tiny, latency, startup, memory,
-    /// flat, freshness, shards (comma-separated; startup, memory, flat and freshness
+    /// flat, freshness, shards, outage (comma-separated; startup, memory, flat and freshness
     /// each fill the subscribers table with their own sizes, so they run
     /// last; freshness is not in the default list: its 10M-row table takes
-    /// minutes to fill; nor is shards, which repeats a backlog six times).
+    /// minutes to fill; nor is shards, which repeats a backlog six times,
+    /// nor outage, which waits out its outages).
     #[arg(long, value_delimiter = ',', default_value = "throughput,steady,tiny,latency,startup,memory,flat")]
     scenarios: Vec<String>,
     /// Batch sizes (campaigns) of the steady scenario; each runs
@@ -114,6 +119,9 @@ struct Args {
     /// Backlog (campaigns) of the shards scenario's runs.
     #[arg(long, default_value_t = 100_000)]
     shard_campaigns: usize,
+    /// Postgres outages (seconds) of the outage scenario.
+    #[arg(long, value_delimiter = ',', default_value = "20,60")]
+    outage_seconds: Vec<u64>,
     /// How long each latency run produces.
     #[arg(long, default_value_t = 10)]
     latency_seconds: u64,
@@ -156,6 +164,9 @@ async fn main() -> Result<()> {
     }
     if wants("freshness") {
         freshness::report(&url, &args.freshness_subscribers, &args.reload_subscribers).await?;
+    }
+    if wants("outage") {
+        outage::report(&url, &args.outage_seconds, args.restaurants).await?;
     }
     if wants("shards") {
         shards::report(&url, args.shard_campaigns, args.restaurants).await?;

@@ -74,7 +74,7 @@ impl Outage {
 
     /// The error that ends the run once `--retry-for` is spent, with the
     /// last attempt's as its cause.
-    pub(super) fn spent(self, last: Error, policy: &RetryPolicy, status: &RunStatus) -> Error {
+    pub(super) fn spent(&self, last: Error, policy: &RetryPolicy, status: &RunStatus) -> Error {
         status.not_waiting();
         Error::RetriesSpent {
             component: last.component(),
