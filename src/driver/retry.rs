@@ -21,14 +21,15 @@ pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// One trigger's failures in a row: what fails, since when, how often.
 pub(super) struct Outage {
     started: Instant,
-    /// The component of the last failure, and since when it fails.
-    component: Option<(&'static str, Waiting)>,
+    /// The component that fails now, since when, and its last failure
+    /// (none before the first retryable failure).
+    waiting: Option<Waiting>,
     failures: u32,
 }
 
 impl Outage {
     pub(super) fn new() -> Self {
-        Outage { started: Instant::now(), component: None, failures: 0 }
+        Outage { started: Instant::now(), waiting: None, failures: 0 }
     }
 
     pub(super) fn failures(&self) -> u32 {
@@ -42,33 +43,40 @@ impl Outage {
 
     /// The component that failed last.
     pub(super) fn component(&self) -> &'static str {
-        self.component.as_ref().map_or("", |(c, _)| c)
+        self.waiting.as_ref().map_or("", |w| w.component)
     }
 
     /// Records a failed attempt: counted and logged at debug level; when the
-    /// failing component changes, logged once as [`events::ComponentDown`]
-    /// and shown as waiting in `status`.
+    /// failing component changes, logged once as [`events::ComponentDown`].
+    /// `status` shows what the query waits for, with the latest cause.
     pub(super) fn failed(&mut self, error: &Error, batch_id: Option<u64>, policy: &RetryPolicy, status: &RunStatus) {
         self.failures += 1;
         let retryable = error.is_retryable();
         events::TriggerFailed { batch_id, attempt: self.failures, retryable, error }.emit();
-        let component = error.component();
-        if !retryable || self.component() == component {
+        if !retryable {
             return;
         }
-        let since_ms = crate::batch::epoch_ms();
-        let since = std::time::Instant::now();
-        let waiting = Waiting { component, since_ms, since, cause: error.chain().to_string() };
-        events::ComponentDown { component, since: &rfc3339_ms(since_ms), error, policy }.emit();
-        status.waiting(waiting.clone());
-        self.component = Some((component, waiting));
+        let (component, cause) = (error.component(), error.chain().to_string());
+        match &mut self.waiting {
+            Some(waiting) if waiting.component == component => waiting.cause = cause,
+            _ => {
+                let since_ms = crate::batch::epoch_ms();
+                events::ComponentDown { component, since: &rfc3339_ms(since_ms), error, policy }.emit();
+                let since = std::time::Instant::now();
+                self.waiting = Some(Waiting { component, since_ms, since, cause });
+            }
+        }
+        if let Some(waiting) = &self.waiting {
+            status.waiting(waiting.clone());
+        }
     }
 
     /// The trigger went through: the outage is over.
     pub(super) fn ended(self, status: &RunStatus) {
         status.not_waiting();
-        if let Some((component, _)) = self.component {
-            events::ComponentBack { component, waited: self.started.elapsed(), attempts: self.failures }.emit();
+        if let Some(waiting) = self.waiting {
+            let (component, waited, attempts) = (waiting.component, self.started.elapsed(), self.failures);
+            events::ComponentBack { component, waited, attempts }.emit();
         }
     }
 
