@@ -31,12 +31,12 @@ DECLARE
     s text := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE c.oid = 'subscribers_restaurants'::regclass);
 BEGIN
-    EXECUTE format('CREATE TABLE IF NOT EXISTS %I.sparklet_subscribers_version (
+    EXECUTE pg_catalog.format('CREATE TABLE IF NOT EXISTS %I.sparklet_subscribers_version (
         one boolean PRIMARY KEY DEFAULT true CHECK (one),
         version bigint NOT NULL)', s);
-    EXECUTE format('INSERT INTO %I.sparklet_subscribers_version (version) VALUES (0) ON CONFLICT DO NOTHING', s);
+    EXECUTE pg_catalog.format('INSERT INTO %I.sparklet_subscribers_version (version) VALUES (0) ON CONFLICT DO NOTHING', s);
 
-    EXECUTE format($f$
+    EXECUTE pg_catalog.format($f$
         CREATE OR REPLACE FUNCTION %1$I.sparklet_subscribers_changed() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
         DECLARE
@@ -52,12 +52,12 @@ BEGIN
         END
         $body$;$f$, s, s);
 
-    EXECUTE format('DROP TRIGGER IF EXISTS sparklet_subscribers_changed ON %I.subscribers_restaurants', s);
-    EXECUTE format('CREATE CONSTRAINT TRIGGER sparklet_subscribers_changed
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS sparklet_subscribers_changed ON %I.subscribers_restaurants', s);
+    EXECUTE pg_catalog.format('CREATE CONSTRAINT TRIGGER sparklet_subscribers_changed
         AFTER INSERT OR UPDATE OR DELETE ON %1$I.subscribers_restaurants
         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION %1$I.sparklet_subscribers_changed()', s);
-    EXECUTE format('DROP TRIGGER IF EXISTS sparklet_subscribers_truncated ON %I.subscribers_restaurants', s);
-    EXECUTE format('CREATE TRIGGER sparklet_subscribers_truncated
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS sparklet_subscribers_truncated ON %I.subscribers_restaurants', s);
+    EXECUTE pg_catalog.format('CREATE TRIGGER sparklet_subscribers_truncated
         AFTER TRUNCATE ON %1$I.subscribers_restaurants
         FOR EACH STATEMENT EXECUTE FUNCTION %1$I.sparklet_subscribers_changed()', s);
 END

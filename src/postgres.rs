@@ -41,7 +41,9 @@ where
 /// creation (two shards starting at once: "duplicate key value violates
 /// unique constraint pg_type_typname_nsp_index"), so creators take turns.
 pub(crate) async fn create_if_missing(client: &Client, ddl: &str) -> std::result::Result<(), tokio_postgres::Error> {
-    let script = format!("BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('sparklet-ddl'));\n{ddl};\nCOMMIT;");
+    let script = format!(
+        "BEGIN;\nSELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('sparklet-ddl'));\n{ddl};\nCOMMIT;"
+    );
     let result = client.batch_execute(&script).await;
     if result.is_err() {
         let _ = client.batch_execute("ROLLBACK").await;

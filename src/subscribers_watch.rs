@@ -56,7 +56,7 @@ pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
     }
     let ddl = crate::transform::read_sql_file(&path)?;
     let script = format!(
-        "BEGIN;\nSET LOCAL lock_timeout = '10s';\nSELECT pg_advisory_xact_lock(hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;"
+        "BEGIN;\nSET LOCAL lock_timeout = '10s';\nSELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;"
     );
     let result = client.batch_execute(&script).await.map_err(|e| failed("installing the change trigger", e));
     if result.is_err() {
@@ -66,9 +66,10 @@ pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
 }
 
 /// Whether both triggers and the version table are there.
-const INSTALLED: &str = "SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'subscribers_restaurants'::regclass
+const INSTALLED: &str =
+    "SELECT (SELECT pg_catalog.count(*) FROM pg_trigger WHERE tgrelid = 'subscribers_restaurants'::regclass
        AND tgname IN ('sparklet_subscribers_changed', 'sparklet_subscribers_truncated')) = 2
-   AND to_regclass('sparklet_subscribers_version') IS NOT NULL";
+   AND pg_catalog.to_regclass('sparklet_subscribers_version') IS NOT NULL";
 
 /// A connection listening on [`CHANNEL`]: the client (also for reading the
 /// version) and the notifications' payloads; the versions that count are

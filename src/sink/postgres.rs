@@ -96,7 +96,7 @@ pub(crate) async fn latest_marker(
     target: &str,
 ) -> Result<Option<u64>> {
     let row = client
-        .query_one("SELECT max(batch_id) FROM sparklet_commits WHERE query_id = $1", &[&query_id])
+        .query_one("SELECT pg_catalog.max(batch_id) FROM sparklet_commits WHERE query_id = $1", &[&query_id])
         .await
         .map_err(|e| Error::postgres(format!("reading sparklet_commits on {target}"), e))?;
     Ok(row.get::<_, Option<i64>>(0).map(|b| b as u64))

@@ -8,6 +8,7 @@ mod bad_records;
 mod broker;
 mod checkpoint_tools;
 mod child;
+mod database_objects;
 mod demo_postgres;
 mod deploy;
 mod exactly_once;
