@@ -11,8 +11,6 @@ use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 use crate::tools::{read_committed_records, Record};
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// One message of every bad-record class with the reason code it must get;
 /// `None` is a null value.
 fn bad_messages() -> Vec<(&'static str, Option<Vec<u8>>)> {

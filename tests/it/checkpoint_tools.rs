@@ -13,8 +13,6 @@ use crate::child::{self, LogOnFailure};
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 fn sparklet_checkpoint(job: &Job, args: &[&str]) -> Result<Output> {
     let dir = job.checkpoint.path().display().to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_sparklet"))

@@ -10,8 +10,6 @@ use anyhow::{ensure, Result};
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// Functions that record each call in `hostile_calls`, then do what the
 /// built-in would.
 const HOSTILE: &str = "

@@ -18,8 +18,6 @@ use sparklet::checkpoint::Files;
 use crate::child::*;
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// Every (campaign, client) pair the input should produce, once each.
 pub(crate) fn expected_pairs(campaigns: &[String], clients: &[String]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> =

@@ -12,8 +12,6 @@ use crate::child::{ensure_crashed_at, run_to_completion, spawn, wait, LogOnFailu
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }

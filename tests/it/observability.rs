@@ -14,8 +14,6 @@ use crate::http::{endpoint_of, get, wait_for};
 use crate::proxy::Proxy;
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// Sample values of `name` in a scrape, by their label text (`{sink="kafka"}`).
 pub fn samples(scrape: &str, name: &str) -> BTreeMap<String, f64> {
     scrape

@@ -12,16 +12,6 @@ use anyhow::Result;
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
-fn produce_wave(job: &Job, prefix: &str, n: usize) -> Result<Vec<String>> {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    for id in &ids {
-        job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, id, 0, FOREVER)])?;
-    }
-    Ok(ids)
-}
-
 async fn feedback_rows(job: &Job) -> Result<usize> {
     Ok(job.db.feedback().await?.len())
 }

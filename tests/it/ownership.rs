@@ -18,8 +18,6 @@ use crate::child::*;
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 fn produce_campaigns(job: &Job, ids: &[String]) -> Result<()> {
     for id in ids {
         job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, id, 0, FOREVER)])?;

@@ -11,8 +11,6 @@ use crate::child::*;
 use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// Runs the binary with `extra` until it exits; it must exit 0.
 fn run_ok(job: &Job, extra: &[&str]) -> Result<()> {
     let mut args = vec!["--starting-offsets", "latest"];

@@ -21,16 +21,6 @@ use crate::proxy::Proxy;
 use crate::support::*;
 
 const OUTAGE: Duration = Duration::from_secs(120);
-const FOREVER: i64 = 4_000_000_000;
-
-fn produce_wave(job: &Job, prefix: &str, n: usize) -> Result<Vec<String>> {
-    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
-    for id in &ids {
-        job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, id, 0, FOREVER)])?;
-    }
-    Ok(ids)
-}
-
 /// Waits until both sinks hold `n` rows (Kafka `read_committed`).
 async fn both_sinks_hold(job: &Job, n: usize, limit: Duration) -> Result<()> {
     wait_until(&format!("{n} rows in both sinks"), limit, async || {
@@ -80,10 +70,41 @@ fn after_outage(job: &Job, addr: &str, component: &str) -> Result<()> {
     Ok(())
 }
 
-fn stop(mut sparklet: Child, job: &Job) -> Result<()> {
+/// Starts sparklet with its HTTP endpoint (`env` added to its environment)
+/// and waits until both sinks hold a first wave of 3 campaigns for
+/// `clients` subscribers; returns the child, the endpoint and the wave.
+async fn start_with_a_first_wave(
+    job: &Job,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    clients: usize,
+) -> Result<(Child, String, Vec<String>)> {
+    let mut args = vec!["--trigger", "200ms", "--http-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let sparklet = child::spawn_with_env(job, &args, None, env)?;
+    let addr = endpoint_of(job, Duration::from_secs(30))?;
+    let first = produce_wave(job, "first", 3)?;
+    both_sinks_hold(job, 3 * clients, Duration::from_secs(60)).await?;
+    Ok((sparklet, addr, first))
+}
+
+/// After `component` is back: both sinks catch up on `waves`, the outage's
+/// signs clear ([`after_outage`]), a graceful stop, every pair once.
+async fn finish(
+    job: &Job,
+    mut sparklet: Child,
+    (addr, component): (&str, &str),
+    waves: Vec<String>,
+    clients: &[&str],
+) -> Result<()> {
+    let rows = waves.len() * clients.len();
+    both_sinks_hold(job, rows, Duration::from_secs(90)).await.context(child_log(job))?;
+    after_outage(job, addr, component)?;
     child::signal(&sparklet, "TERM")?;
     let status = child::wait(&mut sparklet, Duration::from_secs(60))?;
     ensure!(status.success(), "sparklet exited with {status}:\n{}", child_log(job));
+    let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
+    assert_exactly_once(job, &expected_pairs(&waves, &clients)).await?;
     Ok(())
 }
 
@@ -93,24 +114,14 @@ async fn postgres_down_for_two_minutes_is_waited_out_exactly_once() -> Result<()
     job.db.add_subscribers(RESTAURANT, &["c1", "c2"]).await?;
     let proxy = Proxy::start("127.0.0.1:5432").await?;
     let url = proxy.url(&job.db.url);
-    let args = ["--trigger", "200ms", "--http-addr", "127.0.0.1:0", "--database-url", &url];
-    let mut sparklet = child::spawn(&job, &args, None)?;
-    let addr = endpoint_of(&job, Duration::from_secs(30))?;
-    let first = produce_wave(&job, "first", 3)?;
-    both_sinks_hold(&job, 6, Duration::from_secs(60)).await?;
+    let (mut sparklet, addr, first) = start_with_a_first_wave(&job, &["--database-url", &url], &[], 2).await?;
 
     proxy.down();
     let second = produce_wave(&job, "second", 3)?;
     let blocked = watch_outage(&mut sparklet, &addr, "postgres", OUTAGE).context(child_log(&job))?;
     ensure!(blocked > 60.0, "sparklet_blocked_seconds{{component=\"postgres\"}} reached only {blocked}");
     proxy.up();
-
-    both_sinks_hold(&job, 12, Duration::from_secs(60)).await.context(child_log(&job))?;
-    after_outage(&job, &addr, "postgres")?;
-    stop(sparklet, &job)?;
-    let all: Vec<String> = first.into_iter().chain(second).collect();
-    assert_exactly_once(&job, &expected_pairs(&all, &["c1".into(), "c2".into()])).await?;
-    Ok(())
+    finish(&job, sparklet, (&addr, "postgres"), [first, second].concat(), &["c1", "c2"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,24 +129,14 @@ async fn kafka_broker_down_for_two_minutes_is_waited_out_exactly_once() -> Resul
     let broker = Broker::start_private()?;
     let job = Job::on(Kafka::on(&broker.plaintext)?, 1).await?;
     job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
-    let args = ["--trigger", "200ms", "--http-addr", "127.0.0.1:0"];
-    let mut sparklet = child::spawn(&job, &args, None)?;
-    let addr = endpoint_of(&job, Duration::from_secs(30))?;
-    let first = produce_wave(&job, "first", 3)?;
-    both_sinks_hold(&job, 3, Duration::from_secs(60)).await?;
+    let (mut sparklet, addr, first) = start_with_a_first_wave(&job, &[], &[], 1).await?;
 
     broker.kill()?;
     let blocked = watch_outage(&mut sparklet, &addr, "kafka", OUTAGE).context(child_log(&job))?;
     ensure!(blocked > 60.0, "sparklet_blocked_seconds{{component=\"kafka\"}} reached only {blocked}");
     broker.resume()?;
-
     let second = produce_wave(&job, "second", 3)?;
-    both_sinks_hold(&job, 6, Duration::from_secs(90)).await.context(child_log(&job))?;
-    after_outage(&job, &addr, "kafka")?;
-    stop(sparklet, &job)?;
-    let all: Vec<String> = first.into_iter().chain(second).collect();
-    assert_exactly_once(&job, &expected_pairs(&all, &["c1".into()])).await?;
-    Ok(())
+    finish(&job, sparklet, (&addr, "kafka"), [first, second].concat(), &["c1"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,11 +148,8 @@ async fn checkpoint_store_down_for_a_minute_is_waited_out_exactly_once() -> Resu
     let through_proxy = format!("http://127.0.0.1:{}", proxy.port);
     let job = Job::new(1).await?;
     job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
-    let args = ["--trigger", "200ms", "--http-addr", "127.0.0.1:0", "--checkpoint-dir", &location];
-    let mut sparklet = child::spawn_with_env(&job, &args, None, &[("AWS_ENDPOINT", &through_proxy)])?;
-    let addr = endpoint_of(&job, Duration::from_secs(30))?;
-    let first = produce_wave(&job, "first", 3)?;
-    both_sinks_hold(&job, 3, Duration::from_secs(60)).await?;
+    let env = [("AWS_ENDPOINT", through_proxy.as_str())];
+    let (mut sparklet, addr, first) = start_with_a_first_wave(&job, &["--checkpoint-dir", &location], &env, 1).await?;
 
     // New campaigns during the outage: their batch cannot be written ahead.
     proxy.down();
@@ -159,13 +157,7 @@ async fn checkpoint_store_down_for_a_minute_is_waited_out_exactly_once() -> Resu
     let blocked = watch_outage(&mut sparklet, &addr, "checkpoint", Duration::from_secs(60)).context(child_log(&job))?;
     ensure!(blocked > 20.0, "sparklet_blocked_seconds{{component=\"checkpoint\"}} reached only {blocked}");
     proxy.up();
-
-    both_sinks_hold(&job, 6, Duration::from_secs(60)).await.context(child_log(&job))?;
-    after_outage(&job, &addr, "checkpoint")?;
-    stop(sparklet, &job)?;
-    let all: Vec<String> = first.into_iter().chain(second).collect();
-    assert_exactly_once(&job, &expected_pairs(&all, &["c1".into()])).await?;
-    Ok(())
+    finish(&job, sparklet, (&addr, "checkpoint"), [first, second].concat(), &["c1"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

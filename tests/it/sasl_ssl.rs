@@ -21,8 +21,6 @@ use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::http::{endpoint_of, get, wait_for};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// The environment variable the child reads the password from
 /// (`sasl.password=env:...`); set on the child only.
 const PASSWORD_VAR: &str = "SPARKLET_IT_KAFKA_PASSWORD";

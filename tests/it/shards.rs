@@ -16,7 +16,6 @@ use crate::child::*;
 use crate::exactly_once::{check_exactly_once, expected_pairs};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
 const PARTITIONS: i32 = 6;
 
 /// A `sparklet run` child playing StatefulSet pod `pod`.

@@ -8,7 +8,6 @@ use anyhow::{bail, ensure, Result};
 
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
 /// Subscribers of the one restaurant: the output of one campaign.
 const SUBSCRIBERS: i64 = 70_000;
 

@@ -9,8 +9,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// On change, with the slow periodic check out of the way (1 h), so only
 /// notifications, reconnects and the check before a plan can reload.
 const ON_CHANGE: [&str; 6] =

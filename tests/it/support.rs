@@ -17,6 +17,8 @@ use tokio_postgres::{Client, NoTls};
 
 pub const RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 pub const CAMPAIGN: &str = "123e4567-e89b-12d3-a456-426614174003";
+/// A campaign end far in the future (epoch seconds): never expired.
+pub const FOREVER: i64 = 4_000_000_000;
 
 /// The example campaign of the input format (valid from 2022 to 2054).
 pub fn example_message() -> Value {
@@ -33,6 +35,16 @@ pub fn example_message() -> Value {
 }
 
 /// A campaign of `restaurant` valid from `start` to `end` (epoch seconds).
+/// Produces campaigns `prefix-0` .. `prefix-(n-1)` of [`RESTAURANT`], valid
+/// now, to the job's input partition 0; returns their ids.
+pub fn produce_wave(job: &Job, prefix: &str, n: usize) -> Result<Vec<String>> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    for id in &ids {
+        job.kafka.produce(&job.input, 0, &[campaign(RESTAURANT, id, 0, FOREVER)])?;
+    }
+    Ok(ids)
+}
+
 pub fn campaign(restaurant: &str, id: &str, start: i64, end: i64) -> Value {
     let mut m = example_message();
     m["restaurant_id"] = restaurant.into();

@@ -29,8 +29,6 @@ use crate::exactly_once::{assert_exactly_once, expected_pairs};
 use crate::isolation::{read_as, stable_and_high, Seen};
 use crate::support::*;
 
-const FOREVER: i64 = 4_000_000_000;
-
 /// Generous limit for one sparklet run of a few batches.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
 
