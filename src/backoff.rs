@@ -16,13 +16,11 @@ pub(crate) fn backoff(failures: u32, jitter: f64) -> Duration {
     step.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0))
 }
 
-/// A number in 0..1 that differs between calls and processes.
+/// A number in 0..1 that differs between calls and processes (each
+/// `RandomState` has keys of its own).
 pub(crate) fn jitter() -> f64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
-    );
-    (hasher.finish() % 10_000) as f64 / 10_000.0
+    let hash = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (hash % 10_000) as f64 / 10_000.0
 }
 
 #[cfg(test)]
