@@ -33,6 +33,44 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// A value that may hold a secret (a database URL with its password, Kafka
+/// settings): `Debug` never shows it, and `--help` hides its environment
+/// variable's value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the code that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl AsRef<str> for Secret {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// The default `--marker-topic`, shared by every sparklet query of a cluster.
 pub const DEFAULT_MARKER_TOPIC: &str = "sparklet-markers";
 
@@ -56,6 +94,45 @@ pub enum Command {
     /// checkpoint's lock, so it refuses while the query runs).
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Least privilege: create sparklet's own tables (and, with
+    /// --change-trigger, the subscribers change trigger) and grant a role
+    /// exactly what `sparklet run` needs, so that role runs without CREATE.
+    /// Run as an administrator, or print the SQL for one (--print-sql).
+    Setup(SetupArgs),
+}
+
+/// Options of `sparklet setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The role `sparklet run` connects as (the user of its DATABASE_URL):
+    /// it gets USAGE on the schema and the rights on the tables it reads and
+    /// writes, nothing else.
+    #[arg(long)]
+    pub role: String,
+
+    /// Print the SQL instead of running it (nothing is connected to).
+    #[arg(long)]
+    pub print_sql: bool,
+
+    /// Also install the change trigger on subscribers_restaurants (from
+    /// SQL_DIR/subscribers_on_change.sql), for --subscribers-refresh on-change.
+    #[arg(long)]
+    pub change_trigger: bool,
+
+    /// Directory of the job's SQL files (for the change trigger's file).
+    #[arg(long, env = "SPARKLET_SQL_DIR", default_value = "sql")]
+    pub sql_dir: PathBuf,
+
+    /// The administrator's Postgres connection (the owner of the schema and
+    /// of the job's tables), with the search_path sparklet runs with.
+    /// Needed unless --print-sql.
+    #[arg(long, env = "SPARKLET_SETUP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// CA certificate file (PEM) for the administrator's connection, as
+    /// `sparklet run --database-ca-file`.
+    #[arg(long, env = "SPARKLET_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
 }
 
 /// Options of `sparklet run`. Every option can also come from the environment
@@ -85,7 +162,7 @@ pub struct RunArgs {
     /// never logged; prefer the env var or PGPASSWORD-style URLs kept out of
     /// shell history.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Secret,
 
     /// CA certificate file (PEM) for Postgres: the connection must use TLS and
     /// the server's certificate and host name are verified against it (libpq's
@@ -133,11 +210,13 @@ pub struct RunArgs {
     /// librdkafka setting for consumer and producer, KEY=VALUE, repeatable
     /// (e.g. security.protocol=SASL_SSL). A VALUE of the form env:NAME is read
     /// from environment variable NAME, so secrets stay out of the command
-    /// line. Values of keys containing "password" or "secret" are never logged.
+    /// line. Only the values of well-known settings that are never secret
+    /// (security.protocol, sasl.username, ssl.ca.location, ...) are logged;
+    /// every other value shows as ***.
     /// In SPARKLET_KAFKA_OPTIONS, separate settings with `;`
     /// (security.protocol=SASL_SSL;sasl.mechanisms=SCRAM-SHA-512).
-    #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';')]
-    pub kafka_options: Vec<String>,
+    #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';', hide_env_values = true)]
+    pub kafka_options: Vec<Secret>,
 
     /// Stop when input offsets the next batch should read no longer exist
     /// (deleted by retention, or the topic recreated), as Spark's
@@ -329,5 +408,28 @@ mod tests {
         let help = command.find_subcommand_mut("run").unwrap().render_long_help().to_string();
         assert!(help.contains("SPARKLET_KAFKA_OPTIONS") && help.contains("separate settings with `;`"), "{help}");
         assert!(Cli::command().render_help().to_string().contains("NO_COLOR"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_help_and_debug() {
+        let command = Cli::command();
+        for (sub, long) in [("run", "kafka-option"), ("run", "database-url"), ("setup", "database-url")] {
+            assert!(option(&command, sub, long).is_hide_env_values_set(), "{sub} --{long}");
+        }
+        let argv = ["sparklet", "run", "--bootstrap-servers", "b", "--input-topic", "i", "--output-topic", "o"];
+        let secrets = [
+            "--checkpoint-dir",
+            "c",
+            "--database-url",
+            "postgres://u:DB-PASSWORD@h/db",
+            "--kafka-option",
+            "ssl.key.pem=PRIVATE-KEY",
+        ];
+        let cli = Cli::try_parse_from(argv.iter().chain(secrets.iter())).unwrap();
+        let debug = format!("{cli:?}");
+        assert!(
+            !debug.contains("PRIVATE-KEY") && !debug.contains("DB-PASSWORD") && debug.contains("Secret(***)"),
+            "{debug}"
+        );
     }
 }

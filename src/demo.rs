@@ -127,7 +127,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         input_topic: INPUT.into(),
         output_topic: OUTPUT.into(),
         marker_topic: MARKERS.into(),
-        database_url: url.to_string(),
+        database_url: url.into(),
         database_ca_file: None,
         checkpoint_dir: args.checkpoint_dir.clone(),
         sql_dir: args.sql_dir.clone(),

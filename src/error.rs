@@ -164,6 +164,14 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// A database object sparklet uses (its tables, the change trigger's
+    /// function) exists but cannot be trusted: another role owns it, or it
+    /// carries triggers sparklet did not create. Not retryable.
+    #[error(
+        "postgres: {object} {problem}; drop it, or have its owner hand it over (ALTER ... OWNER TO), and start again"
+    )]
+    PostgresObject { object: String, problem: String },
+
     /// Input offsets the next batch should read no longer exist (as Spark's
     /// `failOnDataLoss=true`).
     #[error(
@@ -290,7 +298,7 @@ impl Error {
             | Error::KafkaTimeout(_)
             | Error::KafkaState(_)
             | Error::DataLoss { .. } => "kafka",
-            Error::Postgres { .. } | Error::CopyEncoding(_) => "postgres",
+            Error::Postgres { .. } | Error::PostgresObject { .. } | Error::CopyEncoding(_) => "postgres",
             Error::BadRecord { .. } => "input",
             Error::Fenced { sink, .. } => sink,
             Error::RetriesSpent { component, .. } => component,

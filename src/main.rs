@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(batches = summary.batches, output_rows = summary.output_rows, "stopped");
         }
         Command::Demo(args) => demo::run(args, shutdown_signal()).await.context("demo failed")?,
+        Command::Setup(args) => print!("{}", sparklet::admin::setup(args).await?),
         Command::Checkpoint(command) => {
             let (text, ok) = sparklet::admin::run(command).await?;
             print!("{text}");

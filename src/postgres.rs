@@ -50,3 +50,77 @@ pub(crate) async fn create_if_missing(client: &Client, ddl: &str) -> std::result
     }
     result
 }
+
+/// Creates sparklet's table `name` with `ddl` (`CREATE TABLE IF NOT
+/// EXISTS`) unless the search_path finds it already: a role without CREATE
+/// on the schema runs with tables an administrator made (`sparklet setup
+/// --print-sql`). Either way the table must then pass [`check_trusted`].
+pub(crate) async fn ensure_table(client: &Client, name: &str, ddl: &str, target: &str) -> Result<()> {
+    let err = |e| Error::postgres(format!("creating {name} on {target}"), e);
+    let found = client.query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name]).await.map_err(err)?;
+    if !found.get::<_, bool>(0) {
+        create_if_missing(client, ddl).await.map_err(err)?;
+    }
+    check_trusted(client, Object::Table(name), target).await
+}
+
+/// An object sparklet uses, looked up through the search_path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Object<'a> {
+    Table(&'a str),
+    /// A function without arguments.
+    Function(&'a str),
+}
+
+/// Owner, whether that owner is trusted, and the triggers sparklet did not
+/// create on it. Trusted: the current role, the schema's owner (or a member
+/// of it) or a superuser: each could replace the object anyway. (Not "a role
+/// the current one could act as": a superuser can act as anyone.) Anyone else's table or function would run their code (a trigger,
+/// a new body) with sparklet's rights.
+const TRUST: &str = "o.owner = n.nspowner
+         OR o.owner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)
+         OR pg_catalog.pg_has_role(o.owner, n.nspowner, 'MEMBER')
+         OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = o.owner)";
+
+/// Refuses (an [`Error::PostgresObject`]) an object that another role owns
+/// or that carries triggers; a missing object passes (its creator reports
+/// that).
+pub(crate) async fn check_trusted(client: &Client, object: Object<'_>, target: &str) -> Result<()> {
+    let (kind, name, from) = match object {
+        Object::Table(name) => (
+            "table",
+            name,
+            "(SELECT c.oid, c.relowner AS owner, c.relnamespace AS ns FROM pg_catalog.pg_class c
+                WHERE c.oid = pg_catalog.to_regclass($1))",
+        ),
+        Object::Function(name) => (
+            "function",
+            name,
+            "(SELECT p.oid, p.proowner AS owner, p.pronamespace AS ns FROM pg_catalog.pg_proc p
+                WHERE p.oid = pg_catalog.to_regprocedure($1 || '()'))",
+        ),
+    };
+    let sql = format!(
+        "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(o.owner)::text, ({TRUST}) AS trusted,
+            (SELECT pg_catalog.string_agg(t.tgname::text, ', ') FROM pg_catalog.pg_trigger t
+              WHERE t.tgrelid = o.oid AND NOT t.tgisinternal)
+         FROM {from} o JOIN pg_catalog.pg_namespace n ON n.oid = o.ns"
+    );
+    let row = client
+        .query_opt(&sql, &[&name])
+        .await
+        .map_err(|e| Error::postgres(format!("checking the owner of {kind} {name} on {target}"), e))?;
+    let Some(row) = row else { return Ok(()) };
+    let (schema, owner): (String, String) = (row.get(0), row.get(1));
+    let object = format!("{kind} {schema}.{name} on {target}");
+    if !row.get::<_, bool>(2) {
+        let problem = format!("belongs to role {owner}, which is neither sparklet's role, the schema's owner nor a superuser: its owner could run code as sparklet");
+        return Err(Error::PostgresObject { object, problem });
+    }
+    if let Some(triggers) = row.get::<_, Option<String>>(3) {
+        let problem =
+            format!("has triggers sparklet did not create ({triggers}): they would run with sparklet's rights");
+        return Err(Error::PostgresObject { object, problem });
+    }
+    Ok(())
+}

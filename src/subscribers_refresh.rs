@@ -284,12 +284,19 @@ async fn on_change(loader: Loader, check: Duration) {
     }
 }
 
-/// One listener connection's life: reload when the version moves past the
-/// published one (checked at connect, on each notification and every
-/// `check`). Returns when the connection ends.
+/// The least time between two reads of the version on notifications, so a
+/// flood of them (any role that can connect can NOTIFY) costs at most one
+/// small query a second, and a reload only when the version really moved.
+const NOTICE_SPACING: Duration = Duration::from_secs(1);
+
+/// One listener connection's life: reload when the table's version moves
+/// past the published one (read at connect, after notifications, at most
+/// once per [`NOTICE_SPACING`], and every `check`). Returns when the
+/// connection ends.
 async fn listen(loader: &Loader, check: Duration) -> Result<()> {
     let mut listener = Listener::connect(&loader.postgres).await?;
     let mut known = listener.version().await?;
+    let mut read_at = Instant::now();
     tracing::info!(version = known, "listening for subscribers changes");
     loop {
         if known > loader.published.borrow().subscribers.version {
@@ -298,11 +305,15 @@ async fn listen(loader: &Loader, check: Duration) -> Result<()> {
             loader.confirm();
         }
         tokio::select! {
-            notified = listener.next_version() => match notified {
-                Some(version) => known = known.max(version),
-                None => return Ok(()),
-            },
-            _ = tokio::time::sleep(check) => known = listener.version().await?,
+            notified = listener.next_notice() => {
+                if !notified {
+                    return Ok(());
+                }
+                tokio::time::sleep_until((read_at + NOTICE_SPACING).into()).await;
+            }
+            _ = tokio::time::sleep(check) => {}
         }
+        known = listener.version().await?;
+        read_at = Instant::now();
     }
 }

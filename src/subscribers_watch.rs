@@ -6,7 +6,8 @@
 //! The trigger bumps a version (one row of `sparklet_subscribers_version`)
 //! once per writing transaction, when it commits, and notifies
 //! `sparklet_subscribers_changed` with `<schema>:<version>`. A notification is only a hint (one sent
-//! while the listener is away is lost); the version is the truth, read in
+//! while the listener is away is lost, and any role can send one, so its
+//! version is never used); the version is the truth, read in
 //! the same REPEATABLE READ snapshot as the rows it versions
 //! ([`crate::subscribers::load`]).
 
@@ -51,10 +52,23 @@ pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
         ),
     };
     let installed = client.query_one(INSTALLED, &[]).await.map_err(|e| failed("looking for the change trigger", e))?;
-    if installed.get::<_, bool>(0) {
-        return Ok(());
+    if !installed.get::<_, bool>(0) {
+        run_install(&client, &path, failed).await?;
     }
-    let ddl = crate::transform::read_sql_file(&path)?;
+    let target = postgres.target();
+    crate::postgres::check_trusted(&client, crate::postgres::Object::Table("sparklet_subscribers_version"), &target)
+        .await?;
+    crate::postgres::check_trusted(&client, crate::postgres::Object::Function("sparklet_subscribers_changed"), &target)
+        .await
+}
+
+/// Runs the install file in one transaction under the advisory lock.
+async fn run_install(
+    client: &Client,
+    path: &Path,
+    failed: impl Fn(&str, tokio_postgres::Error) -> Error,
+) -> Result<()> {
+    let ddl = crate::transform::read_sql_file(path)?;
     let script = format!(
         "BEGIN;\nSET LOCAL lock_timeout = '10s';\nSELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;"
     );
@@ -65,11 +79,13 @@ pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
     result
 }
 
-/// Whether both triggers and the version table are there.
+/// Whether both triggers and the version table, as this version of the
+/// file makes it (with `bumped_by`), are there.
 const INSTALLED: &str =
-    "SELECT (SELECT pg_catalog.count(*) FROM pg_trigger WHERE tgrelid = 'subscribers_restaurants'::regclass
+    "SELECT (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = 'subscribers_restaurants'::regclass
        AND tgname IN ('sparklet_subscribers_changed', 'sparklet_subscribers_truncated')) = 2
-   AND pg_catalog.to_regclass('sparklet_subscribers_version') IS NOT NULL";
+   AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+       WHERE attrelid = pg_catalog.to_regclass('sparklet_subscribers_version') AND attname = 'bumped_by')";
 
 /// A connection listening on [`CHANNEL`]: the client (also for reading the
 /// version) and the notifications' payloads; the versions that count are
@@ -93,14 +109,18 @@ impl Listener {
         Ok(Listener { client, payloads, schema })
     }
 
-    /// The next version notified for the table's schema (payloads of other
-    /// schemas, whose tables share the channel, are skipped); `None` once the
-    /// connection has ended. Cancel-safe.
-    pub(crate) async fn next_version(&mut self) -> Option<i64> {
+    /// Waits for the next notification for the table's schema (payloads of
+    /// other schemas, whose tables share the channel, are skipped), then
+    /// takes every one already queued with it; `false` once the connection
+    /// has ended. The payload's version is never trusted: any role that can
+    /// connect can NOTIFY, so the caller reads the version from the table.
+    /// Cancel-safe.
+    pub(crate) async fn next_notice(&mut self) -> bool {
         loop {
-            let payload = self.payloads.recv().await?;
-            if let Some(version) = parse_payload(&payload, &self.schema) {
-                return Some(version);
+            let Some(payload) = self.payloads.recv().await else { return false };
+            if parse_payload(&payload, &self.schema).is_some() {
+                while self.payloads.try_recv().is_ok() {}
+                return true;
             }
         }
     }

@@ -8,10 +8,14 @@
 //!
 //! - `show` and `reset`: here; `verify`: [`verify`]; `rewind`: [`rewind`];
 //!   `repartition`: [`repartition`].
+//! - `sparklet setup` (least privilege for the running role): [`setup`].
 
 mod repartition;
 mod rewind;
+mod setup;
 mod verify;
+
+pub use setup::{setup, setup_sql};
 
 use std::collections::BTreeMap;
 use std::path::Path;

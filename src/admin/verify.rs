@@ -115,7 +115,7 @@ async fn check_sinks(
 ) {
     let query_id = shard.sink_key(store.query_id());
     if let Some(url) = &cluster.database_url {
-        let held = postgres_marker(url, cluster, &query_id).await;
+        let held = postgres_marker(url.expose(), cluster, &query_id).await;
         compare("postgres", held, committed, pending, f);
     } else {
         f.note("postgres: not compared (no --database-url)".into());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::DEFAULT_MARKER_TOPIC;
+use super::{Secret, DEFAULT_MARKER_TOPIC};
 
 /// `sparklet checkpoint ...`.
 #[derive(Debug, Subcommand)]
@@ -80,7 +80,7 @@ pub struct ShowArgs {
 pub struct ClusterArgs {
     /// Postgres of the feedback sink (its sparklet_commits markers).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// CA certificate file (PEM) for Postgres, as for `sparklet run`.
     #[arg(long, env = "SPARKLET_DATABASE_CA_FILE")]
     pub database_ca_file: Option<PathBuf>,
@@ -91,8 +91,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "SPARKLET_MARKER_TOPIC", default_value = DEFAULT_MARKER_TOPIC)]
     pub marker_topic: String,
     /// librdkafka setting, KEY=VALUE, repeatable, as for `sparklet run`.
-    #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';')]
-    pub kafka_options: Vec<String>,
+    #[arg(long = "kafka-option", env = "SPARKLET_KAFKA_OPTIONS", value_delimiter = ';', hide_env_values = true)]
+    pub kafka_options: Vec<Secret>,
     /// Timeout of one Kafka request.
     #[arg(long, env = "SPARKLET_KAFKA_TIMEOUT", default_value = "30s")]
     pub kafka_timeout: String,

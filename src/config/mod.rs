@@ -175,7 +175,7 @@ impl TryFrom<RunArgs> for Config {
         )?;
         Ok(Config {
             kafka,
-            postgres: PostgresConfig::parse(&args.database_url)?.with_ca_file(args.database_ca_file)?,
+            postgres: PostgresConfig::parse(args.database_url.expose())?.with_ca_file(args.database_ca_file)?,
             checkpoint_dir: crate::checkpoint::Files::parse(&args.checkpoint_dir.to_string_lossy())?,
             sql_dir: args.sql_dir,
             trigger: args.trigger.parse()?,
@@ -326,13 +326,55 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-/// The value to show for a librdkafka setting: secrets are masked.
+/// librdkafka settings whose values may be shown (in the `query started`
+/// line, `Debug`, errors): an allow-list, since a secret can hide under many
+/// names (`ssl.key.pem`, `sasl.oauthbearer.client.secret`, `ssl.keystore.password`, ...).
+/// A key ending in `.` allows every key under it.
+const SHOWN_KAFKA_KEYS: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+    "client.id",
+    "client.rack",
+    "acks",
+    "compression.type",
+    "compression.codec",
+    "message.max.bytes",
+    "linger.ms",
+    "batch.size",
+    "batch.num.messages",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "partitioner",
+    "debug",
+    "fetch.",
+    "queue.",
+    "queued.",
+    "socket.",
+    "reconnect.",
+    "retry.",
+    "statistics.",
+    "metadata.",
+    "topic.metadata.",
+    "broker.address.",
+    "api.version.",
+];
+
+/// The value to show for a librdkafka setting: `***` unless the key is in
+/// [`SHOWN_KAFKA_KEYS`].
 pub fn redact<'a>(key: &str, value: &'a str) -> &'a str {
-    let key = key.to_ascii_lowercase();
-    if key.contains("password") || key.contains("secret") || key.contains("sasl.oauthbearer.config") {
-        "***"
-    } else {
+    let key = key.trim().to_ascii_lowercase();
+    let shown = SHOWN_KAFKA_KEYS.iter().any(|k| if k.ends_with('.') { key.starts_with(k) } else { key == *k });
+    if shown {
         value
+    } else {
+        "***"
     }
 }
 
@@ -390,9 +432,9 @@ fn non_empty(option: &str, value: String) -> Result<String> {
 
 /// Parses `--kafka-option KEY=VALUE` items: `env:NAME` values are read from
 /// the environment; keys sparklet owns are refused.
-pub fn parse_kafka_options(raw: &[String]) -> Result<Vec<(String, String)>> {
+pub fn parse_kafka_options(raw: &[impl AsRef<str>]) -> Result<Vec<(String, String)>> {
     let mut options = Vec::new();
-    for item in raw.iter().filter(|s| !s.trim().is_empty()) {
+    for item in raw.iter().map(AsRef::as_ref).filter(|s| !s.trim().is_empty()) {
         let Some((key, value)) = item.split_once('=') else {
             return Err(Error::config("--kafka-option", format!("'{}' is not KEY=VALUE", redact(item, item))));
         };

@@ -175,3 +175,28 @@ fn same_input_and_output_topic_is_refused() {
     let crate::cli::Command::Run(run) = cli.command else { unreachable!() };
     assert!(Config::try_from(*run).unwrap_err().to_string().contains("--output-topic"));
 }
+
+#[test]
+fn only_allow_listed_kafka_settings_show_their_values() {
+    let shown = args(&[
+        "--kafka-option",
+        "ssl.key.pem=-----BEGIN PRIVATE KEY-----abc",
+        "--kafka-option",
+        "sasl.oauthbearer.client.secret=s3",
+        "--kafka-option",
+        "security.protocol=SASL_SSL",
+        "--kafka-option",
+        "ssl.ca.location=/etc/ca.crt",
+    ])
+    .unwrap()
+    .describe();
+    assert!(!shown.contains("PRIVATE KEY") && !shown.contains("s3"), "{shown}");
+    for expected in [
+        "ssl.key.pem=***",
+        "sasl.oauthbearer.client.secret=***",
+        "security.protocol=SASL_SSL",
+        "ssl.ca.location=/etc/ca.crt",
+    ] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
+}

@@ -22,6 +22,8 @@ use crate::error::Result;
 use crate::source::decode::BadMessage;
 
 pub use feed::{BatchOutput, Chunks};
+pub(crate) use owner::OWNERS_DDL;
+pub(crate) use postgres::MARKER_DDL;
 
 /// A destination of the batch output.
 #[allow(async_fn_in_trait)]

@@ -37,7 +37,7 @@ const CLAIM_LOCK_TIMEOUT: &str = "10s";
 /// the process (host and pid) for people looking at the table.
 async fn claim(client: &mut Client, query_id: &str, owner: &str, target: &str) -> Result<i64> {
     let err = |e| Error::postgres(format!("claiming query {query_id} in sparklet_owners on {target}"), e);
-    crate::postgres::create_if_missing(client, OWNERS_DDL).await.map_err(err)?;
+    crate::postgres::ensure_table(client, "sparklet_owners", OWNERS_DDL, target).await?;
     let txn = client.transaction().await.map_err(err)?;
     txn.batch_execute(&format!("SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")).await.map_err(err)?;
     let row = txn

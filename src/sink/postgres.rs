@@ -51,9 +51,7 @@ impl PostgresSink {
     pub(crate) async fn connect(config: &PostgresConfig, query_id: &str, markers: bool, epoch: i64) -> Result<Self> {
         let client = crate::postgres::connect(config, "the feedback sink").await?;
         let target = config.target();
-        crate::postgres::create_if_missing(&client, MARKER_DDL)
-            .await
-            .map_err(|e| Error::postgres(format!("creating sparklet_commits on {target}"), e))?;
+        crate::postgres::ensure_table(&client, "sparklet_commits", MARKER_DDL, &target).await?;
         let probe = format!("SELECT {} FROM {FEEDBACK_TABLE} LIMIT 0", column_list());
         client.simple_query(&probe).await.map_err(|e| {
             Error::postgres(format!("checking table {FEEDBACK_TABLE} on {target} (create it with sql/schema.sql)"), e)

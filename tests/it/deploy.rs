@@ -121,3 +121,16 @@ fn the_kubernetes_config_map_holds_the_repos_sql_files_and_the_pods_options_exis
     }
     Ok(())
 }
+
+#[test]
+fn docker_composes_grants_are_what_sparklet_setup_prints() -> Result<()> {
+    let committed = std::fs::read_to_string(repo_path("deploy/postgres/20_sparklet_setup.sql"))?;
+    let printed = sparklet::admin::setup_sql("sparklet", None)?;
+    assert!(
+        committed == printed,
+        "deploy/postgres/20_sparklet_setup.sql is stale: run `sparklet setup --print-sql --role sparklet > deploy/postgres/20_sparklet_setup.sql`"
+    );
+    let compose = std::fs::read_to_string(repo_path("docker-compose.yml"))?;
+    assert!(compose.contains("POSTGRES_USER: postgres") && compose.contains("postgres://sparklet:"), "{compose}");
+    Ok(())
+}

@@ -108,3 +108,58 @@ async fn the_change_trigger_counts_each_writing_transaction_once_when_it_commits
     assert_eq!(version().await?, 5);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_notifications_cause_no_reload_and_no_writer_can_silence_its_change() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
+    let mut args = vec!["--trigger", "10m"];
+    args.extend(ON_CHANGE);
+    let running = job.start(&args)?;
+    wait_until("the first snapshot", Duration::from_secs(30), async || Ok(snapshots(&job) == 1)).await?;
+
+    // Any role that can connect can NOTIFY: a flood naming a huge version.
+    // A reload scans the table (the same rows make the same snapshot file, so
+    // the table's scan count is what shows a reload).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = table_scans(&job).await?;
+    for _ in 0..50 {
+        let forged = format!("NOTIFY sparklet_subscribers_changed, '{}:999999999'", job.db.schema);
+        job.db.client.batch_execute(&forged).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let reloads = table_scans(&job).await? - before;
+    ensure!(reloads == 0, "forged notifications reloaded the table {reloads} times");
+
+    // A writer that sets the old "already bumped" flag (for the session,
+    // or to its own transaction id) is still counted.
+    job.db
+        .client
+        .batch_execute(&format!(
+            "SET sparklet.subscribers_bumped = 'yes';
+             BEGIN;
+             SELECT set_config('sparklet.subscribers_bumped', pg_current_xact_id()::text, true);
+             INSERT INTO subscribers_restaurants (client_id, restaurant_id) VALUES ('c2', '{RESTAURANT}');
+             COMMIT;"
+        ))
+        .await?;
+    wait_until("the change loaded", Duration::from_secs(10), async || Ok(snapshots(&job) == 2)).await?;
+    running.stop().await?;
+    Ok(())
+}
+
+/// How often `subscribers_restaurants` was scanned (Postgres's statistics,
+/// which a backend reports within a second or so).
+async fn table_scans(job: &Job) -> Result<i64> {
+    job.db.client.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
+    let row = job
+        .db
+        .client
+        .query_one(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables
+             WHERE relid = 'subscribers_restaurants'::regclass",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
