@@ -3,8 +3,8 @@
 # sparklet image: multi-stage build. Needs BuildKit (default in current Docker)
 # for the cache mounts.
 #
-#   docker build -t sparklet .
-#   docker run --rm sparklet run --help
+#   docker build -t sparklet:0.1.0 .   # the version in Cargo.toml
+#   docker run --rm sparklet:0.1.0 run --help
 
 FROM rust:1-bookworm AS builder
 
