@@ -40,10 +40,11 @@ fn kubernetes_validate() -> Option<std::path::PathBuf> {
         .find(|p| std::process::Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-const MANIFESTS: [&str; 7] = [
+const MANIFESTS: [&str; 8] = [
     "statefulset.yaml",
     "service.yaml",
     "pdb.yaml",
+    "networkpolicy.yaml",
     "configmap-sql.yaml",
     "secret.yaml",
     "checkpoint-pvc.yaml",
