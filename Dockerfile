@@ -3,8 +3,8 @@
 # sparklet image: multi-stage build. Needs BuildKit (default in current Docker)
 # for the cache mounts.
 #
-#   docker build -t sparklet .
-#   docker run --rm sparklet run --help
+#   docker build -t sparklet:0.1.0 .   # the version in Cargo.toml
+#   docker run --rm sparklet:0.1.0 run --help
 
 FROM rust:1-bookworm AS builder
 
@@ -31,9 +31,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
     && rm -rf /var/lib/apt/lists/*
 
-# Non-root user. The checkpoint directory exists in the image and belongs to
-# that user, so a named volume mounted on it starts out writable.
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/sparklet \
+# Non-root user and group 10001 (the Kubernetes manifests' runAsUser,
+# runAsGroup and fsGroup). The checkpoint directory exists in the image and
+# belongs to that user, so a named volume mounted on it starts out writable.
+RUN groupadd --system --gid 10001 sparklet \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/sparklet \
         --shell /usr/sbin/nologin sparklet \
     && mkdir -p /var/lib/sparklet/checkpoints /etc/sparklet \
     && chown -R sparklet:sparklet /var/lib/sparklet
@@ -42,7 +44,8 @@ COPY --from=builder /usr/local/bin/sparklet /usr/local/bin/sparklet
 COPY sql/ /etc/sparklet/sql/
 
 ENV SPARKLET_SQL_DIR=/etc/sparklet/sql
-USER sparklet
+# Numeric, so Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 WORKDIR /var/lib/sparklet
 VOLUME ["/var/lib/sparklet/checkpoints"]
 
