@@ -11,8 +11,8 @@
 //! abort the batch's transaction on every replay and wedge the query. The
 //! input topic may hold larger messages than the producer may write (a key
 //! of any size, a value above `--max-record-bytes`), so a dead letter that
-//! would not fit is cut, as a Kafka Connect user would rather have it than a
-//! failed task: the header text is bounded ([`Refusal`] sentences are at
+//! would not fit is cut (marked, and pointing to the original) rather than
+//! failing the batch: the header text is bounded ([`Refusal`] sentences are at
 //! most [`MAX_MESSAGE_BYTES`]), the value keeps as much as fits after the
 //! first [`KEY_PREFIX_BYTES`] of the key, and the key gets the rest. A cut
 //! key or value is a prefix of the original (not necessarily valid UTF-8),
