@@ -4,7 +4,7 @@
 //! The batch's dead letters (input messages that failed validation) go to
 //! the dead-letter topic in the same transaction, byte for byte with their
 //! original key (cut only where they would not fit the producer's
-//! `message.max.bytes`: [`super::dead_letter`]), so a replay never
+//! `message.max.bytes`: see `dead_letter.rs`), so a replay never
 //! duplicates them either.
 //!
 //! Before it sends a batch and again before it commits, the sink checks the
@@ -172,7 +172,7 @@ impl KafkaSink {
     }
 
     /// Each refused input message, unchanged unless it must be cut to fit
-    /// ([`DeadLetter`]), with headers saying where it came from and why it
+    /// (`DeadLetter`), with headers saying where it came from and why it
     /// was refused.
     fn send_dead_letters(&self, plan: &BatchPlan, bad: &[BadMessage]) -> Result<u64> {
         let Some(topic) = self.dead_letter_topic.as_deref().filter(|_| !bad.is_empty()) else {
