@@ -2,8 +2,23 @@
 //! logs it (structured `tracing` fields) and counts it in the process's
 //! Prometheus metrics ([`crate::metrics`]), so logs and metrics cannot drift
 //! apart.
+//!
+//! Text that can come from an input message reaches a log line only escaped
+//! and bounded ([`crate::source::refusal::quote`]): a refusal's sentence, and
+//! the error chains of failed batches (a SQL cast error or a database
+//! error can quote a campaign's text). A `\n` in a message so never starts a
+//! forged line in the text log format. Keys and values are never logged.
 
 use crate::metrics::{self, metrics, ComponentLabel, FailureLabels, OutcomeLabel, PhaseLabel, ReasonLabel, SinkLabel};
+use crate::source::refusal::{quote, MAX_MESSAGE_BYTES};
+
+/// Longest error chain a log line of a failed batch keeps, in bytes.
+const MAX_ERROR_BYTES: usize = 4096;
+
+/// An error chain for one log line: escaped and bounded ([`quote`]).
+fn one_line(error: &crate::error::Error) -> String {
+    quote(&error.chain().to_string(), MAX_ERROR_BYTES)
+}
 
 /// An input message that failed validation, and what `--on-bad-record`
 /// did with it (logged here; counted per reason when its batch commits).
@@ -21,7 +36,7 @@ impl BadRecord<'_> {
             partition = m.partition,
             offset = m.offset,
             reason = m.refusal.reason.code(),
-            error = %m.refusal.message,
+            error = %quote(&m.refusal.message, MAX_MESSAGE_BYTES),
             action = %self.action,
             "bad record"
         );
@@ -132,7 +147,7 @@ impl TriggerFailed<'_> {
     /// Logged as an error when it ends the run; a retried attempt is a
     /// debug line ([`ComponentDown`] says once that something is down).
     pub(crate) fn emit(&self) {
-        let (batch_id, attempt, retryable, error) = (self.batch_id, self.attempt, self.retryable, self.error.chain());
+        let (batch_id, attempt, retryable, error) = (self.batch_id, self.attempt, self.retryable, one_line(self.error));
         match self.retryable {
             true => {
                 tracing::debug!(batch_id = ?batch_id, attempt, retryable, error = %error, "trigger failed; retrying")
@@ -165,7 +180,7 @@ impl ComponentDown<'_> {
         tracing::warn!(
             component = self.component,
             since = self.since,
-            cause = %self.error.chain(),
+            cause = %one_line(self.error),
             policy = %self.policy,
             "{} is failing; the query waits and retries on new connections ({})",
             self.component,
@@ -284,7 +299,7 @@ pub(crate) struct TransactionAborted<'a> {
 
 impl TransactionAborted<'_> {
     pub(crate) fn emit(&self) {
-        tracing::warn!(batch_id = self.batch_id, cause = %self.cause.chain(), "output transaction aborted");
+        tracing::warn!(batch_id = self.batch_id, cause = %one_line(self.cause), "output transaction aborted");
         metrics().transactions_aborted.inc();
     }
 }

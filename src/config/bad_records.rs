@@ -13,7 +13,8 @@ use crate::source::validate::Limits;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnBadRecord {
     /// Write it, byte for byte with its reason, to the dead-letter topic in
-    /// the batch's transaction; the rest of the batch flows normally.
+    /// the batch's transaction (cut only where it would not fit the
+    /// producer's `message.max.bytes`); the rest of the batch flows normally.
     DeadLetter,
     /// Log and count it; nothing else keeps it.
     Drop,
@@ -78,12 +79,7 @@ impl BadRecords {
                 format!("'{dead_letter_topic}' is also the input or the output topic"),
             ));
         }
-        let max_output_bytes = match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
-            Some((_, v)) => v.parse().map_err(|_| {
-                Error::config("--kafka-option", format!("message.max.bytes '{v}' is not a number of bytes"))
-            })?,
-            None => DEFAULT_MESSAGE_MAX_BYTES,
-        };
+        let max_output_bytes = Self::message_max_bytes(kafka_options)?;
         let limits = Limits { max_record_bytes, max_output_bytes };
         if max_record_bytes == 0 || max_record_bytes + crate::source::validate::OUTPUT_OVERHEAD > max_output_bytes {
             return Err(Error::config(
@@ -95,6 +91,18 @@ impl BadRecords {
             ));
         }
         Ok(BadRecords { on_bad_record: on_bad_record.parse()?, dead_letter_topic, limits })
+    }
+
+    /// The producer's `message.max.bytes` (`--kafka-option`, librdkafka's
+    /// default if unset): output messages and dead letters must fit it
+    /// (dead letters are cut to fit, see [`crate::sink`]'s `dead_letter`).
+    pub(crate) fn message_max_bytes(kafka_options: &[(String, String)]) -> Result<usize> {
+        match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
+            Some((_, v)) => v.parse().map_err(|_| {
+                Error::config("--kafka-option", format!("message.max.bytes '{v}' is not a number of bytes"))
+            }),
+            None => Ok(DEFAULT_MESSAGE_MAX_BYTES),
+        }
     }
 }
 

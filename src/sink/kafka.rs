@@ -3,7 +3,9 @@
 //!
 //! The batch's dead letters (input messages that failed validation) go to
 //! the dead-letter topic in the same transaction, byte for byte with their
-//! original key, so a replay never duplicates them either.
+//! original key (cut only where they would not fit the producer's
+//! `message.max.bytes`: see `dead_letter.rs`), so a replay never
+//! duplicates them either.
 //!
 //! Before it sends a batch and again before it commits, the sink checks the
 //! query's owner epoch in Postgres ([`super::owner`]): a zombie stops there
@@ -25,13 +27,13 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::json::LineDelimitedWriter;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::message::Header;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::shared_text::Text;
+use crate::sink::dead_letter::{DeadLetter, Origin};
 use crate::sink::deliveries::Deliveries;
 use crate::sink::owner::Ownership;
 use crate::sink::{kafka_marker, Chunks, Sink};
@@ -53,6 +55,8 @@ pub struct KafkaSink {
     marker_topic: String,
     /// Where dead letters go (`--on-bad-record dead-letter`).
     dead_letter_topic: Option<String>,
+    /// The producer's `message.max.bytes`, which each dead letter must fit.
+    message_max_bytes: usize,
     timeout: Duration,
     /// Exactly-once: one transaction per batch, with the input offsets.
     transactional: bool,
@@ -77,12 +81,14 @@ impl KafkaSink {
             .create_with_context(Deliveries::default())
             .map_err(|e| Error::kafka("creating the output producer", e))?;
         let timeout = kafka.timeout;
+        let message_max_bytes = crate::config::BadRecords::message_max_bytes(&kafka.options)?;
         let sink = KafkaSink {
             producer,
             group: Arc::new(group),
             topic: kafka.output_topic.clone(),
             marker_topic: kafka.marker_topic.clone(),
             dead_letter_topic,
+            message_max_bytes,
             timeout,
             transactional,
             query_id: query_id.to_string(),
@@ -165,24 +171,33 @@ impl KafkaSink {
         Ok((sent, dead))
     }
 
-    /// Each refused input message, unchanged, with headers saying where it
-    /// came from and why it was refused.
+    /// Each refused input message, unchanged unless it must be cut to fit
+    /// (`DeadLetter`), with headers saying where it came from and why it
+    /// was refused.
     fn send_dead_letters(&self, plan: &BatchPlan, bad: &[BadMessage]) -> Result<u64> {
         let Some(topic) = self.dead_letter_topic.as_deref().filter(|_| !bad.is_empty()) else {
             return Ok(0);
         };
         let batch_id = plan.batch_id.to_string();
+        let origin = Origin { query_id: &self.query_id, batch_id: &batch_id, topic: &plan.topic };
         for message in bad {
-            let (partition, offset) = (message.partition.to_string(), message.offset.to_string());
-            let headers = kafka_marker::headers(&self.query_id, &batch_id)
-                .insert(Header { key: "sparklet.source.topic", value: Some(plan.topic.as_str()) })
-                .insert(Header { key: "sparklet.source.partition", value: Some(partition.as_str()) })
-                .insert(Header { key: "sparklet.source.offset", value: Some(offset.as_str()) })
-                .insert(Header { key: "sparklet.error.reason", value: Some(message.refusal.reason.code()) })
-                .insert(Header { key: "sparklet.error.message", value: Some(message.refusal.message.as_str()) });
-            let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(headers);
-            record.key = message.key.as_deref();
-            record.payload = message.value.as_deref();
+            let letter = DeadLetter::new(message, &origin, self.message_max_bytes);
+            if letter.is_cut() {
+                tracing::warn!(
+                    batch_id = plan.batch_id,
+                    partition = message.partition,
+                    offset = message.offset,
+                    key_bytes = message.key.as_ref().map_or(0, Vec::len),
+                    value_bytes = message.value.as_ref().map_or(0, Vec::len),
+                    kept_key_bytes = letter.key.map_or(0, <[u8]>::len),
+                    kept_value_bytes = letter.value.map_or(0, <[u8]>::len),
+                    message_max_bytes = self.message_max_bytes,
+                    "dead letter cut to fit the producer's message.max.bytes"
+                );
+            }
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).headers(letter.record_headers());
+            record.key = letter.key;
+            record.payload = letter.value;
             crate::kafka::send_when_room(&self.producer, record)
                 .map_err(|e| Error::kafka(format!("sending a dead letter to '{topic}'"), e))?;
         }

@@ -8,6 +8,7 @@
 //! [`feed`] as the SQL computes them.
 
 pub mod copy;
+mod dead_letter;
 mod deliveries;
 pub mod feed;
 pub mod kafka;

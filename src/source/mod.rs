@@ -11,6 +11,7 @@
 pub mod decode;
 pub(crate) mod plan;
 pub(crate) mod read_ahead;
+pub mod refusal;
 pub(crate) mod stream_decode;
 pub mod validate;
 

@@ -5,112 +5,20 @@
 //! accepts decodes into one campaign row that both sinks take (no NUL in text,
 //! integers in range, an output row under the producer's size limit); a
 //! message it refuses gets a [`Reason`] (a short stable code, written to the
-//! dead-letter header `sparklet.error.reason`) and a sentence for people.
-//! Unknown extra fields are accepted and ignored.
+//! dead-letter header `sparklet.error.reason`) and a sentence for people
+//! ([`super::refusal`]: escaped and bounded where it quotes the message).
+//! Unknown extra fields are accepted and ignored, up to [`MAX_FIELDS`]
+//! fields in all; duplicate names are found in one pass (a hash set).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use super::refusal::{quote, MAX_QUOTED_BYTES};
+pub use super::refusal::{Reason, Refusal};
 use crate::schema::CAMPAIGN_FIELDS;
-
-/// Why a message was refused. The codes are stable: dashboards and
-/// dead-letter consumers match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Reason {
-    /// No value (a null payload) or an empty one.
-    Empty,
-    /// Larger than `--max-record-bytes`.
-    TooLarge,
-    /// Its output row could exceed the producer's `message.max.bytes`.
-    OutputTooLarge,
-    NotUtf8,
-    NotJson,
-    /// The JSON ends early.
-    Truncated,
-    NotAnObject,
-    /// More than one JSON value, or other data after the object.
-    SeveralValues,
-    MissingField,
-    NullField,
-    /// A string where a number belongs, a float such as 1.9 where an integer
-    /// belongs, and so on: nothing is coerced or truncated.
-    WrongType,
-    /// An integer outside the column's range (int8).
-    OutOfRange,
-    DuplicateField,
-    /// Text with a NUL character, which Postgres text cannot hold.
-    NulCharacter,
-    /// `adv_campaign_datetime_end` before `adv_campaign_datetime_start`.
-    EndsBeforeStart,
-    /// Passed validation but the JSON decoder still refused it (a bug: the
-    /// message is kept as a dead letter rather than stalling the query).
-    Undecodable,
-}
-
-impl Reason {
-    /// Every reason, in code order (for tests, documentation and metrics).
-    pub const ALL: [Reason; 16] = [
-        Reason::Empty,
-        Reason::TooLarge,
-        Reason::OutputTooLarge,
-        Reason::NotUtf8,
-        Reason::NotJson,
-        Reason::Truncated,
-        Reason::NotAnObject,
-        Reason::SeveralValues,
-        Reason::MissingField,
-        Reason::NullField,
-        Reason::WrongType,
-        Reason::OutOfRange,
-        Reason::DuplicateField,
-        Reason::NulCharacter,
-        Reason::EndsBeforeStart,
-        Reason::Undecodable,
-    ];
-
-    /// The stable short code.
-    pub fn code(self) -> &'static str {
-        match self {
-            Reason::Empty => "empty",
-            Reason::TooLarge => "too_large",
-            Reason::OutputTooLarge => "output_too_large",
-            Reason::NotUtf8 => "not_utf8",
-            Reason::NotJson => "not_json",
-            Reason::Truncated => "truncated",
-            Reason::NotAnObject => "not_an_object",
-            Reason::SeveralValues => "several_values",
-            Reason::MissingField => "missing_field",
-            Reason::NullField => "null_field",
-            Reason::WrongType => "wrong_type",
-            Reason::OutOfRange => "out_of_range",
-            Reason::DuplicateField => "duplicate_field",
-            Reason::NulCharacter => "nul_character",
-            Reason::EndsBeforeStart => "ends_before_start",
-            Reason::Undecodable => "undecodable",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-/// A refused message: the reason and what exactly is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: Reason,
-    pub message: String,
-}
-
-impl Refusal {
-    pub(crate) fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Refusal { reason, message: message.into() }
-    }
-}
 
 /// Size limits a message must keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +41,12 @@ impl Default for Limits {
 pub const OUTPUT_OVERHEAD: usize = 1024 + MAX_CLIENT_ID_BYTES;
 /// Longest client id the output bound allows for.
 pub const MAX_CLIENT_ID_BYTES: usize = 1024;
+
+/// Most fields one message may have, the eight campaign fields and unknown
+/// ones together: far more than a real campaign carries, and a bound on the
+/// work and memory of checking one message (each name is checked against
+/// those seen, in a hash set). More is [`Reason::TooManyFields`].
+pub const MAX_FIELDS: usize = 1000;
 
 /// Checks one message; `Ok` means it decodes into a row both sinks accept.
 pub fn validate(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Refusal> {
@@ -215,18 +129,22 @@ impl<'de> Visitor<'de> for CampaignSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Window, A::Error> {
         let mut values: [Option<Scalar>; CAMPAIGN_FIELDS.len()] = Default::default();
-        let mut unknown: Vec<String> = Vec::new();
+        let mut unknown: HashSet<Cow<'de, str>> = HashSet::new();
+        let mut fields = 0;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            fields += 1;
+            if fields > MAX_FIELDS {
+                return Err(self.refuse(Reason::TooManyFields, format!("more than {MAX_FIELDS} fields")));
+            }
             let Some(index) = CAMPAIGN_FIELDS.iter().position(|(name, _)| *name == key) else {
-                if unknown.iter().any(|k| *k == key) {
-                    return Err(self.refuse(Reason::DuplicateField, format!("field {key} appears twice")));
+                if let Some(key) = unknown.replace(key) {
+                    return Err(self.refuse(Reason::DuplicateField, twice(&key)));
                 }
-                unknown.push(key.into_owned());
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
             if values[index].is_some() {
-                return Err(self.refuse(Reason::DuplicateField, format!("field {key} appears twice")));
+                return Err(self.refuse(Reason::DuplicateField, twice(&key)));
             }
             values[index] = Some(map.next_value::<Scalar>()?);
         }
@@ -257,7 +175,7 @@ impl<'de> Visitor<'de> for CampaignSeed<'_> {
 }
 
 impl CampaignSeed<'_> {
-    fn refuse<E: de::Error>(self, reason: Reason, message: impl Into<String>) -> E {
+    fn refuse<E: de::Error>(self, reason: Reason, message: impl AsRef<str>) -> E {
         *self.refusal = Some(Refusal::new(reason, message));
         E::custom(reason.code())
     }
@@ -292,6 +210,12 @@ impl CampaignSeed<'_> {
         let at = |field: &str| CAMPAIGN_FIELDS.iter().position(|(n, _)| *n == field).map_or(0, |i| ints[i]);
         Ok(Window { start: at("adv_campaign_datetime_start"), end: at("adv_campaign_datetime_end") })
     }
+}
+
+/// The sentence for a field named twice; the name comes from the message,
+/// so it is quoted ([`quote`]).
+fn twice(name: &str) -> String {
+    format!("field {} appears twice", quote(name, MAX_QUOTED_BYTES))
 }
 
 /// The kind of a field's JSON value (text is checked, not kept).

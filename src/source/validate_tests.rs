@@ -176,3 +176,47 @@ fn a_batch_of_arbitrary_messages_splits_into_rows_and_reasons() {
         );
     }
 }
+
+/// Limits large enough for the hostile messages below to reach the field
+/// checks (with the defaults they are `too_large`).
+const ROOMY: Limits = Limits { max_record_bytes: 4 << 20, max_output_bytes: 8 << 20 };
+
+/// `n` distinct unknown fields (`"f0": 0, "f1": 0, ...`) before the
+/// example's own.
+fn with_unknown_fields(n: usize) -> String {
+    let fields: String = (0..n).map(|i| format!(r#""f{i}":0,"#)).collect();
+    EXAMPLE.replacen('{', &format!("{{{fields}"), 1)
+}
+
+#[test]
+fn a_message_with_more_fields_than_the_cap_is_refused_naming_the_limit() {
+    let refusal = validate(Some(with_unknown_fields(100_000).as_bytes()), &ROOMY).unwrap_err();
+    assert_eq!(refusal.reason.code(), "too_many_fields", "{}", refusal.message);
+    assert!(refusal.message.contains("more than 1000 fields"), "{}", refusal.message);
+    let at_the_cap = 1000 - CAMPAIGN_FIELDS.len();
+    assert_eq!(validate(Some(with_unknown_fields(at_the_cap).as_bytes()), &ROOMY), Ok(()));
+    let over = validate(Some(with_unknown_fields(at_the_cap + 1).as_bytes()), &ROOMY).unwrap_err();
+    assert_eq!(over.reason.code(), "too_many_fields");
+}
+
+#[test]
+fn a_duplicate_among_many_unknown_fields_is_found() {
+    let text = with_unknown_fields(900).replacen('{', r#"{"f899":1,"#, 1);
+    let refusal = validate(Some(text.as_bytes()), &ROOMY).unwrap_err();
+    assert_eq!(refusal.reason, Reason::DuplicateField);
+    assert_eq!(refusal.message, "field f899 appears twice");
+}
+
+#[test]
+fn message_text_quoted_in_a_refusal_is_bounded_and_escaped() {
+    let name = format!("x\nERROR forged line\r\u{1b}[31m{}", "y".repeat(100_000));
+    let quoted = serde_json::to_string(&name).unwrap();
+    let text = EXAMPLE.replacen('{', &format!("{{{quoted}: 1, {quoted}: 2, "), 1);
+    let refusal = validate(Some(text.as_bytes()), &ROOMY).unwrap_err();
+    assert_eq!(refusal.reason, Reason::DuplicateField);
+    let message = &refusal.message;
+    assert!(message.len() <= 512, "{} bytes", message.len());
+    assert!(!message.chars().any(char::is_control), "{message:?}");
+    assert!(message.starts_with(r"field x\nERROR forged line\r\u{1b}[31myyy"), "{message:?}");
+    assert!(message.contains("more bytes"), "the cut is marked: {message:?}");
+}

@@ -5,6 +5,7 @@
 //! test injects request errors, which a real broker cannot.
 
 mod bad_records;
+mod bad_records_hostile;
 mod broker;
 mod checkpoint_tools;
 mod child;
