@@ -207,6 +207,18 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_MAX_OFFSETS_PER_TRIGGER", default_value = "100000")]
     pub max_offsets_per_trigger: String,
 
+    /// Upper bound of input bytes (keys and values) per micro-batch: a size
+    /// (64MiB, 1GiB, 500MB), `unlimited`, or `auto`: a sixteenth of the
+    /// memory the process may use (its cgroup's limit, else the machine's),
+    /// between 16MiB and 256MiB. Planning reads the batch's messages and ends
+    /// each partition's range where its share of the budget is spent (every
+    /// partition with a backlog gets at least one message), so large messages
+    /// make smaller batches, never an out-of-memory crash. A batch planned
+    /// before (a replay) cannot shrink: one larger than the budget stops the
+    /// query, saying how large a budget lets it finish.
+    #[arg(long, env = "SPARKLET_MAX_BYTES_PER_TRIGGER", default_value = "auto")]
+    pub max_bytes_per_trigger: String,
+
     /// librdkafka setting for consumer and producer, KEY=VALUE, repeatable
     /// (e.g. security.protocol=SASL_SSL). A VALUE of the form env:NAME is read
     /// from environment variable NAME, so secrets stay out of the command

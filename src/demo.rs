@@ -134,6 +134,7 @@ fn demo_config(bootstrap: &str, url: &str, args: &DemoArgs) -> Result<sparklet::
         trigger: if args.http_addr.is_some() { "1s" } else { "available-now" }.into(),
         starting_offsets: "earliest".into(),
         max_offsets_per_trigger: "8".into(),
+        max_bytes_per_trigger: "auto".into(),
         on_bad_record: "dead-letter".into(),
         dead_letter_topic: None,
         max_record_bytes: 262_144,

@@ -9,11 +9,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 mod bad_records;
+mod byte_budget;
 mod postgres;
 mod retry;
 mod subscribers;
 
 pub use bad_records::{BadRecords, OnBadRecord};
+pub use byte_budget::{size, ByteBudget};
 pub use postgres::{url_with_search_path, PostgresConfig};
 use retry::parse_retry_for;
 pub use retry::RetryPolicy;
@@ -95,6 +97,8 @@ pub struct Config {
     pub trigger: Trigger,
     pub starting_offsets: StartingOffsets,
     pub max_offsets_per_trigger: Option<u64>,
+    /// `--max-bytes-per-trigger`: input bytes per batch.
+    pub max_bytes_per_trigger: ByteBudget,
     /// `--on-bad-record`, `--dead-letter-topic`, size limits.
     pub bad_records: BadRecords,
     /// `--subscribers-refresh`, `--subscribers-version-check`,
@@ -181,6 +185,7 @@ impl TryFrom<RunArgs> for Config {
             trigger: args.trigger.parse()?,
             starting_offsets: args.starting_offsets.parse()?,
             max_offsets_per_trigger,
+            max_bytes_per_trigger: ByteBudget::parse(&args.max_bytes_per_trigger)?,
             bad_records,
             subscribers,
             fail_on_data_loss: args.fail_on_data_loss,
@@ -279,12 +284,13 @@ impl Config {
         let max_offsets = self.max_offsets_per_trigger.map_or("unlimited".to_string(), |n| n.to_string());
         format!(
             "--trigger {} --starting-offsets {} --guarantee {} --max-offsets-per-trigger {max_offsets} \
-             --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
+             --max-bytes-per-trigger {} --on-bad-record {} --dead-letter-topic {} --max-record-bytes {} \
              {} --subscribers-max-staleness {} --fail-on-data-loss {} --kafka-timeout {} {} --min-batches-to-retain {} \
              --shards {} --shard-ids {} --bootstrap-servers {} --input-topic {} --output-topic {} --marker-topic {} --kafka-option [{}]",
             self.trigger,
             self.starting_offsets,
             self.guarantee,
+            self.max_bytes_per_trigger,
             self.bad_records.on_bad_record,
             self.bad_records.dead_letter_topic,
             self.bad_records.limits.max_record_bytes,

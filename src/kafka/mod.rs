@@ -20,7 +20,7 @@ use crate::kafka_log::{Failure, FailureKind, LoggingContext};
 
 mod ranges;
 
-pub use ranges::read_ranges;
+pub use ranges::{read_ranges, read_ranges_while};
 
 /// How long one metadata request of the start-up check may take before the
 /// check looks at what librdkafka reported and tries again.

@@ -8,6 +8,7 @@
 //! passes without progress.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -30,6 +31,22 @@ pub fn read_ranges<C: ConsumerContext>(
     timeout: Duration,
     mut on_message: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<()> {
+    read_ranges_while(consumer, topic, ranges, timeout, |message| {
+        on_message(message);
+        ControlFlow::Continue(())
+    })
+}
+
+/// As [`read_ranges`], but `on_message` may end its message's partition
+/// early: after [`ControlFlow::Break`] no more messages of that partition are
+/// handed over (the one that broke is not taken).
+pub fn read_ranges_while<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    ranges: &[OffsetRange],
+    timeout: Duration,
+    mut on_message: impl FnMut(&BorrowedMessage<'_>) -> ControlFlow<()>,
+) -> Result<()> {
     let mut pending: BTreeMap<i32, OffsetRange> =
         ranges.iter().filter(|r| !r.is_empty()).map(|r| (r.partition, *r)).collect();
     if pending.is_empty() {
@@ -45,11 +62,12 @@ pub fn read_ranges<C: ConsumerContext>(
             Some(Ok(message)) => {
                 let (partition, offset) = (message.partition(), message.offset());
                 let Some(range) = pending.get(&partition) else { continue };
+                let mut done = offset + 1 >= range.end;
                 if offset >= range.start && offset < range.end {
-                    on_message(&message);
+                    done |= on_message(&message).is_break();
                     deadline = Instant::now() + timeout;
                 }
-                if offset + 1 >= range.end {
+                if done {
                     pending.remove(&partition);
                 }
             }

@@ -203,7 +203,8 @@ impl Query {
     async fn read(&mut self, plan: &BatchPlan, d: &mut DurationMs) -> Result<(Decoded, u64, BTreeMap<i32, i64>)> {
         let t = Instant::now();
         let ahead = self.take_read_ahead().await;
-        let read = self.source.read_with(plan, ahead, self.config.bad_records.limits).await?;
+        let budget = self.config.max_bytes_per_trigger.bytes;
+        let read = self.source.read_with(plan, ahead, self.config.bad_records.limits, budget).await?;
         d.decode = progress::ms(read.decode_time);
         d.get_batch = progress::ms(t.elapsed().saturating_sub(read.decode_time));
         Ok((read.decoded, read.messages, read.newest_timestamps))
@@ -229,8 +230,8 @@ impl Query {
     /// Starts reading what follows `plan` while it is transformed and
     /// written ([`crate::source::read_ahead`]); the next read takes it.
     fn read_ahead_after(&mut self, plan: &BatchPlan) {
-        let (source, plan) = (self.source.clone(), plan.clone());
-        self.ahead = Some(tokio::spawn(async move { source.read_ahead(&plan).await }));
+        let (source, plan, budget) = (self.source.clone(), plan.clone(), self.config.max_bytes_per_trigger.bytes);
+        self.ahead = Some(tokio::spawn(async move { source.read_ahead(&plan, budget).await }));
     }
 
     /// Applies `--on-bad-record` to the refused messages: counts per reason,

@@ -184,10 +184,13 @@ impl Query {
         for loss in &losses {
             events::DataLossDetected { topic: self.source.topic(), loss }.emit();
         }
-        let ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
+        let mut ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
         let now_ms = epoch_ms();
         if ranges.iter().all(|r| r.is_empty()) && !self.held_due(now_ms.div_euclid(1000)) {
             return Ok(None);
+        }
+        if let Some(budget) = self.config.max_bytes_per_trigger.bytes.filter(|_| ranges.iter().any(|r| !r.is_empty())) {
+            ranges = self.read_within_budget(ranges, budget).await?;
         }
         let plan = BatchPlan {
             batch_id: self.offsets.next_batch_id,
@@ -225,5 +228,21 @@ impl Query {
             self.offsets.limit = Some(marks.iter().map(|w| (w.partition, w.high)).collect());
         }
         Ok(())
+    }
+}
+
+impl Query {
+    /// Step 1a, size the plan: reads the planned ranges until the byte
+    /// budget is spent ([`crate::source::budget`]) and cuts them there; what
+    /// was read serves the read step.
+    async fn read_within_budget(
+        &mut self,
+        ranges: Vec<crate::batch::OffsetRange>,
+        budget: u64,
+    ) -> Result<Vec<crate::batch::OffsetRange>> {
+        let ahead = self.take_read_ahead().await;
+        let (ranges, read) = self.source.read_within(ranges, ahead, budget).await?;
+        self.ahead = Some(tokio::spawn(async move { Ok(read) }));
+        Ok(ranges)
     }
 }

@@ -50,6 +50,11 @@ impl Bytes {
         self.ends.clear();
     }
 
+    fn truncate(&mut self, n: usize) {
+        self.ends.truncate(n);
+        self.bytes.truncate(self.ends.iter().rev().find_map(|end| *end).unwrap_or(0));
+    }
+
     fn iter(&self) -> impl Iterator<Item = Option<&[u8]>> {
         let mut start = 0;
         self.ends.iter().map(move |end| {
@@ -103,6 +108,18 @@ impl RawBatch {
         self.values.clear();
         self.keys.clear();
         self.positions.clear();
+    }
+
+    /// Bytes of the keys and values held.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.keys.bytes.len() + self.values.bytes.len()
+    }
+
+    /// Keeps the first `n` messages.
+    pub(crate) fn truncate(&mut self, n: usize) {
+        self.keys.truncate(n);
+        self.values.truncate(n);
+        self.positions.truncate(n);
     }
 
     /// Number of messages.

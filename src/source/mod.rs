@@ -8,6 +8,7 @@
 //! transaction with exactly-once (see [`crate::sink::kafka`]), by
 //! [`KafkaSource::commit_offsets`] after the commit with at-least-once.
 
+pub(crate) mod budget;
 pub mod decode;
 pub(crate) mod plan;
 pub(crate) mod read_ahead;
@@ -106,7 +107,7 @@ impl KafkaSource {
     /// Reads exactly the ranges of `plan`, validated and decoded as the
     /// messages arrive, in (partition, offset) order.
     pub async fn read(&self, plan: &BatchPlan, limits: Limits) -> Result<ReadBatch> {
-        self.read_with(plan, None, limits).await
+        self.read_with(plan, None, limits, None).await
     }
 
     /// Fails unless `topic` exists (the dead-letter and marker topics,
@@ -200,11 +201,31 @@ impl KafkaSource {
 
     /// Reads the ranges into `decoder`, each partition's messages in offset
     /// order.
-    fn read_into(&self, ranges: &[OffsetRange], decoder: &mut StreamDecoder) -> Result<()> {
-        crate::kafka::read_ranges(&self.consumer, &self.topic, ranges, self.timeout, |message| {
+    /// Stops once more than `budget` bytes were read, besides each
+    /// partition's first message (which planning always keeps, however
+    /// large): returns how many then.
+    fn read_into(
+        &self,
+        ranges: &[OffsetRange],
+        decoder: &mut StreamDecoder,
+        budget: Option<u64>,
+    ) -> Result<Option<u64>> {
+        let (mut read, mut limit) = (0u64, budget.unwrap_or(u64::MAX));
+        let mut started = std::collections::HashSet::new();
+        crate::kafka::read_ranges_while(&self.consumer, &self.topic, ranges, self.timeout, |message| {
+            let size = (message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len)) as u64;
+            read += size;
+            if started.insert(message.partition()) {
+                limit = limit.saturating_add(size);
+            }
+            if read > limit {
+                return std::ops::ControlFlow::Break(());
+            }
             let timestamp = message.timestamp().to_millis();
             decoder.push(message.partition(), message.offset(), message.key(), message.payload(), timestamp);
-        })
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok((read > limit).then_some(read))
     }
 
     /// Reads the ranges; each partition's messages in offset order.

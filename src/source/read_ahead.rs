@@ -32,9 +32,14 @@ impl ReadAhead {
         self.parts.values().map(|(_, raw)| raw.len()).sum()
     }
 
+    /// Messages read for these ranges (each keyed by its partition).
+    pub(super) fn from_parts(parts: BTreeMap<i32, (OffsetRange, RawBatch)>) -> Self {
+        ReadAhead { parts }
+    }
+
     /// Splits `ranges` into what this read-ahead serves (per partition, in
     /// partition order) and the ranges still to read from the broker.
-    fn serve(mut self, ranges: &[OffsetRange]) -> (BTreeMap<i32, RawBatch>, Vec<OffsetRange>) {
+    pub(super) fn serve(mut self, ranges: &[OffsetRange]) -> (BTreeMap<i32, RawBatch>, Vec<OffsetRange>) {
         let (mut served, mut to_read) = (BTreeMap::new(), Vec::new());
         for range in ranges.iter().filter(|r| !r.is_empty()) {
             match self.parts.remove(&range.partition) {
@@ -51,8 +56,9 @@ impl ReadAhead {
 
 impl KafkaSource {
     /// Reads ahead from `plan`'s end offsets: per partition up to the last
-    /// stable offset, at most as many offsets as `plan` read there.
-    pub(crate) async fn read_ahead(&self, plan: &BatchPlan) -> Result<ReadAhead> {
+    /// stable offset, at most as many offsets as `plan` read there, and at
+    /// most `budget` bytes in all ([`super::budget`]).
+    pub(crate) async fn read_ahead(&self, plan: &BatchPlan, budget: Option<u64>) -> Result<ReadAhead> {
         let (this, ranges) = (self.clone(), plan.ranges.clone());
         blocking(move || {
             let partitions: Vec<i32> = ranges.iter().map(|r| r.partition).collect();
@@ -65,6 +71,9 @@ impl KafkaSource {
                 })
                 .filter(|r| !r.is_empty())
                 .collect();
+            if let Some(budget) = budget {
+                return Ok(this.read_within_blocking(ahead, None, budget)?.1);
+            }
             let mut read = this.read_partitions(&ahead)?;
             let parts =
                 ahead.into_iter().map(|r| (r.partition, (r, read.remove(&r.partition).unwrap_or_default()))).collect();
@@ -75,24 +84,29 @@ impl KafkaSource {
 
     /// Reads exactly the ranges of `plan`, decoded as they arrive, taking
     /// what `ahead` holds of them first.
+    /// Beyond `budget` bytes read from the broker, the read stops and fails
+    /// (a replay of a plan larger than the budget: [`super::budget`]).
     pub(crate) async fn read_with(
         &self,
         plan: &BatchPlan,
         ahead: Option<ReadAhead>,
         limits: Limits,
+        budget: Option<u64>,
     ) -> Result<ReadBatch> {
         let (served, to_read) = match ahead {
             Some(ahead) => ahead.serve(&plan.ranges),
             None => (BTreeMap::new(), plan.ranges.clone()),
         };
         let partitions = plan.ranges.iter().filter(|r| !r.is_empty()).count();
-        let this = self.clone();
+        let (this, batch_id) = (self.clone(), plan.batch_id);
         blocking(move || {
             let mut decoder = StreamDecoder::new(crate::schema::campaigns(), limits, partitions);
             for (partition, raw) in served {
                 decoder.push_read(partition, raw);
             }
-            this.read_into(&to_read, &mut decoder)?;
+            if let Some(read) = this.read_into(&to_read, &mut decoder, budget)? {
+                return Err(super::budget::over_budget(batch_id, read, budget.unwrap_or(0)));
+            }
             decoder.finish()
         })
         .await
@@ -176,10 +190,10 @@ mod tests {
         };
         let source = KafkaSource::try_new(&config, "q").unwrap();
         let first = plan(&[(0, 0, 3), (1, 0, 4)]);
-        let ahead = source.read_ahead(&first).await.unwrap();
+        let ahead = source.read_ahead(&first, None).await.unwrap();
         assert_eq!(ahead.len(), 3 + 4, "as many offsets as the batch had, per partition");
         let next = plan(&[(0, 3, 10), (1, 4, 10)]);
-        let served = source.read_with(&next, Some(ahead), Limits::default()).await.unwrap();
+        let served = source.read_with(&next, Some(ahead), Limits::default(), None).await.unwrap();
         let fresh = source.read(&next, Limits::default()).await.unwrap();
         // The values are not campaigns: every one is refused, kept whole.
         let values = |read: &ReadBatch| -> Vec<(i32, i64, Option<Vec<u8>>)> {

@@ -72,16 +72,16 @@ fn wire_size(letter: &Record) -> usize {
 }
 
 /// Peak RSS and time of one `--trigger available-now` run of the binary.
-struct Figures {
-    peak_rss_mib: f64,
-    run_ms: u128,
+pub(crate) struct Figures {
+    pub peak_rss_mib: f64,
+    pub run_ms: u128,
     /// The batches' `duration_ms` in the log (trigger to commit).
-    batch_ms: Vec<u64>,
+    pub batch_ms: Vec<u64>,
 }
 
 /// Runs the binary over what is available now, sampling its peak RSS
 /// (`VmHWM`) until it exits; it must exit 0.
-fn measured_run(job: &Job, extra: &[&str]) -> Result<Figures> {
+pub(crate) fn measured_run(job: &Job, extra: &[&str]) -> Result<Figures> {
     let mut args = vec!["--trigger", "available-now"];
     args.extend_from_slice(extra);
     let log_before = child_log(job).len();

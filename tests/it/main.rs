@@ -7,6 +7,7 @@
 mod bad_records;
 mod bad_records_hostile;
 mod broker;
+mod byte_budget;
 mod checkpoint_tools;
 mod child;
 mod database_objects;
