@@ -133,6 +133,9 @@ fn docker_composes_grants_are_what_sparklet_setup_prints() -> Result<()> {
     );
     let compose = std::fs::read_to_string(repo_path("docker-compose.yml"))?;
     assert!(compose.contains("POSTGRES_USER: postgres") && compose.contains("postgres://sparklet:"), "{compose}");
+    Ok(())
+}
+
 /// One significant line of a manifest: its indentation, whether it starts a
 /// list item, and its text. A list item's `- ` counts as indentation, so the
 /// item's first key lines up with its other keys.
