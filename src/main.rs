@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
     init_logging(format);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return report(anyhow::Error::new(e).context("starting the async runtime"), format),
@@ -71,6 +72,29 @@ fn init_logging(format: LogFormat) {
             let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
             logs.with_ansi(colour).init()
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: the usual soft
+/// 1,024 is little for Kafka's and Postgres's connections, the checkpoint's
+/// files and the HTTP endpoint's clients together (the endpoint takes at
+/// most an eighth of the limit; see `http::connections`).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read or write the struct given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: as above.
+    match unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } {
+        0 => tracing::debug!(from = limit.rlim_cur, to = limit.rlim_max, "raised the open-files limit"),
+        _ => tracing::debug!(
+            soft = limit.rlim_cur,
+            hard = limit.rlim_max,
+            cause = %std::io::Error::last_os_error(),
+            "could not raise the open-files limit"
+        ),
     }
 }
 

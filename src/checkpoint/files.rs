@@ -6,7 +6,8 @@
 //! file only if it is absent, replace a file whole, list a folder, remove a
 //! file, move a folder. Locally a file is written to a tmp file, fsynced and
 //! then linked (create) or renamed (replace) into place, and the folder is
-//! fsynced, so a crash leaves the old file or the new one. In an object
+//! fsynced, so a crash leaves the old file or the new one; folders are made
+//! `0700` and files `0600` ([`super::local`]). In an object
 //! store every put is atomic, and create-if-absent is a conditional put
 //! (`PutMode::Create`, S3's `If-None-Match: *`): of two owners writing
 //! `offsets/N`, exactly one succeeds.
@@ -166,7 +167,7 @@ impl Files {
     /// Creates the folder (locally; an object store has no folders).
     pub fn ensure(&self) -> Result<()> {
         match self {
-            Files::Local(path) => fs::create_dir_all(path).map_err(io_err("creating", path)),
+            Files::Local(path) => super::local::create_dir_all(path),
             Files::Object(_) => Ok(()),
         }
     }
@@ -212,7 +213,7 @@ impl Files {
     /// other bytes than these, which only another writer can have put).
     pub fn create_new(&self, name: &str, bytes: &[u8]) -> Result<()> {
         match self {
-            Files::Local(dir) => super::write_new_bytes(&dir.join(name), bytes),
+            Files::Local(dir) => super::local::write_new_bytes(&dir.join(name), bytes),
             Files::Object(o) => {
                 let options = PutOptions { mode: PutMode::Create, ..Default::default() };
                 let payload = PutPayload::from(Bytes::copy_from_slice(bytes));
@@ -239,7 +240,7 @@ impl Files {
     /// tmp file; for an object store gathered, then put).
     pub fn put_with(&self, name: &str, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
         match self {
-            Files::Local(dir) => super::write_atomic_with(&dir.join(name), |file| write(file)),
+            Files::Local(dir) => super::local::write_atomic_with(&dir.join(name), |file| write(file)),
             Files::Object(o) => {
                 let mut buffer = Vec::new();
                 write(&mut buffer)?;
@@ -303,10 +304,10 @@ impl Files {
                     return Ok(());
                 }
                 if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                    super::local::create_dir_all(parent)?;
                 }
                 fs::rename(from, dest).map_err(io_err("moving", from))?;
-                super::sync_parent(dest)
+                super::local::sync_parent(dest)
             }
             (Files::Object(from), Files::Object(dest)) => from.move_to(dest),
             _ => Err(Error::Runtime(format!("cannot move {self} to {to}: not the same store"))),

@@ -1,9 +1,10 @@
 //! One owner per checkpoint: an exclusive lock (`flock`) on `<dir>/.lock`,
 //! held for the life of the process (released by the kernel when the process
 //! exits, however it exits). The file names the holder (host, pid, since
-//! when), so a second instance can say who is in the way.
+//! when), so a second instance can say who is in the way. It is created
+//! `0600` and never opened through a symbolic link.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io::Write;
 use std::path::Path;
 
@@ -32,7 +33,7 @@ impl DirLock {
     pub(crate) fn acquire_file(dir: &Path, name: &str) -> Result<Self> {
         let path = dir.join(name);
         let io = |action| super::io_err(action, &path);
-        let mut file = OpenOptions::new()
+        let mut file = super::local::private_file()
             .read(true)
             .write(true)
             .create(true)

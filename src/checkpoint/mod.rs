@@ -12,6 +12,7 @@
 //! Every file is versioned and written atomically (locally: tmp file, fsync,
 //! rename, fsync of the directory; in an object store: one put), so a crash
 //! leaves either the old state or the new one, never half a file ([`files`]).
+//! Locally, folders are created `0700` and files `0600` ([`local`]).
 //! `metadata`, `offsets/N` and `commits/N` are created only if absent, never
 //! replaced. One process owns a local directory at a time (`.lock`, see
 //! [`lock`]). On start, `offsets/N` without `commits/N` means batch N was
@@ -19,8 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 
 pub mod files;
 pub mod layout;
+mod local;
 mod lock;
 mod state;
 
@@ -188,9 +189,23 @@ impl CheckpointStore {
         offsets.create_new(&name, &to_json(&offsets.describe(&name), &OffsetsFile::V1(plan.clone()))?)
     }
 
-    /// Reads the plan of batch `id`.
+    /// Reads the plan of batch `id`. Its subscribers snapshot id becomes a
+    /// file name (`snapshots/<id>.arrow`), so one that is not a plain name
+    /// ([`is_snapshot_id`]) is refused, naming the file.
     pub fn read_offsets(&self, id: BatchId) -> Result<BatchPlan> {
-        let OffsetsFile::V1(plan) = read_json(&self.files.join("offsets"), &id.to_string())?;
+        let offsets = self.files.join("offsets");
+        let name = id.to_string();
+        let OffsetsFile::V1(plan) = read_json(&offsets, &name)?;
+        if !is_snapshot_id(&plan.subscribers_snapshot) {
+            let why = format!(
+                "subscribersSnapshot {:?} is not a snapshot id (1 to {MAX_SNAPSHOT_ID} letters, digits, '-' or '_')",
+                plan.subscribers_snapshot.chars().take(MAX_SNAPSHOT_ID + 1).collect::<String>()
+            );
+            return Err(Error::CheckpointFormat {
+                path: offsets.describe(&name),
+                source: serde::de::Error::custom(why),
+            });
+        }
         Ok(plan)
     }
 
@@ -260,6 +275,16 @@ impl CheckpointStore {
     }
 }
 
+/// The longest subscribers snapshot id read from `offsets/N` (sparklet
+/// writes 16 hex digits, a dash and a row count).
+const MAX_SNAPSHOT_ID: usize = 128;
+
+/// Whether `id` can name a subscribers snapshot: a plain file name of
+/// letters, digits, `-` and `_`, so never a path (`/`, `..`), never hidden.
+pub(crate) fn is_snapshot_id(id: &str) -> bool {
+    (1..=MAX_SNAPSHOT_ID).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The query id in `<root>/metadata`, created with a new id if absent. Two
 /// processes creating it at once agree: the second reads the first's.
 pub(crate) fn read_or_create_metadata(root: &Files) -> Result<String> {
@@ -294,33 +319,9 @@ pub fn is_checkpoint(dir: &Path) -> bool {
     only_ours && read_json::<MetadataFile>(&Files::Local(dir.to_path_buf()), "metadata").is_ok()
 }
 
-/// Creates `path` holding `bytes`, atomically, failing if it exists: tmp
-/// file, fsync, hard link into place (which refuses an existing name), fsync
-/// of the parent directory.
-fn write_new_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = write_tmp(path, |file| file.write_all(bytes).map_err(io_err("writing", path)))?;
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Error::CheckpointConflict { path: path.to_path_buf() })
-        }
-        other => other.map_err(io_err("creating", path))?,
-    }
-    sync_parent(path)
-}
-
 /// `value` as the pretty JSON of a checkpoint file at `path`.
 fn to_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(value).map_err(|source| Error::CheckpointFormat { path: path.to_path_buf(), source })
-}
-
-/// Writes `path` atomically: `write` streams the content into a tmp file,
-/// which is fsynced and renamed into place; then the folder is fsynced.
-pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<()> {
-    let tmp = write_tmp(path, write)?;
-    fs::rename(&tmp, path).map_err(io_err("renaming into place", path))?;
-    sync_parent(path)
 }
 
 /// Writes `batch` as Arrow IPC file `name` of `files`, atomically (see
@@ -337,24 +338,6 @@ pub(crate) fn write_arrow(files: &Files, name: &str, batch: &arrow::array::Recor
         buffered.into_inner().map_err(|e| io_err("flushing", &path)(e.into_error()))?;
         Ok(())
     })
-}
-
-/// Writes (with `write`) and syncs `.<name>.tmp` beside `path`; returns its path.
-fn write_tmp(path: &Path, write: impl FnOnce(&mut fs::File) -> Result<()>) -> Result<PathBuf> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(io_err("creating", &tmp))?;
-    write(&mut file)?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
-    Ok(tmp)
-}
-
-fn sync_parent(path: &Path) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        let dir = fs::File::open(parent).map_err(io_err("opening", parent))?;
-        dir.sync_all().map_err(io_err("syncing", parent))?;
-    }
-    Ok(())
 }
 
 /// Reads file `name` of `files` as JSON; a missing file is an error naming it.

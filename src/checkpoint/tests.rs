@@ -245,3 +245,99 @@ mod layouts {
         assert!(is_checkpoint(dir.path()));
     }
 }
+
+/// Who may read what a checkpoint holds, and what it accepts as a name.
+mod private_files {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::checkpoint::layout::Layout;
+
+    /// Every path under `dir` with its permission bits.
+    fn modes(dir: &Path) -> Vec<(PathBuf, bool, u32)> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            found.push((path.clone(), meta.is_dir(), meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                found.extend(modes(&path));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_folder_is_0700_and_every_file_0600_under_umask_022() {
+        // SAFETY: umask has no preconditions; 022 is the usual default.
+        let old = unsafe { libc::umask(0o022) };
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("new/query");
+        let layout = Layout::open(&Files::Local(root.clone()), Some(2)).unwrap();
+        let empty = arrow::array::RecordBatch::new_empty(crate::schema::campaigns());
+        for shard in layout.open_all().unwrap() {
+            shard.write_initial_offsets(&HashMap::from([(0, 0)])).unwrap();
+            shard.write_offsets(&plan(0, 5)).unwrap();
+            write_arrow(&shard.snapshots_dir(), "snap.arrow", &empty).unwrap();
+            shard.write_state(0, &empty).unwrap();
+            shard.write_commit(&commit(0)).unwrap();
+        }
+        let single = CheckpointStore::open(&dir.path().join("single")).unwrap();
+        single.write_offsets(&plan(0, 5)).unwrap();
+        // SAFETY: as above, the mask this process had.
+        unsafe { libc::umask(old) };
+
+        let found = modes(dir.path());
+        assert!(found.len() > 30, "{found:?}");
+        let open: Vec<_> = found
+            .iter()
+            .filter(|(_, is_dir, mode)| *mode != if *is_dir { 0o700 } else { 0o600 })
+            .map(|(path, _, mode)| format!("{} {mode:o}", path.display()))
+            .collect();
+        assert!(open.is_empty(), "readable beyond the owner:\n{}", open.join("\n"));
+    }
+
+    #[test]
+    fn a_link_or_file_left_at_a_tmp_name_is_replaced_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&dir.path().join("q")).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        symlink(&victim, dir.path().join("q/offsets/.0.tmp")).unwrap();
+        store.write_offsets(&plan(0, 5)).unwrap();
+        symlink(&victim, dir.path().join("q/sources/.0.tmp")).unwrap();
+        store.write_initial_offsets(&HashMap::from([(0, 1)])).unwrap();
+        fs::write(dir.path().join("q/commits/.0.tmp"), b"{half").unwrap();
+        store.write_commit(&commit(0)).unwrap();
+
+        assert_eq!(fs::read(&victim).unwrap(), b"precious", "written through a link");
+        assert_eq!(store.read_offsets(0).unwrap(), plan(0, 5));
+        assert_eq!(store.initial_offsets().unwrap(), Some(HashMap::from([(0, 1)])));
+        assert_eq!(store.read_commit(0).unwrap(), Some(commit(0)));
+        let left: Vec<_> = modes(&dir.path().join("q")).into_iter().filter(|(p, ..)| p.ends_with(".0.tmp")).collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_snapshot_id_that_is_not_a_plain_name_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        store.write_offsets(&BatchPlan { subscribers_snapshot: "../../etc/passwd".into(), ..plan(0, 5) }).unwrap();
+        let err = store.read_offsets(0).unwrap_err();
+        assert!(matches!(err, Error::CheckpointFormat { .. }), "{err:?}");
+        let text = err.chain().to_string();
+        assert!(text.contains("offsets/0") && text.contains("\"../../etc/passwd\" is not a snapshot id"), "{text}");
+        assert!(store.resume().is_err(), "a restart stops there too");
+    }
+
+    #[test]
+    fn a_snapshot_id_is_letters_digits_dashes_and_underscores_of_bounded_length() {
+        for good in ["00ab12cd34ef5678-42", "snap", "a_b", &"f".repeat(128)] {
+            assert!(is_snapshot_id(good), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "/etc/passwd", ".hidden", "a.b", "a\0b", "é", &"f".repeat(129)] {
+            assert!(!is_snapshot_id(bad), "{bad:?}");
+        }
+    }
+}

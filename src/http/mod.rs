@@ -10,8 +10,14 @@
 //! | `/`         | a one-page status view drawn from `/progress` (`status.html`, embedded) |
 //!
 //! The server runs beside the trigger loop for the life of the run and
-//! never touches a batch: a slow scrape cannot delay one.
+//! never touches a batch: a slow scrape cannot delay one. Nor can a client
+//! exhaust what the run needs: connections are capped and timed out
+//! ([`connections`]), well below the open-files limit. Every response
+//! carries security headers, the page a Content-Security-Policy
+//! ([`headers`]).
 
+mod connections;
+mod headers;
 pub(crate) mod health;
 
 use std::net::SocketAddr;
@@ -61,12 +67,17 @@ pub(crate) async fn serve(addr: SocketAddr, status: RunStatus, probes: Probes) -
         .local_addr()
         .map_err(|e| Error::config("--http-addr", format!("cannot read the bound address: {e}")))?;
     let app = router(Shared { status, probes });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(cause = %e, "the HTTP endpoint stopped");
-        }
-    });
-    tracing::info!(addr = %addr, "HTTP endpoint listening: /metrics /livez /readyz /progress and the status page at /");
+    let open_files = connections::open_files_limit();
+    let limits = connections::Limits::for_open_files(open_files.unwrap_or(1024));
+    let task = tokio::spawn(connections::serve(listener, app, limits));
+    tracing::info!(
+        addr = %addr,
+        max_connections = limits.max_connections,
+        max_per_client = limits.max_per_client,
+        open_files_limit = open_files,
+        header_read_timeout_s = limits.header_read_timeout.as_secs(),
+        "HTTP endpoint listening: /metrics /livez /readyz /progress and the status page at /"
+    );
     Ok(HttpServer { task })
 }
 
@@ -78,10 +89,11 @@ fn router(shared: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/progress", get(progress))
         .with_state(shared)
+        .layer(axum::middleware::map_response(headers::secure))
 }
 
-async fn page() -> Html<&'static str> {
-    Html(STATUS_PAGE)
+async fn page() -> Response {
+    ([(header::CONTENT_SECURITY_POLICY, headers::PAGE_POLICY.as_str())], Html(STATUS_PAGE)).into_response()
 }
 
 async fn metrics() -> Response {

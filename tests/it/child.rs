@@ -15,6 +15,12 @@ pub fn spawn(job: &Job, extra: &[&str], crash_at: Option<&str>) -> Result<Child>
 
 /// [`spawn`] with extra environment variables.
 pub fn spawn_with_env(job: &Job, extra: &[&str], crash_at: Option<&str>, env: &[(&str, &str)]) -> Result<Child> {
+    Ok(command(job, extra, crash_at, env)?.spawn()?)
+}
+
+/// The command [`spawn_with_env`] runs, for a test that sets more on it
+/// (resource limits) before spawning it.
+pub fn command(job: &Job, extra: &[&str], crash_at: Option<&str>, env: &[(&str, &str)]) -> Result<Command> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(job.checkpoint.path().join("child.log"))?;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparklet"));
     cmd.args(job.args(extra)).stdout(Stdio::null()).stderr(log).env("RUST_LOG", "info,rdkafka=warn");
@@ -23,7 +29,7 @@ pub fn spawn_with_env(job: &Job, extra: &[&str], crash_at: Option<&str>, env: &[
         Some(point) => cmd.env("SPARKLET_CRASH_AT", point),
         None => cmd.env_remove("SPARKLET_CRASH_AT"),
     };
-    Ok(cmd.spawn()?)
+    Ok(cmd)
 }
 
 pub fn wait(child: &mut Child, limit: Duration) -> Result<ExitStatus> {

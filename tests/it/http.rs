@@ -10,10 +10,21 @@ use anyhow::{bail, Context, Result};
 use crate::child::child_log;
 use crate::support::Job;
 
-/// A response: status code and body.
+/// A response: status code, head (status line and headers) and body.
 pub struct Response {
     pub status: u16,
+    pub head: String,
     pub body: String,
+}
+
+impl Response {
+    /// The value of header `name` (any case), if the response has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
 }
 
 /// `GET http://{addr}{path}`.
@@ -27,7 +38,7 @@ pub fn get(addr: &str, path: &str) -> Result<Response> {
     let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { unchunk(body)? } else { body.to_string() };
-    Ok(Response { status, body })
+    Ok(Response { status, head: head.to_string(), body })
 }
 
 /// The body of a chunked response.

@@ -16,6 +16,7 @@ mod deploy;
 mod exactly_once;
 mod hold;
 mod http;
+mod http_limits;
 mod isolation;
 mod newcomer;
 mod object_store;
