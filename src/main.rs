@@ -11,7 +11,6 @@ use std::time::Duration;
 
 mod allocator;
 mod demo;
-mod demo_postgres;
 mod tools;
 
 use anyhow::Context;
@@ -65,7 +64,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| "info,rdkafka=warn,tokio_postgres=warn".into());
     // Through the progress bar's writer, which keeps a bar (a catch-up run
     // on a terminal) below the log lines.
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(sparklet::progress_bar::Stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(sparklet::ops::progress_bar::Stderr);
     match format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => {
@@ -132,7 +131,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         wait_for_signal().await;
         eprintln!("sparklet: second signal, aborting; the next start recovers the batch");
         // Exiting runs no destructors: the demo's throwaway Postgres, if any, first.
-        demo_postgres::stop();
+        demo::postgres::stop();
         std::process::exit(130);
     });
     async move {

@@ -21,10 +21,13 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
+use crate::schema::text::Text;
 use crate::schema::{self, CAMPAIGNS_TABLE, OUTPUT_FIELDS, SUBSCRIBERS_TABLE};
-use crate::shared_text::Text;
-use crate::sink::feed::RowStream;
 use crate::subscribers::Subscribers;
+use crate::util::files::read_sql_file;
+
+/// The SQL's output rows as they are computed, already in the sinks' columns.
+pub type RowStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 
 /// One SQL file of the transform.
 #[derive(Debug, Clone)]
@@ -72,7 +75,7 @@ impl SqlPipeline {
     /// FNV-1a, 64 bits, in hex: stable across builds and platforms.
     pub fn fingerprint(&self) -> String {
         use std::hash::Hasher;
-        let mut hasher = crate::subscribers::Fnv64::default();
+        let mut hasher = crate::util::hash::Fnv64::default();
         for step in &self.steps {
             let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             for part in [name.as_bytes(), &[0], step.sql.as_bytes(), &[0]] {
@@ -96,7 +99,7 @@ impl SqlPipeline {
 
     /// Runs the files on one batch and returns the output, projected and cast
     /// to the sink columns ([`schema::output`]; text may stay shared, see
-    /// [`crate::shared_text`]), collected.
+    /// [`crate::schema::text`]), collected.
     pub async fn run(
         &self,
         campaigns: RecordBatch,
@@ -118,7 +121,7 @@ impl SqlPipeline {
         batch_id: u64,
     ) -> Result<RowStream> {
         let ctx = SessionContext::new_with_config(session_config());
-        let campaigns = crate::shared_text::for_sql(campaigns)?;
+        let campaigns = crate::schema::text::for_sql(campaigns)?;
         ctx.register_batch(CAMPAIGNS_TABLE, campaigns).map_err(|e| Error::transform("registering campaigns", e))?;
         ctx.register_table(SUBSCRIBERS_TABLE, Arc::new(subscribers.table.clone()))
             .map_err(|e| Error::transform("registering subscribers", e))?;
@@ -171,7 +174,7 @@ impl Running {
 /// sinks use them), and the join's key filter pushed to the subscribers scan
 /// as a list of up to 10,000 restaurants (DataFusion's default, 150, would
 /// make a 1,000-campaign batch scan every cached row; see
-/// [`crate::subscribers_scan`]).
+/// [`crate::subscribers::scan`]).
 pub(crate) fn session_config() -> SessionConfig {
     let mut config = SessionConfig::new().with_target_partitions(1);
     let optimizer = &mut config.options_mut().optimizer;
@@ -204,16 +207,6 @@ async fn plan(
     ctx.sql(&step.sql).await.and_then(|df| df.with_param_values(params)).map_err(|e| sql_err(step, "planning", e))
 }
 
-/// Reads a SQL file, naming it when it is missing or empty.
-pub fn read_sql_file(path: &Path) -> Result<String> {
-    let sql = fs::read_to_string(path)
-        .map_err(|e| Error::Sql { path: path.to_path_buf(), message: format!("cannot read the file: {e}") })?;
-    if sql.trim().is_empty() {
-        return Err(Error::Sql { path: path.to_path_buf(), message: "the file is empty".into() });
-    }
-    Ok(sql)
-}
-
 /// `10_active_campaigns.sql` -> `active_campaigns`; other files -> None.
 fn step_name(path: &Path) -> Option<String> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".sql")?;
@@ -227,7 +220,7 @@ fn sql_err(step: &SqlStep, action: &'static str, source: DataFusionError) -> Err
 }
 
 /// Picks the sink columns by name, in the output format's order, casting where
-/// needed; shared text ([`crate::shared_text`]) stays shared.
+/// needed; shared text ([`crate::schema::text`]) stays shared.
 fn to_output(batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
     let fail = |message: String| Error::OutputSchema { path: path.to_path_buf(), message };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(OUTPUT_FIELDS.len());

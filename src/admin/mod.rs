@@ -27,8 +27,8 @@ use crate::checkpoint::layout::Layout;
 use crate::checkpoint::{BatchCommit, CheckpointStore, Files};
 use crate::cli::{CheckpointCommand, CheckpointDir, ClusterArgs, ResetArgs, ShowArgs};
 use crate::error::{Error, Result};
-use crate::progress::rfc3339_ms;
 use crate::shard::Shard;
+use crate::util::time::rfc3339_ms;
 
 /// Runs a `sparklet checkpoint` command; returns what to print, and whether
 /// it found a problem (`verify`).

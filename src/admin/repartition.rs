@@ -108,7 +108,7 @@ async fn settle_transactions(keys: &[String], cluster: &ClusterArgs) -> Result<(
     }
     let (client, timeout) = super::kafka_client(cluster, "repartition settles the retired shards' Kafka transactions")?;
     let keys = keys.to_vec();
-    crate::source::blocking(move || {
+    crate::util::blocking(move || {
         for key in keys {
             let producer: BaseProducer = client
                 .clone()

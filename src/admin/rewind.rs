@@ -135,7 +135,7 @@ async fn time_starts(last: &BatchPlan, shard: &Shard, time: &str, cluster: &Clus
     let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let (client, timeout) = super::kafka_client(cluster, "--to-time asks the broker")?;
     let (topic, shard) = (last.topic.clone(), *shard);
-    crate::source::blocking(move || {
+    crate::util::blocking(move || {
         let consumer: BaseConsumer = client.create().map_err(|e| Error::kafka("creating the offsets client", e))?;
         let partitions = crate::kafka::topic_partitions(&consumer, &topic, timeout)?;
         let mut wanted = TopicPartitionList::new();
@@ -166,7 +166,7 @@ async fn time_starts(last: &BatchPlan, shard: &Shard, time: &str, cluster: &Clus
 }
 
 fn time_of(ms: i64) -> String {
-    crate::progress::rfc3339_ms(ms)
+    crate::util::time::rfc3339_ms(ms)
 }
 
 /// The oldest kept batch that read past `starts` in some partition: the

@@ -53,8 +53,8 @@ pub fn setup_sql(role: &str, sql_dir: Option<&Path>) -> Result<String> {
     sql.push_str(&format!("{};\n\n", crate::sink::MARKER_DDL));
     sql.push_str(&format!("{};\n\n", crate::sink::OWNERS_DDL));
     if let Some(dir) = sql_dir {
-        let path = dir.join(crate::subscribers_watch::ON_CHANGE_SQL);
-        sql.push_str(&format!("-- {}\n{}\n\n", path.display(), crate::transform::read_sql_file(&path)?));
+        let path = dir.join(crate::subscribers::watch::ON_CHANGE_SQL);
+        sql.push_str(&format!("-- {}\n{}\n\n", path.display(), crate::util::files::read_sql_file(&path)?));
     }
     sql.push_str(&grants(&role, sql_dir.is_some()));
     sql.push_str("COMMIT;\n");

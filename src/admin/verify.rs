@@ -172,7 +172,7 @@ async fn kafka_marker(cluster: &ClusterArgs, query_id: &str) -> Result<Option<Ba
     // Reading with assign() still needs a group id; nothing is committed.
     config.set("group.id", crate::kafka::group_id(query_id));
     let (topic, query_id) = (cluster.marker_topic.clone(), query_id.to_string());
-    crate::source::blocking(move || {
+    crate::util::blocking(move || {
         crate::sink::kafka_marker::latest_committed_batch(&config, &topic, &query_id, timeout)
     })
     .await

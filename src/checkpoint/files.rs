@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::io_err;
+use super::object::{bad_url, block_on, child, request_retries, ObjectFolder};
 use crate::error::{Error, Result};
 
 /// A folder of checkpoint files.
@@ -34,15 +34,6 @@ use crate::error::{Error, Result};
 pub enum Files {
     Local(PathBuf),
     Object(ObjectFolder),
-}
-
-/// A folder (a key prefix) in an object store.
-#[derive(Clone)]
-pub struct ObjectFolder {
-    store: Arc<dyn ObjectStore>,
-    /// The folder as a URL, for messages (`s3://bucket/prefix`).
-    url: String,
-    prefix: ObjectPath,
 }
 
 /// A file opened for reading (Arrow IPC files need `Seek`).
@@ -61,19 +52,6 @@ impl std::fmt::Display for Files {
 impl std::fmt::Debug for Files {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Files({self})")
-    }
-}
-
-/// How long the object store's client retries one request itself: a few
-/// seconds, for a dropped connection or a throttled call. A longer outage
-/// fails the trigger, which the trigger loop retries for `--retry-for`,
-/// saying what it waits for (`/readyz`, the log) rather than hanging inside
-/// one request for the client's default 3 minutes.
-fn request_retries() -> object_store::RetryConfig {
-    object_store::RetryConfig {
-        backoff: object_store::BackoffConfig::default(),
-        max_retries: 4,
-        retry_timeout: std::time::Duration::from_secs(10),
     }
 }
 
@@ -312,67 +290,6 @@ impl Files {
             (Files::Object(from), Files::Object(dest)) => from.move_to(dest),
             _ => Err(Error::Runtime(format!("cannot move {self} to {to}: not the same store"))),
         }
-    }
-}
-
-impl ObjectFolder {
-    fn get(&self, name: &str) -> Result<Option<Bytes>> {
-        let location = child(&self.prefix, name);
-        match block_on(async { self.store.get(&location).await?.bytes().await }) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.failed("reading", name, e)),
-        }
-    }
-
-    fn move_to(&self, dest: &ObjectFolder) -> Result<()> {
-        let objects: Vec<ObjectPath> =
-            block_on(self.store.list(Some(&self.prefix)).map_ok(|m| m.location).try_collect())
-                .map_err(|e| self.failed("listing", "", e))?;
-        for from in objects {
-            let relative: Vec<_> = from.prefix_match(&self.prefix).into_iter().flatten().collect();
-            let to = relative.into_iter().fold(dest.prefix.clone(), |path, part| path.join(part));
-            block_on(self.store.copy(&from, &to)).map_err(|e| self.failed("copying", from.as_ref(), e))?;
-            block_on(self.store.delete(&from)).map_err(|e| self.failed("removing", from.as_ref(), e))?;
-        }
-        Ok(())
-    }
-
-    fn failed(&self, action: &'static str, name: &str, source: object_store::Error) -> Error {
-        let location = if name.is_empty() { self.url.clone() } else { format!("{}/{name}", self.url) };
-        Error::CheckpointObject { action, location, source }
-    }
-}
-
-fn child(prefix: &ObjectPath, name: &str) -> ObjectPath {
-    name.split('/').filter(|p| !p.is_empty()).fold(prefix.clone(), |path, part| path.join(part))
-}
-
-fn bad_url(url: &str, e: object_store::Error) -> Error {
-    Error::config("--checkpoint-dir", format!("'{url}': {e}"))
-}
-
-/// Runs an object-store call to its end from blocking code: inside a
-/// multi-threaded tokio runtime with `block_in_place`, elsewhere (a
-/// current-thread runtime, or none) on a thread with a runtime of its own.
-fn block_on<F>(future: F) -> F::Output
-where
-    F: std::future::Future + Send,
-    F::Output: Send,
-{
-    use tokio::runtime::{Builder, Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| handle.block_on(future))
-        }
-        _ => std::thread::scope(|scope| {
-            let run = scope.spawn(|| Builder::new_current_thread().enable_all().build().map(|rt| rt.block_on(future)));
-            match run.join() {
-                Ok(Ok(output)) => output,
-                Ok(Err(e)) => panic!("starting a runtime for the object store failed: {e}"),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }),
     }
 }
 

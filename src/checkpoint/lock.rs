@@ -50,19 +50,10 @@ impl DirLock {
             Err(TryLockError::Error(e)) => return Err(io("locking")(e)),
         }
         file.set_len(0).map_err(io("writing"))?;
-        let since = crate::progress::rfc3339_ms(crate::batch::epoch_ms());
-        write!(file, "host {}, pid {}, since {since}", host_name(), std::process::id()).map_err(io("writing"))?;
+        let since = crate::util::time::rfc3339_ms(crate::batch::epoch_ms());
+        write!(file, "host {}, pid {}, since {since}", crate::util::files::host_name(), std::process::id())
+            .map_err(io("writing"))?;
         file.sync_all().map_err(io("syncing"))?;
         Ok(DirLock { _file: file })
     }
-}
-
-/// This machine's host name, for messages naming a process.
-pub(crate) fn host_name() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown host".to_string())
 }

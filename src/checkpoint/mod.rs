@@ -27,13 +27,12 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::batch::{BatchId, BatchPlan};
 use crate::error::{Error, Result};
 
-pub mod files;
+mod files;
 pub mod layout;
 mod local;
 mod lock;
+mod object;
 mod state;
-
-pub(crate) use lock::host_name;
 
 pub use files::Files;
 use lock::DirLock;

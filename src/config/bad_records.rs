@@ -1,12 +1,11 @@
 //! What happens to input messages that fail validation: `--on-bad-record`,
-//! `--dead-letter-topic` and the size limits of
-//! [`crate::source::validate`].
+//! `--dead-letter-topic` and the size limits a message must keep
+//! ([`Limits`]).
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::source::validate::Limits;
 
 /// The policy for a refused message, as Spark's PERMISSIVE, DROPMALFORMED
 /// and FAILFAST.
@@ -81,12 +80,12 @@ impl BadRecords {
         }
         let max_output_bytes = Self::message_max_bytes(kafka_options)?;
         let limits = Limits { max_record_bytes, max_output_bytes };
-        if max_record_bytes == 0 || max_record_bytes + crate::source::validate::OUTPUT_OVERHEAD > max_output_bytes {
+        if max_record_bytes == 0 || max_record_bytes + OUTPUT_OVERHEAD > max_output_bytes {
             return Err(Error::config(
                 "--max-record-bytes",
                 format!(
                     "{max_record_bytes} must be at least 1 and leave {} bytes under the producer's message.max.bytes {max_output_bytes}",
-                    crate::source::validate::OUTPUT_OVERHEAD
+                    OUTPUT_OVERHEAD
                 ),
             ));
         }
@@ -136,3 +135,26 @@ mod tests {
         assert!(err(parse("drop", None, 10, &[("message.max.bytes", "big")])).contains("not a number"));
     }
 }
+
+/// Size limits a message must keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-record-bytes`.
+    pub max_record_bytes: usize,
+    /// The producer's `message.max.bytes`.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_record_bytes: 256 * 1024, max_output_bytes: 1_000_000 }
+    }
+}
+
+/// Bytes an output message can add to its campaign: the client id (at most
+/// [`MAX_CLIENT_ID_BYTES`] in the cached table, longer ones are refused at
+/// load), the trigger time, field names and the record overhead.
+pub const OUTPUT_OVERHEAD: usize = 1024 + MAX_CLIENT_ID_BYTES;
+
+/// Longest client id the output bound allows for.
+pub const MAX_CLIENT_ID_BYTES: usize = 1024;

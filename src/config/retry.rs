@@ -16,6 +16,11 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `--retry-for` and `--max-retries`.
+    pub(crate) fn parse(retry_for: &str, max_retries: Option<u32>) -> Result<Self> {
+        Ok(RetryPolicy { budget: parse_retry_for(retry_for)?, max_retries })
+    }
+
     /// Whether an outage that began `waited` ago, after `retries` retries,
     /// may be retried once more.
     pub fn allows(&self, waited: Duration, retries: u32) -> bool {
@@ -42,10 +47,10 @@ impl fmt::Display for RetryPolicy {
 }
 
 /// `--retry-for`: a duration or `unlimited`.
-pub(super) fn parse_retry_for(value: &str) -> Result<Option<Duration>> {
+fn parse_retry_for(value: &str) -> Result<Option<Duration>> {
     match value.trim() {
         "unlimited" => Ok(None),
-        v => match super::parse_duration("--retry-for", v)? {
+        v => match super::parse::parse_duration("--retry-for", v)? {
             d if d.is_zero() => Err(Error::config("--retry-for", "must be longer than 0 (or `unlimited`)")),
             d => Ok(Some(d)),
         },

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{parse_bounded_duration, parse_duration};
+use super::parse::{bounded_duration as parse_bounded_duration, parse_duration};
 use crate::error::{Error, Result};
 
 /// `--subscribers-refresh`: when the cache is reloaded.

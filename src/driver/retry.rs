@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 use crate::config::RetryPolicy;
 use crate::error::Error;
-use crate::events;
-use crate::progress::rfc3339_ms;
-use crate::status::{RunStatus, Waiting};
+use crate::ops::events;
+use crate::ops::status::{RunStatus, Waiting};
+use crate::util::time::rfc3339_ms;
 
 /// How often the failed component is probed during a wait.
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 use super::{Driver, Policy, RunSummary};
 use crate::error::Result;
-use crate::progress_bar::ProgressBar;
+use crate::ops::progress_bar::ProgressBar;
+use crate::ops::status::RunStatus;
 use crate::query::Query;
-use crate::status::RunStatus;
 
 /// Runs every query (one per shard) until shutdown or, for `once` and
 /// `available-now`, until each is done; returns the summed summary, or the

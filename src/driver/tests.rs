@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::error::Error;
-use crate::progress::{DurationMs, SubscribersProgress};
+use crate::ops::progress::{DurationMs, SubscribersProgress};
 
 /// What the scripted query does on each call of `next_plan`.
 enum Step {
@@ -176,9 +176,10 @@ async fn drive_with(
     stop_after: Duration,
 ) -> (Result<RunSummary>, Vec<(Duration, String)>) {
     let calls = script.calls.clone();
-    let result = Driver::new(policy, script, crate::status::RunStatus::new(Duration::ZERO, Duration::from_secs(60)))
-        .run(tokio::time::sleep(stop_after), &mut crate::progress_bar::ProgressBar::new(false))
-        .await;
+    let result =
+        Driver::new(policy, script, crate::ops::status::RunStatus::new(Duration::ZERO, Duration::from_secs(60)))
+            .run(tokio::time::sleep(stop_after), &mut crate::ops::progress_bar::ProgressBar::new(false))
+            .await;
     let calls = calls.lock().unwrap().clone();
     (result, calls)
 }
@@ -330,14 +331,14 @@ async fn every_retry_reconnects_first_and_a_failed_reconnect_is_a_failed_attempt
 
 #[tokio::test(start_paused = true)]
 async fn the_status_names_what_the_query_waits_for_until_it_answers() {
-    let status = crate::status::RunStatus::new(Duration::ZERO, Duration::from_secs(60));
+    let status = crate::ops::status::RunStatus::new(Duration::ZERO, Duration::from_secs(60));
     status.query_started("q");
     let script = Script { down_until: Some(secs(20.0)), ..Script::new(vec![Step::Batch]) };
     let driver = Driver::new(policy(Trigger::Once), script, status.clone());
     let policy = Policy { retry: RetryPolicy { budget: None, max_retries: None }, ..driver.policy };
     let driver = Driver { policy, ..driver };
     let run = tokio::spawn(async move {
-        driver.run(std::future::pending(), &mut crate::progress_bar::ProgressBar::new(false)).await
+        driver.run(std::future::pending(), &mut crate::ops::progress_bar::ProgressBar::new(false)).await
     });
     tokio::time::sleep(secs(10.0)).await;
     let waiting = status.waiting_for().expect("waiting during the outage");

@@ -16,8 +16,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::kafka_log::{Failure, FailureKind, LoggingContext};
+use crate::kafka::log::{Failure, FailureKind, LoggingContext};
 
+pub(crate) mod log;
 mod ranges;
 
 pub use ranges::{read_ranges, read_ranges_while};
@@ -175,7 +176,7 @@ impl SetDefault for ClientConfig {
 /// `--kafka-timeout` if they accept connections but never answer.
 pub async fn check_reachable(kafka: &KafkaConfig) -> Result<()> {
     let kafka = kafka.clone();
-    crate::source::blocking(move || check_reachable_blocking(&kafka)).await
+    crate::util::blocking(move || check_reachable_blocking(&kafka)).await
 }
 
 fn check_reachable_blocking(kafka: &KafkaConfig) -> Result<()> {

@@ -71,7 +71,7 @@ pub fn read_ranges_while<C: ConsumerContext>(
                     pending.remove(&partition);
                 }
             }
-            // Already logged by the client's context (see crate::kafka_log).
+            // Already logged by the client's context (see crate::kafka::log).
             Some(Err(err)) => tracing::debug!(topic, cause = %err, "kafka read error, retrying"),
             None => {
                 let positions = consumer.position().map_err(|e| Error::kafka("reading the consumer position", e))?;

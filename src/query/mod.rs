@@ -27,8 +27,8 @@ use crate::batch::{epoch_ms, BatchPlan};
 use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
-use crate::events;
-use crate::progress::{self, BatchProgress, BatchReport, DurationMs};
+use crate::ops::events;
+use crate::ops::progress::{BatchProgress, BatchReport, DurationMs};
 use crate::shard::Shard;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
@@ -37,9 +37,10 @@ use crate::sink::BatchOutput;
 use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::read_ahead::ReadAhead;
 use crate::source::KafkaSource;
+use crate::subscribers::refresh::Refresher;
 use crate::subscribers::{self, Subscribers};
-use crate::subscribers_refresh::Refresher;
 use crate::transform::SqlPipeline;
+use crate::util::time::ms;
 use start::connect_sinks;
 
 pub(crate) use offsets::OffsetState;
@@ -118,7 +119,7 @@ impl Query {
                 "kafka" => self.source.probe(PROBE_TIMEOUT).await,
                 "checkpoint" => {
                     let files = self.checkpoint.dir().clone();
-                    crate::source::blocking(move || files.exists("metadata").map(drop)).await
+                    crate::util::blocking(move || files.exists("metadata").map(drop)).await
                 }
                 _ => Err(Error::Runtime(format!("no probe for {component}"))),
             }
@@ -158,17 +159,17 @@ impl Query {
 
         let t = Instant::now();
         let output = self.transform(plan, campaigns, &subscribers).await?;
-        d.query_planning_and_execution = progress::ms(t.elapsed());
+        d.query_planning_and_execution = ms(t.elapsed());
 
         let t = Instant::now();
         let (sinks, output_rows) = self.write(plan, output, dead_letters.into(), attempt, &mut d).await?;
-        d.add_batch = progress::ms(t.elapsed());
+        d.add_batch = ms(t.elapsed());
 
         let t = Instant::now();
         let held_rows = self.commit(plan, held, output_rows).await?;
-        d.commit_offsets = progress::ms(t.elapsed());
+        d.commit_offsets = ms(t.elapsed());
         d.latest_offset = self.offsets.planning_ms(plan);
-        d.trigger_execution = progress::ms(started.elapsed()) + d.latest_offset;
+        d.trigger_execution = ms(started.elapsed()) + d.latest_offset;
 
         let since_last_trigger = self.last_trigger.replace(started).map(|t| started - t);
         let progress = BatchProgress::new(
@@ -189,7 +190,7 @@ impl Query {
                 latest: self.offsets.latest_for(plan),
                 newest_timestamps: &newest_timestamps,
                 sinks,
-                subscribers: &subscribers,
+                subscribers: subscribers.progress(),
             },
         );
         self.after_commit(plan, &progress);
@@ -205,8 +206,8 @@ impl Query {
         let ahead = self.take_read_ahead().await;
         let budget = self.config.max_bytes_per_trigger.bytes;
         let read = self.source.read_with(plan, ahead, self.config.bad_records.limits, budget).await?;
-        d.decode = progress::ms(read.decode_time);
-        d.get_batch = progress::ms(t.elapsed().saturating_sub(read.decode_time));
+        d.decode = ms(read.decode_time);
+        d.get_batch = ms(t.elapsed().saturating_sub(read.decode_time));
         Ok((read.decoded, read.messages, read.newest_timestamps))
     }
 
@@ -256,7 +257,15 @@ impl Query {
         let mut counts = BTreeMap::new();
         for m in &bad {
             *counts.entry(m.refusal.reason.code().to_string()).or_insert(0) += 1;
-            events::BadRecord { topic: &plan.topic, message: m, action: policy }.emit();
+            events::BadRecord {
+                topic: &plan.topic,
+                partition: m.partition,
+                offset: m.offset,
+                reason: m.refusal.reason.code(),
+                error: &m.refusal.message,
+                action: policy,
+            }
+            .emit();
         }
         let dead_letters = if policy == OnBadRecord::DeadLetter { bad } else { Vec::new() };
         Ok((counts, dead_letters))
@@ -284,7 +293,7 @@ impl Query {
         if attempt == Attempt::New {
             let t = Instant::now();
             self.checkpoint.write_offsets(plan)?;
-            d.wal_commit = progress::ms(t.elapsed());
+            d.wal_commit = ms(t.elapsed());
             crate::crash::point("after-write-ahead");
         }
         Ok(())
@@ -294,12 +303,7 @@ impl Query {
     /// as done; with at-least-once, the input offsets committed to the
     /// query's consumer group (exactly-once did it in the transaction).
     /// Returns how many campaigns are held.
-    async fn commit(
-        &mut self,
-        plan: &BatchPlan,
-        held: Option<crate::hold::Split>,
-        num_output_rows: u64,
-    ) -> Result<u64> {
+    async fn commit(&mut self, plan: &BatchPlan, held: Option<hold::Split>, num_output_rows: u64) -> Result<u64> {
         let held_rows = self.record_held(plan, held)?;
         crate::crash::point("before-commit-log");
         self.checkpoint.write_commit(&BatchCommit {

@@ -13,7 +13,7 @@ use crate::batch::{epoch_ms, BatchId, BatchPlan};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Trigger;
 use crate::error::{Error, Result};
-use crate::events;
+use crate::ops::events;
 use crate::source::plan::{self, Watermarks};
 
 use super::Query;
@@ -182,7 +182,7 @@ impl Query {
             });
         }
         for loss in &losses {
-            events::DataLossDetected { topic: self.source.topic(), loss }.emit();
+            loss.report(self.source.topic());
         }
         let mut ranges = plan::ranges(&starts, &marks, self.config.max_offsets_per_trigger);
         let now_ms = epoch_ms();
@@ -202,7 +202,7 @@ impl Query {
             hold_future_campaigns: self.config.hold_future_campaigns,
             subscribers_version: Some(self.subscribers.version).filter(|v| *v > 0),
         };
-        let planning_ms = crate::progress::ms(started.elapsed());
+        let planning_ms = crate::util::time::ms(started.elapsed());
         self.offsets.last_planned = Some(Planned { batch_id: plan.batch_id, latest, planning_ms });
         Ok(Some(plan))
     }

@@ -11,7 +11,6 @@
 
 use crate::batch::BatchPlan;
 use crate::error::{Error, Result};
-use crate::events;
 use crate::sink::Sink;
 use crate::source::plan;
 
@@ -40,7 +39,7 @@ impl Query {
             return Err(Error::DataLoss { topic, detail: first.to_string(), more });
         }
         for loss in &losses {
-            events::DataLossDetected { topic: &plan.topic, loss }.emit();
+            loss.report(&plan.topic);
         }
         Ok(BatchPlan { ranges: left, ..plan.clone() })
     }

@@ -16,7 +16,7 @@ use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::Sink;
 use crate::source::KafkaSource;
-use crate::subscribers_refresh::Refresher;
+use crate::subscribers::refresh::Refresher;
 use crate::transform::SqlPipeline;
 
 use super::{hold, OffsetState, Query};
@@ -31,7 +31,7 @@ impl Query {
         let pipeline = SqlPipeline::load(&config.sql_dir)?;
         pipeline.validate().await?;
         let layout = Layout::open(&config.checkpoint_dir, config.shards)?;
-        let pod = config.pod_name.clone().unwrap_or_else(crate::checkpoint::host_name);
+        let pod = config.pod_name.clone().unwrap_or_else(crate::util::files::host_name);
         let ids = config.shard_ids.resolve(layout.count(), &pod)?;
         let mut checkpoints = Vec::with_capacity(ids.len());
         for id in &ids {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use super::{Attempt, Query};
 use crate::batch::BatchPlan;
 use crate::error::{Error, Result};
-use crate::events;
-use crate::progress::{self, DurationMs, SinkProgress};
+use crate::ops::events;
+use crate::ops::progress::{DurationMs, SinkProgress};
 use crate::sink::{write_once, BatchOutput, Sink, SinkOutcome};
 use crate::source::decode::BadMessage;
 
@@ -37,8 +37,8 @@ impl Query {
         let kafka = timed(write_once(&mut self.kafka, plan, kafka_rows, &dead_letters));
         let postgres = timed(write_once(&mut self.postgres, plan, postgres_rows, &dead_letters));
         let (fed, (kafka, kafka_time), (postgres, pg_time)) = tokio::join!(feed, kafka, postgres);
-        d.kafka_sink = progress::ms(kafka_time);
-        d.postgres_sink = progress::ms(pg_time);
+        d.kafka_sink = crate::util::time::ms(kafka_time);
+        d.postgres_sink = crate::util::time::ms(pg_time);
         let fed = fed.unwrap_or_else(|e| Err(Error::Runtime(format!("the task computing the output failed: {e}"))));
         let (rows, kafka, postgres) = settle(fed, kafka, postgres)?;
         for (name, outcome) in [("kafka", kafka), ("postgres", postgres)] {

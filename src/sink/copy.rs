@@ -9,8 +9,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, Int64Type};
 use bytes::{BufMut, BytesMut};
 
-use crate::error::{Error, Result};
-use crate::shared_text::Text;
+use crate::error::{CopyError, Result};
+use crate::schema::text::Text;
 
 /// Signature, flags and header-extension length.
 pub fn write_header(out: &mut BytesMut) {
@@ -22,24 +22,6 @@ pub fn write_header(out: &mut BytesMut) {
 /// End-of-data marker.
 pub fn write_trailer(out: &mut BytesMut) {
     out.put_i16(-1);
-}
-
-/// Why a batch cannot be encoded (the output's schema rules these out, so
-/// each is a bug or a changed schema, never bad input).
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    #[error("{0} columns are more than COPY's 32767")]
-    TooManyColumns(usize),
-    #[error("column {0} has NULLs")]
-    Nulls(String),
-    #[error("column {column} has type {data_type}, which sparklet does not encode")]
-    Type { column: String, data_type: DataType },
-}
-
-impl From<CopyError> for Error {
-    fn from(e: CopyError) -> Self {
-        Error::CopyEncoding(e)
-    }
 }
 
 /// One column, typed once per batch rather than once per value.

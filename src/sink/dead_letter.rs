@@ -27,7 +27,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::sink::kafka_marker::{BATCH_HEADER, QUERY_HEADER};
 use crate::source::decode::BadMessage;
-use crate::source::refusal::{quote, MAX_MESSAGE_BYTES};
+use crate::util::text::{quote, MAX_MESSAGE_BYTES};
 
 /// Bytes of a cut key kept ahead of the value; the key gets more if the
 /// value leaves room.

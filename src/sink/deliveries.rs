@@ -1,6 +1,6 @@
 //! The output producer's context: it counts delivery reports and wakes the
 //! writer when the last one of a batch arrived (no polling loop), and routes
-//! the producer's logs (see [`crate::kafka_log`]).
+//! the producer's logs (see [`crate::kafka::log`]).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
 use rdkafka::ClientContext;
 
-use crate::kafka_log::KafkaLog;
+use crate::kafka::log::KafkaLog;
 
 /// Delivery reports of the current batch.
 #[derive(Debug, Default, Clone)]

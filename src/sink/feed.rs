@@ -16,11 +16,11 @@
 //! ([`Error::OutputCut`]).
 
 use arrow::array::RecordBatch;
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::transform::RowStream;
 
 /// Rows computed before the sinks start: a batch's whole output up to this
 /// size is known (and its SQL has succeeded) before anything is written.
@@ -29,9 +29,6 @@ pub(crate) const HEAD_ROWS: usize = 65_536;
 /// Chunks in flight to each sink: the bound on memory between the SQL and a
 /// slower sink (DataFusion's chunks hold 8,192 rows).
 const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// The SQL's output rows as they are computed, already in the sinks' columns.
-pub type RowStream = BoxStream<'static, Result<RecordBatch>>;
 
 /// What one batch writes.
 pub struct BatchOutput {

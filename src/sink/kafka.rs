@@ -32,13 +32,13 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use crate::batch::BatchPlan;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::shared_text::Text;
+use crate::schema::text::Text;
 use crate::sink::dead_letter::{DeadLetter, Origin};
 use crate::sink::deliveries::Deliveries;
 use crate::sink::owner::Ownership;
 use crate::sink::{kafka_marker, Chunks, Sink};
-use crate::source::blocking;
 use crate::source::decode::BadMessage;
+use crate::util::blocking;
 
 /// The column whose value is each message's key.
 const KEY_COLUMN: &str = "client_id";
@@ -120,7 +120,7 @@ impl KafkaSink {
         let result = self.send_and_commit(plan, rows, dead);
         if let Err(cause) = &result {
             match self.producer.abort_transaction(self.timeout) {
-                Ok(()) => crate::events::TransactionAborted { batch_id: plan.batch_id, cause }.emit(),
+                Ok(()) => crate::ops::events::TransactionAborted { batch_id: plan.batch_id, cause }.emit(),
                 Err(e) => {
                     tracing::warn!(cause = %e, batch_id = plan.batch_id, "aborting the output transaction failed")
                 }
@@ -294,7 +294,7 @@ impl Sink for KafkaSink {
         blocking(move || this.write_blocking(&plan, rows, &dead)).await.map_err(|e| match e.is_kafka_fenced() {
             true => {
                 tracing::error!(cause = %e.chain(), "the output producer was fenced");
-                crate::events::ProducerFenced { query_id: &query_id }.emit();
+                crate::ops::events::ProducerFenced { query_id: &query_id }.emit();
                 Error::Fenced { sink: "kafka", query_id }
             }
             false => e,

@@ -31,7 +31,7 @@ use rdkafka::ClientConfig;
 
 use crate::batch::OffsetRange;
 use crate::error::{Error, Result};
-use crate::kafka_log::LoggingContext;
+use crate::kafka::log::LoggingContext;
 
 pub(crate) const QUERY_HEADER: &str = "sparklet.query";
 pub(crate) const BATCH_HEADER: &str = "sparklet.batch";

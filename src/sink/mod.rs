@@ -10,7 +10,7 @@
 pub mod copy;
 mod dead_letter;
 mod deliveries;
-pub mod feed;
+pub(crate) mod feed;
 pub mod kafka;
 pub(crate) mod kafka_marker;
 pub(crate) mod owner;

@@ -128,5 +128,5 @@ impl Ownership {
 
 /// This process, as `host pid N`, for the owners table.
 fn this_process() -> String {
-    format!("{} pid {}", crate::checkpoint::host_name(), std::process::id())
+    format!("{} pid {}", crate::util::files::host_name(), std::process::id())
 }

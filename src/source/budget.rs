@@ -17,9 +17,10 @@ use rdkafka::message::Message;
 
 use super::decode::RawBatch;
 use super::read_ahead::ReadAhead;
-use super::{blocking, KafkaSource};
+use super::KafkaSource;
 use crate::batch::OffsetRange;
 use crate::error::{Error, Result};
+use crate::util::blocking;
 
 /// Each non-empty range's share of `budget` bytes, in proportion to its
 /// length (at least 1).

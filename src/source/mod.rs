@@ -12,9 +12,9 @@ pub(crate) mod budget;
 pub mod decode;
 pub(crate) mod plan;
 pub(crate) mod read_ahead;
-pub mod refusal;
+pub(crate) mod refusal;
 pub(crate) mod stream_decode;
-pub mod validate;
+pub(crate) mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,8 +27,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::batch::{BatchPlan, OffsetRange};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
-use crate::kafka_log::LoggingContext;
+use crate::kafka::log::LoggingContext;
 use crate::shard::Shard;
+use crate::util::blocking;
 use decode::RawBatch;
 use plan::Watermarks;
 pub use stream_decode::ReadBatch;
@@ -239,11 +240,4 @@ impl KafkaSource {
         })?;
         Ok(by_partition)
     }
-}
-
-/// Runs a blocking librdkafka call off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Runtime(format!("a blocking Kafka call panicked or was cancelled: {e}")))?
 }

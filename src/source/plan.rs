@@ -38,6 +38,15 @@ pub(crate) enum LossKind {
     Backwards,
 }
 
+impl DataLoss {
+    /// Logs and counts the loss (`--fail-on-data-loss false`).
+    pub(crate) fn report(&self, topic: &str) {
+        let loss = self.to_string();
+        let (partition, expected, available) = (self.partition, self.expected, self.available);
+        crate::ops::events::DataLossDetected { topic, partition, expected, available, loss: &loss }.emit();
+    }
+}
+
 impl std::fmt::Display for DataLoss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 use super::decode::RawBatch;
 use super::stream_decode::{ReadBatch, StreamDecoder};
 use super::validate::Limits;
-use super::{blocking, KafkaSource};
+use super::KafkaSource;
 use crate::batch::{BatchPlan, OffsetRange};
 use crate::error::Result;
+use crate::util::blocking;
 
 /// Messages read ahead, per partition, with the offsets they cover.
 #[derive(Debug, Default)]

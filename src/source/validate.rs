@@ -16,40 +16,19 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::refusal::{quote, MAX_QUOTED_BYTES};
-pub use super::refusal::{Reason, Refusal};
+pub(crate) use super::refusal::{Reason, Refusal};
+pub(crate) use crate::config::{Limits, OUTPUT_OVERHEAD};
 use crate::schema::CAMPAIGN_FIELDS;
-
-/// Size limits a message must keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// `--max-record-bytes`.
-    pub max_record_bytes: usize,
-    /// The producer's `message.max.bytes`.
-    pub max_output_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_record_bytes: 256 * 1024, max_output_bytes: 1_000_000 }
-    }
-}
-
-/// Bytes an output message can add to its campaign: the client id (at most
-/// [`MAX_CLIENT_ID_BYTES`] in the cached table, longer ones are refused at
-/// load), the trigger time, field names and the record overhead.
-pub const OUTPUT_OVERHEAD: usize = 1024 + MAX_CLIENT_ID_BYTES;
-/// Longest client id the output bound allows for.
-pub const MAX_CLIENT_ID_BYTES: usize = 1024;
+use crate::util::text::{quote, MAX_QUOTED_BYTES};
 
 /// Most fields one message may have, the eight campaign fields and unknown
 /// ones together: far more than a real campaign carries, and a bound on the
 /// work and memory of checking one message (each name is checked against
 /// those seen, in a hash set). More is [`Reason::TooManyFields`].
-pub const MAX_FIELDS: usize = 1000;
+pub(crate) const MAX_FIELDS: usize = 1000;
 
 /// Checks one message; `Ok` means it decodes into a row both sinks accept.
-pub fn validate(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Refusal> {
+pub(crate) fn validate(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Refusal> {
     let bytes = match payload {
         None => return Err(Refusal::new(Reason::Empty, "the message has no value (null payload)")),
         Some([]) => return Err(Refusal::new(Reason::Empty, "the message value is empty")),

@@ -15,6 +15,7 @@ mod demo_postgres;
 mod deploy;
 mod exactly_once;
 mod hold;
+mod house;
 mod http;
 mod http_limits;
 mod isolation;

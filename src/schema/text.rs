@@ -34,13 +34,13 @@ use crate::error::{Error, Result};
 const PLAIN: &[&str] = &["restaurant_id"];
 
 /// The type a shared text column has.
-pub fn shared_type() -> DataType {
+pub(crate) fn shared_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
 /// A table as the SQL files see it: every text column but the join key
 /// becomes a dictionary over itself (keys `0..n`).
-pub fn for_sql(batch: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn for_sql(batch: RecordBatch) -> Result<RecordBatch> {
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -68,7 +68,7 @@ fn share(text: &StringArray) -> Result<DictionaryArray<Int32Type>> {
 
 /// A text column as the sinks read it: plain or shared.
 #[derive(Debug, Clone, Copy)]
-pub enum Text<'a> {
+pub(crate) enum Text<'a> {
     Plain(&'a StringArray),
     Shared { keys: &'a Int32Array, values: &'a StringArray },
 }
@@ -76,7 +76,7 @@ pub enum Text<'a> {
 impl<'a> Text<'a> {
     /// `array` as text, if it is `Utf8` or a dictionary of `Utf8` with
     /// `Int32` keys.
-    pub fn of(array: &'a dyn Array) -> Option<Self> {
+    pub(crate) fn of(array: &'a dyn Array) -> Option<Self> {
         if let Some(plain) = array.as_string_opt::<i32>() {
             return Some(Text::Plain(plain));
         }
@@ -86,7 +86,7 @@ impl<'a> Text<'a> {
     }
 
     /// Row `row`'s text (the caller has checked that there are no nulls).
-    pub fn value(&self, row: usize) -> &'a str {
+    pub(crate) fn value(&self, row: usize) -> &'a str {
         match self {
             Text::Plain(a) => a.value(row),
             Text::Shared { keys, values } => values.value(keys.value(row) as usize),
@@ -94,7 +94,7 @@ impl<'a> Text<'a> {
     }
 
     /// Whether `data_type` is read as text.
-    pub fn is_text(data_type: &DataType) -> bool {
+    pub(crate) fn is_text(data_type: &DataType) -> bool {
         *data_type == DataType::Utf8 || *data_type == shared_type()
     }
 }

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::batch::{epoch_ms, BatchPlan};
 use crate::error::{Error, Result};
-use crate::subscribers::Subscribers;
+use crate::util::time::rfc3339_ms;
 
 /// Time spent in each phase of a batch, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -162,7 +162,7 @@ pub(crate) struct BatchReport<'a> {
     /// Per partition, the newest message timestamp read (epoch ms).
     pub newest_timestamps: &'a BTreeMap<i32, i64>,
     pub sinks: [SinkProgress; 2],
-    pub subscribers: &'a Subscribers,
+    pub subscribers: SubscribersProgress,
 }
 
 impl BatchProgress {
@@ -187,14 +187,7 @@ impl BatchProgress {
             duration_ms: r.durations,
             sources,
             sinks: r.sinks.into(),
-            subscribers: SubscribersProgress {
-                snapshot: r.subscribers.id.clone(),
-                version: r.subscribers.version,
-                num_rows: r.subscribers.num_rows() as u64,
-                age_ms: ms(r.subscribers.age()),
-                load_ms: ms(r.subscribers.load_time),
-                duplicates_dropped: r.subscribers.duplicates_dropped as u64,
-            },
+            subscribers: r.subscribers,
         }
     }
 
@@ -240,8 +233,12 @@ impl BatchProgress {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(crate::checkpoint::io_err("opening progress file", path))?;
-        writeln!(file, "{line}").map_err(crate::checkpoint::io_err("writing progress file", path))
+            .map_err(|source| Error::ProgressFile { action: "opening", path: path.to_path_buf(), source })?;
+        writeln!(file, "{line}").map_err(|source| Error::ProgressFile {
+            action: "writing",
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -303,17 +300,6 @@ pub(crate) fn count(n: u64, noun: &str) -> String {
     } else {
         format!("{n} {noun}s")
     }
-}
-
-/// RFC 3339 rendering of epoch milliseconds.
-pub(crate) fn rfc3339_ms(epoch_ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(epoch_ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// Milliseconds in a duration, saturating.
-pub(crate) fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Rows per second, zero for an empty interval.

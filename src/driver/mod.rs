@@ -15,13 +15,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::batch::{BatchId, BatchPlan};
-use crate::config::{Config, RetryPolicy, Trigger};
+use crate::config::{RetryPolicy, Trigger};
 use crate::error::Result;
-use crate::http::{self, health::Probes};
-use crate::progress::BatchProgress;
-use crate::progress_bar::ProgressBar;
+use crate::ops::progress::BatchProgress;
+use crate::ops::progress_bar::ProgressBar;
+use crate::ops::status::RunStatus;
 use crate::query::{Attempt, Query};
-use crate::status::RunStatus;
 use retry::Outage;
 
 /// Longest wait between full planning rounds that found no new data with
@@ -44,31 +43,17 @@ pub struct RunSummary {
     pub failed_attempts: u64,
 }
 
-/// Runs the query described by `config` until `shutdown` resolves, or until
-/// the data available at start is done for `once` / `available-now`.
-///
-/// `shutdown` is watched from the start: while sparklet connects (a broker
-/// that does not answer can take `--kafka-timeout`), it stops at once, since
-/// nothing has been planned yet; once batches run, it stops between them.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
+/// Runs `queries` (one, or several shards) until `shutdown` resolves, or
+/// until the data available at start is done for `once` / `available-now`.
+pub(crate) async fn drive(
+    policy: Policy,
+    mut queries: Vec<Query>,
+    status: &RunStatus,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary> {
     tokio::pin!(shutdown);
-    let policy = Policy { trigger: config.trigger, retry: config.retry };
-    let status = RunStatus::new(policy.interval(), crate::kafka::transaction_timeout(&config.kafka));
-    let _http = match config.http_addr {
-        Some(addr) => Some(http::serve(addr, status.clone(), Probes::new(&config.kafka, &config.postgres)?).await?),
-        None => None,
-    };
-    let mut queries = tokio::select! {
-        biased;
-        _ = &mut shutdown => {
-            tracing::info!("shutdown requested while starting; nothing was planned");
-            return Ok(RunSummary::default());
-        }
-        queries = Query::start_all(config) => queries?,
-    };
-    let Some(first) = queries.first() else { return Ok(RunSummary::default()) };
-    status.query_started(first.id());
-    let summary = match queries.len() {
+    match queries.len() {
+        0 => Ok(RunSummary::default()),
         1 => {
             let query = queries.remove(0);
             let mut bar = ProgressBar::new(policy.trigger == Trigger::AvailableNow);
@@ -76,10 +61,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
             bar.finish();
             summary
         }
-        _ => shards::run_all(policy, queries, &status, shutdown).await,
-    };
-    status.stopped(if summary.is_ok() { "Stopped" } else { "Stopped by a failure" });
-    summary
+        _ => shards::run_all(policy, queries, status, shutdown.as_mut()).await,
+    }
 }
 
 /// What the driver needs of a query; [`Query`] in production, a scripted
@@ -292,7 +275,7 @@ impl<B: Batches> Driver<B> {
     /// left of `--retry-for`), ended early once the failed component answers
     /// a probe (one every [`retry::PROBE_EVERY`]).
     async fn back_off(&self, outage: &Outage) {
-        let step = crate::backoff::backoff(outage.failures(), crate::backoff::jitter());
+        let step = crate::util::backoff::backoff(outage.failures(), crate::util::backoff::jitter());
         let wait = self.policy.retry.remaining(outage.waited()).map_or(step, |left| step.min(left));
         let until = tokio::time::Instant::now() + wait;
         loop {
@@ -336,7 +319,7 @@ impl<B: Batches> Driver<B> {
 
 impl Policy {
     /// The trigger interval (zero unless a processing-time trigger).
-    fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         match self.trigger {
             Trigger::ProcessingTime(d) => d,
             _ => Duration::ZERO,

@@ -3,7 +3,7 @@
 //!
 //! | path        | answers |
 //! |-------------|---------|
-//! | `/metrics`  | Prometheus metrics ([`crate::metrics`]), OpenMetrics text |
+//! | `/metrics`  | Prometheus metrics ([`crate::ops::metrics`]), OpenMetrics text |
 //! | `/livez`    | 200 while the trigger loop advances ([`RunStatus::liveness`]), else 503 |
 //! | `/readyz`   | 200 when Kafka and Postgres answer and the query has started ([`health`]), else 503; JSON |
 //! | `/progress` | the recent progress records and the status, in Spark's names; JSON |
@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::error::{Error, Result};
-use crate::status::RunStatus;
+use crate::ops::status::RunStatus;
 use health::Probes;
 
 /// The status page, served at `/`.
@@ -97,7 +97,7 @@ async fn page() -> Response {
 }
 
 async fn metrics() -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], crate::metrics::encode()).into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], crate::ops::metrics::encode()).into_response()
 }
 
 async fn livez(State(shared): State<Shared>) -> Response {
@@ -109,7 +109,7 @@ async fn livez(State(shared): State<Shared>) -> Response {
 
 async fn readyz(State(shared): State<Shared>) -> Response {
     let readiness = shared.probes.check(&shared.status).await;
-    crate::metrics::metrics().ready.set(i64::from(readiness.ready));
+    crate::ops::metrics::metrics().ready.set(i64::from(readiness.ready));
     let code = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::to_string_pretty(&readiness).unwrap_or_default();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()

@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::progress::BatchProgress;
+use crate::ops::progress::BatchProgress;
 
 /// The bar as last drawn, if one is showing.
 static SHOWN: Mutex<Option<String>> = Mutex::new(None);

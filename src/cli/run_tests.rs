@@ -1,7 +1,12 @@
 //! Unit tests of option validation: every bad value names its option.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use clap::Parser;
+
+use crate::config::*;
+use crate::error::Result;
 
 fn args(extra: &[&str]) -> Result<Config> {
     let mut argv = vec![

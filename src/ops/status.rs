@@ -10,15 +10,16 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::metrics::{self, metrics, InfoLabels};
-use crate::progress::{rfc3339_ms, BatchProgress};
+use crate::ops::metrics::{self, metrics, InfoLabels};
+use crate::ops::progress::BatchProgress;
+use crate::util::time::rfc3339_ms;
 
 /// Progress records kept for `/progress` (Spark keeps 100 too).
 pub(crate) const RECENT_PROGRESS: usize = 100;
 
 /// The shared status of one run; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct RunStatus {
+pub(crate) struct RunStatus {
     inner: Arc<Mutex<State>>,
     /// How long the loop may go without advancing, outside a batch.
     idle_limit: Duration,
@@ -87,7 +88,7 @@ impl RunStatus {
     /// the longest retry back-off) between batches, or its batch is younger
     /// than `batch_limit`; while the query starts (the subscribers loading,
     /// Kafka checked) it is live for `batch_limit` too.
-    pub fn new(interval: Duration, batch_limit: Duration) -> Self {
+    pub(crate) fn new(interval: Duration, batch_limit: Duration) -> Self {
         let state = State {
             query_id: None,
             run_id: uuid::Uuid::new_v4().to_string(),
@@ -120,7 +121,7 @@ impl RunStatus {
     }
 
     /// Whether the query has started (see [`query_started`](Self::query_started)).
-    pub fn is_started(&self) -> bool {
+    pub(crate) fn is_started(&self) -> bool {
         self.state().query_id.is_some()
     }
 
@@ -179,7 +180,7 @@ impl RunStatus {
     }
 
     /// `/progress` as JSON.
-    pub fn progress_json(&self) -> String {
+    pub(crate) fn progress_json(&self) -> String {
         let s = self.state();
         let view = ProgressView {
             id: s.query_id.as_deref(),
@@ -198,7 +199,7 @@ impl RunStatus {
 
     /// `Ok(what the loop is doing)` if the trigger loop is advancing, or
     /// `Err(why not)`.
-    pub fn liveness(&self) -> std::result::Result<String, String> {
+    pub(crate) fn liveness(&self) -> std::result::Result<String, String> {
         let s = self.state();
         if s.query_id.is_none() {
             let starting = s.last_advanced.elapsed();

@@ -13,8 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 
 use crate::config::{KafkaConfig, PostgresConfig};
-use crate::kafka_log::LoggingContext;
-use crate::status::RunStatus;
+use crate::kafka::log::LoggingContext;
+use crate::ops::status::RunStatus;
 
 /// How long one check may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,8 +1,11 @@
-//! The cached copy of `subscribers_restaurants` and its snapshots.
+//! The cached copy of `subscribers_restaurants` and its snapshots: loaded
+//! by binary COPY straight into Arrow ([`copy`]), scanned by the SQL through
+//! a restaurant index ([`scan`]), kept fresh in the background
+//! ([`refresh`]) by a timer or on change ([`watch`]).
 //!
 //! The cache is loaded from Postgres with the query in `sql/subscribers.sql`,
 //! at start and again as `--subscribers-refresh` says
-//! ([`crate::subscribers_refresh`]). Each distinct content is
+//! ([`crate::subscribers::refresh`]). Each distinct content is
 //! saved once as an Arrow IPC file under `<checkpoint>/snapshots/`, named by
 //! its content hash; `offsets/N` names the snapshot batch N joined with, so a
 //! replay joins with the same rows even if the table changed since.
@@ -23,9 +26,16 @@ use futures::StreamExt;
 use crate::checkpoint::{io_err, Files};
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
-use crate::shared_text::Text;
-use crate::subscribers_copy::CopyRows;
-use crate::subscribers_scan::SubscribersTable;
+use crate::schema::text::Text;
+use crate::util::hash::Fnv64;
+
+mod copy;
+pub(crate) mod refresh;
+pub(crate) mod scan;
+pub(crate) mod watch;
+
+use copy::CopyRows;
+use scan::SubscribersTable;
 
 /// File (in the SQL directory) with the Postgres query that loads the cache.
 pub const SUBSCRIBERS_SQL: &str = "subscribers.sql";
@@ -36,7 +46,7 @@ pub struct Subscribers {
     /// `client_id`, `restaurant_id` rows.
     pub batch: RecordBatch,
     /// The same rows as the SQL files scan them (indexed by restaurant, see
-    /// [`crate::subscribers_scan`]), made once per version, not per batch.
+    /// [`crate::subscribers::scan`]), made once per version, not per batch.
     pub table: SubscribersTable,
     /// Content hash; also the snapshot's file name.
     pub id: String,
@@ -48,12 +58,24 @@ pub struct Subscribers {
     /// loaded: a favourite saved twice must not notify twice.
     pub duplicates_dropped: usize,
     /// The table's change version this content was read at (the counter
-    /// bumped by the on-change trigger, [`crate::subscribers_watch`]); 0
+    /// bumped by the on-change trigger, [`crate::subscribers::watch`]); 0
     /// when the counter is not installed or the version is not known.
     pub version: i64,
 }
 
 impl Subscribers {
+    /// What the progress records and events say about this version.
+    pub(crate) fn progress(&self) -> crate::ops::progress::SubscribersProgress {
+        crate::ops::progress::SubscribersProgress {
+            snapshot: self.id.clone(),
+            version: self.version,
+            num_rows: self.num_rows() as u64,
+            age_ms: crate::util::time::ms(self.age()),
+            load_ms: crate::util::time::ms(self.load_time),
+            duplicates_dropped: self.duplicates_dropped as u64,
+        }
+    }
+
     /// Builds a version from rows, computing its id.
     pub fn from_rows(client_ids: Vec<String>, restaurant_ids: Vec<String>) -> Result<Self> {
         let restaurants: DictionaryArray<Int32Type> = restaurant_ids.iter().map(String::as_str).collect();
@@ -96,9 +118,9 @@ impl Subscribers {
 
 /// Loads the subscribers with the query in `<sql_dir>/subscribers.sql`,
 /// streamed by binary COPY straight into Arrow columns
-/// ([`crate::subscribers_copy`]), in one REPEATABLE READ transaction: with
+/// ([`crate::subscribers::copy`]), in one REPEATABLE READ transaction: with
 /// `versioned`, the table's change version is read in the same snapshot
-/// ([`crate::subscribers_watch`]), so the version names exactly these rows.
+/// ([`crate::subscribers::watch`]), so the version names exactly these rows.
 pub async fn load(postgres: &PostgresConfig, sql_dir: &Path, versioned: bool) -> Result<Subscribers> {
     let started = Instant::now();
     let mut subs = read_table(postgres, sql_dir, versioned).await?;
@@ -108,7 +130,7 @@ pub async fn load(postgres: &PostgresConfig, sql_dir: &Path, versioned: bool) ->
 
 async fn read_table(postgres: &PostgresConfig, sql_dir: &Path, versioned: bool) -> Result<Subscribers> {
     let path = sql_dir.join(SUBSCRIBERS_SQL);
-    let query = crate::transform::read_sql_file(&path)?;
+    let query = crate::util::files::read_sql_file(&path)?;
     let client = crate::postgres::connect(postgres, "loading the subscribers cache").await?;
     let failed = |e: tokio_postgres::Error| Error::Sql {
         path: path.clone(),
@@ -122,7 +144,7 @@ async fn read_table(postgres: &PostgresConfig, sql_dir: &Path, versioned: bool) 
     let snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     client.batch_execute(snapshot).await.map_err(|e| Error::postgres("starting the subscribers read", e))?;
     let version = match versioned {
-        true => crate::subscribers_watch::read_version(&client).await?,
+        true => crate::subscribers::watch::read_version(&client).await?,
         false => 0,
     };
     let copy = format!(
@@ -261,29 +283,6 @@ fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => e.to_string(),
-    }
-}
-
-/// FNV-1a, 64 bit: stable across runs and platforms (unlike `DefaultHasher`);
-/// snapshot ids and the SQL fingerprint.
-pub(crate) struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! the library). An in-process Kafka
 //! (librdkafka's mock cluster, real wire protocol on a local port), sample
 //! subscribers in the local Postgres (schema `sparklet_demo`; a throwaway
-//! server of the demo's own when none runs, see [`crate::demo_postgres`]),
+//! server of the demo's own when none runs, see [`postgres`]),
 //! the example campaign of the message format plus generated ones, a few
 //! micro-batches, then a sample of both sinks.
 
@@ -16,7 +16,9 @@ use anyhow::{bail, Context, Result};
 use sparklet::cli::DemoArgs;
 use sparklet::config::PostgresConfig;
 
-use crate::{demo_postgres, tools};
+use crate::tools;
+
+pub(crate) mod postgres;
 
 const SCHEMA: &str = "sparklet_demo";
 const INPUT: &str = "promotions_in";
@@ -31,7 +33,7 @@ const EXAMPLE_RESTAURANT: &str = "123e4567-e89b-12d3-a456-426614174000";
 /// every case.
 pub(crate) async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     reset_checkpoint(&args)?;
-    let (database_url, _throwaway) = demo_postgres::database(args.database_url.as_deref())?;
+    let (database_url, _throwaway) = postgres::database(args.database_url.as_deref())?;
     if args.http_addr.is_some() {
         return run_job(&args, &database_url, shutdown).await;
     }

@@ -1,9 +1,16 @@
 //! The message formats of the job: the campaign a restaurant
-//! publishes (input) and the row written per subscriber (output).
+//! publishes (input), the row written per subscriber (output), the reason
+//! codes of refused messages ([`Reason`]), and campaign text shared between
+//! rows ([`text`]).
 
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+mod reason;
+pub(crate) mod text;
+
+pub use reason::Reason;
 
 /// Name under which a batch's campaigns are registered for the SQL files.
 pub const CAMPAIGNS_TABLE: &str = "campaigns";
@@ -55,10 +62,10 @@ pub fn output() -> SchemaRef {
 /// Arrow schema of the cached subscribers table: `restaurant_id` is a
 /// dictionary, each restaurant's id stored once for all its subscribers
 /// (for a million rows, 10 per restaurant: 6 MB instead of 20), and handed
-/// to the SQL as plain text ([`crate::subscribers_scan`]).
+/// to the SQL as plain text ([`crate::subscribers::scan`]).
 pub fn subscribers() -> SchemaRef {
     let fields = SUBSCRIBER_FIELDS.iter().map(|(name, ty)| {
-        let ty = if *name == "restaurant_id" { crate::shared_text::shared_type() } else { ty.clone() };
+        let ty = if *name == "restaurant_id" { crate::schema::text::shared_type() } else { ty.clone() };
         Field::new(*name, ty, false)
     });
     Arc::new(Schema::new(fields.collect::<Vec<_>>()))

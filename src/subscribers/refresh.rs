@@ -29,9 +29,9 @@ use tokio::sync::watch;
 use crate::checkpoint::Files;
 use crate::config::{PostgresConfig, RefreshPolicy, SubscribersSettings};
 use crate::error::{Error, Result};
-use crate::events;
+use crate::ops::events;
+use crate::subscribers::watch::{self as change, Listener};
 use crate::subscribers::{self, Subscribers};
-use crate::subscribers_watch::{self, Listener};
 
 /// How long reading the version before a plan may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,11 +90,11 @@ impl Refresher {
     ) -> Result<Self> {
         let versioned = matches!(settings.refresh, RefreshPolicy::OnChange { .. });
         if versioned {
-            subscribers_watch::install(postgres, sql_dir).await?;
+            change::install(postgres, sql_dir).await?;
         }
         let first = subscribers::load(postgres, sql_dir, versioned).await?;
         subscribers::save_snapshots(&snapshots, &first)?;
-        events::SubscribersLoaded { subscribers: &first, reason: "start" }.emit();
+        events::SubscribersLoaded { subscribers: &first.progress(), reason: "start" }.emit();
         let (published, receiver) =
             watch::channel(Published { subscribers: first, confirmed_at: Instant::now(), failure: None });
         let loader = Loader {
@@ -163,7 +163,7 @@ impl Refresher {
                 *probe = Some(client);
             }
             match probe.as_ref() {
-                Some(client) => subscribers_watch::read_version(client).await,
+                Some(client) => change::read_version(client).await,
                 None => Err(Error::Runtime("no version probe connection".into())),
             }
         })
@@ -224,7 +224,7 @@ impl Loader {
             newer
         });
         if published {
-            events::SubscribersLoaded { subscribers: &fresh, reason }.emit();
+            events::SubscribersLoaded { subscribers: &fresh.progress(), reason }.emit();
         }
         Ok(())
     }
@@ -232,7 +232,7 @@ impl Loader {
     /// The published version is the table's now.
     fn confirm(&self) {
         self.published.send_modify(|p| p.confirmed_at = Instant::now());
-        crate::metrics::metrics().subscribers_confirmed(crate::batch::epoch_ms());
+        crate::ops::metrics::metrics().subscribers_confirmed(crate::batch::epoch_ms());
     }
 
     /// Records a failed reload or version check.
@@ -256,7 +256,11 @@ async fn background(loader: Loader, policy: RefreshPolicy) {
 async fn every(loader: Loader, interval: Duration) {
     let mut failures = 0;
     loop {
-        let wait = if failures == 0 { interval } else { crate::backoff::backoff(failures, crate::backoff::jitter()) };
+        let wait = if failures == 0 {
+            interval
+        } else {
+            crate::util::backoff::backoff(failures, crate::util::backoff::jitter())
+        };
         tokio::time::sleep(wait).await;
         match loader.reload("timer").await {
             Ok(()) => failures = 0,
@@ -280,7 +284,7 @@ async fn on_change(loader: Loader, check: Duration) {
                 loader.failed(&e, "listening for changes");
             }
         }
-        tokio::time::sleep(crate::backoff::backoff(failures.max(1), crate::backoff::jitter())).await;
+        tokio::time::sleep(crate::util::backoff::backoff(failures.max(1), crate::util::backoff::jitter())).await;
     }
 }
 

@@ -11,7 +11,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
+
+mod retry;
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -26,6 +28,15 @@ pub enum Error {
     /// Reading or writing the checkpoint directory failed.
     #[error("checkpoint: {action} {path}")]
     CheckpointIo {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing the `--progress-json` file failed.
+    #[error("progress: {action} {path}")]
+    ProgressFile {
         action: &'static str,
         path: PathBuf,
         #[source]
@@ -224,7 +235,7 @@ pub enum Error {
 
     /// The output could not be encoded for Postgres' binary COPY.
     #[error("postgres: encoding rows for COPY")]
-    CopyEncoding(#[source] crate::sink::copy::CopyError),
+    CopyEncoding(#[source] CopyError),
 
     /// A sink's input stopped before the end of the batch's output, because
     /// the SQL or the other sink failed; the sink aborted its transaction.
@@ -238,77 +249,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether running the same trigger again may succeed: only transient
-    /// failures of Kafka or Postgres (see the module docs). A topic that does
-    /// not exist, an authentication failure, a fenced producer, a constraint
-    /// violation, bad SQL or a bad checkpoint are not.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Kafka { source, .. } => kafka_retryable(source),
-            Error::KafkaTimeout(_) => true,
-            Error::Postgres { source, .. } => postgres_retryable(source),
-            Error::CheckpointObject { source, .. } => !matches!(
-                source,
-                object_store::Error::NotFound { .. }
-                    | object_store::Error::AlreadyExists { .. }
-                    | object_store::Error::PermissionDenied { .. }
-                    | object_store::Error::Unauthenticated { .. }
-                    | object_store::Error::NotImplemented { .. }
-                    | object_store::Error::NotSupported { .. }
-            ),
-            _ => false,
-        }
-    }
-
-    /// Whether Kafka says a newer producer with the same transactional id
-    /// exists (this one must stop, never re-initialise and fence it back).
-    pub(crate) fn is_kafka_fenced(&self) -> bool {
-        let Error::Kafka { source, .. } = self else {
-            return false;
-        };
-        let code = match source {
-            KafkaError::Transaction(e) => Some(e.code()),
-            other => other.rdkafka_error_code(),
-        };
-        matches!(
-            code,
-            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
-        )
-    }
-
-    /// The component that failed, as the message's first word says it
-    /// (`kafka`, `postgres`, ...): the `component` label of the failure metrics.
-    pub fn component(&self) -> &'static str {
-        match self {
-            Error::Config { .. } => "config",
-            Error::CheckpointIo { .. }
-            | Error::CheckpointObject { .. }
-            | Error::CheckpointInUse { .. }
-            | Error::CheckpointConflict { .. }
-            | Error::CheckpointBehind { .. }
-            | Error::CheckpointMismatch(_)
-            | Error::CheckpointFormat { .. } => "checkpoint",
-            Error::Sql { .. } | Error::SqlStep { .. } | Error::SqlRuntime { .. } => "sql",
-            Error::Transform { .. } | Error::OutputSchema { .. } => "transform",
-            Error::Kafka { .. }
-            | Error::KafkaUnreachable { .. }
-            | Error::KafkaAuthentication { .. }
-            | Error::KafkaTls { .. }
-            | Error::KafkaProtocol { .. }
-            | Error::KafkaTimeout(_)
-            | Error::KafkaState(_)
-            | Error::DataLoss { .. } => "kafka",
-            Error::Postgres { .. } | Error::PostgresObject { .. } | Error::CopyEncoding(_) => "postgres",
-            Error::BadRecord { .. } => "input",
-            Error::Fenced { sink, .. } => sink,
-            Error::RetriesSpent { component, .. } => component,
-            Error::SubscribersStale { .. } => "subscribers",
-            Error::Arrow { .. } => "arrow",
-            Error::OutputCut => "output",
-            Error::Runtime(_) => "runtime",
-        }
-    }
-
     /// The error and each of its causes, `: `-separated, for logs.
     pub fn chain(&self) -> Chain<'_> {
         Chain(self)
@@ -350,69 +290,22 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-/// Kafka failures a retry can fix: the transport, timeouts, a broker, leader
-/// or coordinator that is (for now) not available.
-fn kafka_retryable(err: &KafkaError) -> bool {
-    if let KafkaError::Transaction(e) = err {
-        return !e.is_fatal() && (e.is_retriable() || e.txn_requires_abort());
-    }
-    use RDKafkaErrorCode as C;
-    matches!(
-        err.rdkafka_error_code(),
-        Some(
-            C::BrokerTransportFailure
-                | C::AllBrokersDown
-                | C::MessageTimedOut
-                | C::OperationTimedOut
-                | C::TimedOutQueue
-                | C::RequestTimedOut
-                | C::NetworkException
-                | C::BrokerNotAvailable
-                | C::LeaderNotAvailable
-                | C::NotLeaderForPartition
-                | C::CoordinatorLoadInProgress
-                | C::CoordinatorNotAvailable
-                | C::NotCoordinator
-                | C::WaitingForCoordinator
-                | C::NotEnoughReplicas
-                | C::NotEnoughReplicasAfterAppend
-                | C::ConcurrentTransactions
-                | C::Retry
-        )
-    )
+/// Why a batch cannot be encoded (the output's schema rules these out, so
+/// each is a bug or a changed schema, never bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0} columns are more than COPY's 32767")]
+    TooManyColumns(usize),
+    #[error("column {0} has NULLs")]
+    Nulls(String),
+    #[error("column {column} has type {data_type}, which sparklet does not encode")]
+    Type { column: String, data_type: arrow::datatypes::DataType },
 }
 
-/// Postgres failures a retry can fix: a lost or refused connection, and the
-/// SQLSTATEs of an overloaded or restarting server and of a transaction that
-/// lost a serialization race.
-fn postgres_retryable(err: &tokio_postgres::Error) -> bool {
-    if err.is_closed() {
-        return true;
+impl From<CopyError> for Error {
+    fn from(e: CopyError) -> Self {
+        Error::CopyEncoding(e)
     }
-    match err.code() {
-        // No SQLSTATE: retry when the transport failed (refused, reset).
-        None => has_io_cause(err),
-        Some(code) => {
-            let code = code.code();
-            // 08: connection exception; 53: insufficient resources;
-            // 57P01..57P03: admin/crash shutdown, cannot connect now;
-            // 40001: serialization failure; 40P01: deadlock detected.
-            code.starts_with("08")
-                || code.starts_with("53")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
-        }
-    }
-}
-
-fn has_io_cause(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        if c.is::<std::io::Error>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 #[cfg(test)]
@@ -425,50 +318,5 @@ mod tests {
         let err = Error::CheckpointIo { action: "writing", path: "/cp/offsets/3".into(), source: io };
         assert_eq!(err.to_string(), "checkpoint: writing /cp/offsets/3");
         assert_eq!(err.chain().to_string(), "checkpoint: writing /cp/offsets/3: permission denied");
-    }
-
-    #[test]
-    fn a_fenced_producer_is_recognised_and_never_retried() {
-        for code in [RDKafkaErrorCode::Fenced, RDKafkaErrorCode::ProducerFenced, RDKafkaErrorCode::InvalidProducerEpoch]
-        {
-            assert!(Error::kafka("committing", KafkaError::MessageProduction(code)).is_kafka_fenced(), "{code:?}");
-        }
-        let transport =
-            Error::kafka("sending", KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure));
-        assert!(!transport.is_kafka_fenced());
-        let fenced = Error::Fenced { sink: "kafka", query_id: "q".into() };
-        assert!(!fenced.is_retryable(), "a fenced run stops; it never re-initialises its producer");
-        assert!(fenced.to_string().contains("fenced by a newer owner of query q"));
-    }
-
-    #[test]
-    fn only_transient_kafka_failures_are_retryable() {
-        let k = |code| Error::kafka("x", KafkaError::MessageProduction(code));
-        assert!(k(RDKafkaErrorCode::BrokerTransportFailure).is_retryable());
-        assert!(k(RDKafkaErrorCode::RequestTimedOut).is_retryable());
-        assert!(Error::KafkaTimeout("reading".into()).is_retryable());
-        for code in [
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-            RDKafkaErrorCode::SaslAuthenticationFailed,
-            RDKafkaErrorCode::Authentication,
-            RDKafkaErrorCode::Fenced,
-            RDKafkaErrorCode::InvalidProducerEpoch,
-            RDKafkaErrorCode::MessageSizeTooLarge,
-        ] {
-            assert!(!k(code).is_retryable(), "{code:?}");
-        }
-        assert!(!Error::KafkaState("input topic 'x' does not exist".into()).is_retryable());
-        let (broker, cause) = (String::from("b:9093"), String::from("x"));
-        for wrong_setting in [
-            Error::KafkaAuthentication { broker: broker.clone(), cause: cause.clone() },
-            Error::KafkaTls { broker: broker.clone(), cause: cause.clone() },
-            Error::KafkaProtocol { broker, protocol: "PLAINTEXT".into(), cause },
-        ] {
-            assert!(!wrong_setting.is_retryable(), "{wrong_setting}");
-            assert_eq!(wrong_setting.component(), "kafka");
-            assert!(wrong_setting.to_string().contains("b:9093"), "{wrong_setting}");
-            assert!(wrong_setting.to_string().ends_with("a retry cannot help"), "{wrong_setting}");
-        }
-        assert!(!Error::config("--trigger", "bad").is_retryable());
     }
 }

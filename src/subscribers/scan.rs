@@ -45,7 +45,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 
-use crate::shared_text::Text;
+use crate::schema::text::Text;
 
 /// The join key the index is built on.
 const KEY: &str = "restaurant_id";
@@ -337,7 +337,7 @@ mod tests {
     }
 
     fn clients(batch: &RecordBatch) -> Vec<String> {
-        let text = crate::shared_text::Text::of(batch.column(0).as_ref()).unwrap();
+        let text = crate::schema::text::Text::of(batch.column(0).as_ref()).unwrap();
         (0..batch.num_rows()).map(|i| text.value(i).to_string()).collect()
     }
 

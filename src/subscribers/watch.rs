@@ -22,10 +22,10 @@ use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 
 /// The file that installs the trigger, in the SQL directory.
-pub const ON_CHANGE_SQL: &str = "subscribers_on_change.sql";
+pub(crate) const ON_CHANGE_SQL: &str = "subscribers_on_change.sql";
 
 /// The notification channel the trigger notifies.
-pub const CHANNEL: &str = "sparklet_subscribers_changed";
+pub(crate) const CHANNEL: &str = "sparklet_subscribers_changed";
 
 /// The schema of `subscribers_restaurants` as the search_path finds it: the
 /// one its notifications name.
@@ -40,7 +40,7 @@ pub(crate) const VERSION_QUERY: &str = "SELECT version FROM sparklet_subscribers
 /// starts do not replace the function at once, and with a lock timeout, so
 /// a busy table makes the start fail with a clear message instead of
 /// queueing every writer behind the trigger's DDL.
-pub async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
+pub(crate) async fn install(postgres: &PostgresConfig, sql_dir: &Path) -> Result<()> {
     let client = crate::postgres::connect(postgres, "installing the subscribers change trigger").await?;
     let path = sql_dir.join(ON_CHANGE_SQL);
     let failed = |doing: &str, e: tokio_postgres::Error| Error::Sql {
@@ -68,7 +68,7 @@ async fn run_install(
     path: &Path,
     failed: impl Fn(&str, tokio_postgres::Error) -> Error,
 ) -> Result<()> {
-    let ddl = crate::transform::read_sql_file(path)?;
+    let ddl = crate::util::files::read_sql_file(path)?;
     let script = format!(
         "BEGIN;\nSET LOCAL lock_timeout = '10s';\nSELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('{CHANNEL}'));\n{ddl}\n;COMMIT;"
     );

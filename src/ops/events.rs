@@ -1,16 +1,18 @@
 //! Observable events. Each struct is one thing that happens; `emit()` both
 //! logs it (structured `tracing` fields) and counts it in the process's
-//! Prometheus metrics ([`crate::metrics`]), so logs and metrics cannot drift
+//! Prometheus metrics ([`crate::ops::metrics`]), so logs and metrics cannot drift
 //! apart.
 //!
 //! Text that can come from an input message reaches a log line only escaped
-//! and bounded ([`crate::source::refusal::quote`]): a refusal's sentence, and
+//! and bounded ([`crate::util::text::quote`]): a refusal's sentence, and
 //! the error chains of failed batches (a SQL cast error or a database
 //! error can quote a campaign's text). A `\n` in a message so never starts a
 //! forged line in the text log format. Keys and values are never logged.
 
-use crate::metrics::{self, metrics, ComponentLabel, FailureLabels, OutcomeLabel, PhaseLabel, ReasonLabel, SinkLabel};
-use crate::source::refusal::{quote, MAX_MESSAGE_BYTES};
+use crate::ops::metrics::{
+    self, metrics, ComponentLabel, FailureLabels, OutcomeLabel, PhaseLabel, ReasonLabel, SinkLabel,
+};
+use crate::util::text::{quote, MAX_MESSAGE_BYTES};
 
 /// Longest error chain a log line of a failed batch keeps, in bytes.
 const MAX_ERROR_BYTES: usize = 4096;
@@ -24,19 +26,23 @@ fn one_line(error: &crate::error::Error) -> String {
 /// did with it (logged here; counted per reason when its batch commits).
 pub(crate) struct BadRecord<'a> {
     pub topic: &'a str,
-    pub message: &'a crate::source::decode::BadMessage,
+    pub partition: i32,
+    pub offset: i64,
+    /// The refusal's stable code.
+    pub reason: &'static str,
+    /// The refusal's sentence (quoted again here: it may hold message text).
+    pub error: &'a str,
     pub action: crate::config::OnBadRecord,
 }
 
 impl BadRecord<'_> {
     pub(crate) fn emit(&self) {
-        let m = self.message;
         tracing::warn!(
             topic = self.topic,
-            partition = m.partition,
-            offset = m.offset,
-            reason = m.refusal.reason.code(),
-            error = %quote(&m.refusal.message, MAX_MESSAGE_BYTES),
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason,
+            error = %quote(self.error, MAX_MESSAGE_BYTES),
             action = %self.action,
             "bad record"
         );
@@ -49,16 +55,22 @@ impl BadRecord<'_> {
 /// false` (otherwise the run stops with the same text).
 pub(crate) struct DataLossDetected<'a> {
     pub topic: &'a str,
-    pub loss: &'a crate::source::plan::DataLoss,
+    pub partition: i32,
+    /// The offset the query expected to read next.
+    pub expected: i64,
+    /// The earliest offset still in the log.
+    pub available: i64,
+    /// What was lost, for people.
+    pub loss: &'a str,
 }
 
 impl DataLossDetected<'_> {
     pub(crate) fn emit(&self) {
         tracing::error!(
             topic = self.topic,
-            partition = self.loss.partition,
-            expected_offset = self.loss.expected,
-            available = self.loss.available,
+            partition = self.partition,
+            expected_offset = self.expected,
+            available = self.available,
             "data loss: {}; continuing from the earliest offset (--fail-on-data-loss false)",
             self.loss
         );
@@ -68,7 +80,7 @@ impl DataLossDetected<'_> {
 
 /// The subscribers cache was (re)loaded.
 pub(crate) struct SubscribersLoaded<'a> {
-    pub subscribers: &'a crate::subscribers::Subscribers,
+    pub subscribers: &'a crate::ops::progress::SubscribersProgress,
     /// Why it was loaded: `start`, `timer`, `notification`, `version check`.
     pub reason: &'a str,
 }
@@ -77,19 +89,19 @@ impl SubscribersLoaded<'_> {
     pub(crate) fn emit(&self) {
         let s = self.subscribers;
         tracing::info!(
-            snapshot = %s.id,
+            snapshot = %s.snapshot,
             version = s.version,
-            rows = s.num_rows(),
+            rows = s.num_rows,
             duplicates_dropped = s.duplicates_dropped,
-            elapsed_ms = crate::progress::ms(s.load_time),
+            elapsed_ms = s.load_ms,
             reason = self.reason,
             "subscribers cache loaded"
         );
         let m = metrics();
         m.subscribers_reloads.get_or_create(&OutcomeLabel { outcome: "ok" }).inc();
-        m.subscribers_rows.set(s.num_rows() as i64);
+        m.subscribers_rows.set(s.num_rows as i64);
         m.subscribers_version.set(s.version);
-        m.subscribers_loaded(crate::batch::epoch_ms() - crate::progress::ms(s.age()) as i64);
+        m.subscribers_loaded(crate::batch::epoch_ms() - s.age_ms as i64);
     }
 }
 
@@ -213,7 +225,7 @@ impl ComponentBack {
 pub(crate) struct BatchCommitted<'a> {
     /// The input topic (the lag metrics' label).
     pub topic: &'a str,
-    pub progress: &'a crate::progress::BatchProgress,
+    pub progress: &'a crate::ops::progress::BatchProgress,
 }
 
 impl BatchCommitted<'_> {
@@ -233,7 +245,7 @@ impl BatchCommitted<'_> {
 }
 
 /// A batch's figures in the metrics.
-fn count_batch(topic: &str, p: &crate::progress::BatchProgress) {
+fn count_batch(topic: &str, p: &crate::ops::progress::BatchProgress) {
     let m = metrics();
     m.batches_committed.inc();
     if p.replayed {
