@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 
 mod reason;
 pub(crate) mod text;
@@ -17,37 +19,51 @@ pub const CAMPAIGNS_TABLE: &str = "campaigns";
 /// Name under which the cached subscribers are registered for the SQL files.
 pub const SUBSCRIBERS_TABLE: &str = "subscribers";
 
+// Each field of the formats, defined once.
+const RESTAURANT_ID: (&str, DataType) = ("restaurant_id", DataType::Utf8);
+const ADV_CAMPAIGN_ID: (&str, DataType) = ("adv_campaign_id", DataType::Utf8);
+const ADV_CAMPAIGN_CONTENT: (&str, DataType) = ("adv_campaign_content", DataType::Utf8);
+const ADV_CAMPAIGN_OWNER: (&str, DataType) = ("adv_campaign_owner", DataType::Utf8);
+const ADV_CAMPAIGN_OWNER_CONTACT: (&str, DataType) = ("adv_campaign_owner_contact", DataType::Utf8);
+const ADV_CAMPAIGN_DATETIME_START: (&str, DataType) = ("adv_campaign_datetime_start", DataType::Int64);
+const ADV_CAMPAIGN_DATETIME_END: (&str, DataType) = ("adv_campaign_datetime_end", DataType::Int64);
+const DATETIME_CREATED: (&str, DataType) = ("datetime_created", DataType::Int64);
+const CLIENT_ID: (&str, DataType) = ("client_id", DataType::Utf8);
+const TRIGGER_DATETIME_CREATED: (&str, DataType) = ("trigger_datetime_created", DataType::Int32);
+
 /// Fields of an input campaign message, all required.
 pub const CAMPAIGN_FIELDS: &[(&str, DataType)] = &[
-    ("restaurant_id", DataType::Utf8),
-    ("adv_campaign_id", DataType::Utf8),
-    ("adv_campaign_content", DataType::Utf8),
-    ("adv_campaign_owner", DataType::Utf8),
-    ("adv_campaign_owner_contact", DataType::Utf8),
-    ("adv_campaign_datetime_start", DataType::Int64),
-    ("adv_campaign_datetime_end", DataType::Int64),
-    ("datetime_created", DataType::Int64),
+    RESTAURANT_ID,
+    ADV_CAMPAIGN_ID,
+    ADV_CAMPAIGN_CONTENT,
+    ADV_CAMPAIGN_OWNER,
+    ADV_CAMPAIGN_OWNER_CONTACT,
+    ADV_CAMPAIGN_DATETIME_START,
+    ADV_CAMPAIGN_DATETIME_END,
+    DATETIME_CREATED,
 ];
 
-/// Fields of an output message, in the output format's order. The Postgres sink writes
-/// the same columns into `subscribers_feedback` (its `id` and `feedback` are
-/// left to their defaults).
+/// Fields of an output message, in the output format's order: the
+/// campaign's, with `client_id` before `datetime_created`, and the trigger's
+/// time last. The Postgres sink writes the same columns into
+/// `subscribers_feedback` (its `id` and `feedback` are left to their
+/// defaults).
 pub const OUTPUT_FIELDS: &[(&str, DataType)] = &[
-    ("restaurant_id", DataType::Utf8),
-    ("adv_campaign_id", DataType::Utf8),
-    ("adv_campaign_content", DataType::Utf8),
-    ("adv_campaign_owner", DataType::Utf8),
-    ("adv_campaign_owner_contact", DataType::Utf8),
-    ("adv_campaign_datetime_start", DataType::Int64),
-    ("adv_campaign_datetime_end", DataType::Int64),
-    ("client_id", DataType::Utf8),
-    ("datetime_created", DataType::Int64),
-    ("trigger_datetime_created", DataType::Int32),
+    RESTAURANT_ID,
+    ADV_CAMPAIGN_ID,
+    ADV_CAMPAIGN_CONTENT,
+    ADV_CAMPAIGN_OWNER,
+    ADV_CAMPAIGN_OWNER_CONTACT,
+    ADV_CAMPAIGN_DATETIME_START,
+    ADV_CAMPAIGN_DATETIME_END,
+    CLIENT_ID,
+    DATETIME_CREATED,
+    TRIGGER_DATETIME_CREATED,
 ];
 
 /// Columns of the subscribers table as the SQL files see it (the cache
 /// stores `restaurant_id` as a dictionary: see [`subscribers`]).
-pub const SUBSCRIBER_FIELDS: &[(&str, DataType)] = &[("client_id", DataType::Utf8), ("restaurant_id", DataType::Utf8)];
+pub const SUBSCRIBER_FIELDS: &[(&str, DataType)] = &[CLIENT_ID, RESTAURANT_ID];
 
 /// Arrow schema of the `campaigns` table.
 pub fn campaigns() -> SchemaRef {
@@ -73,4 +89,16 @@ pub fn subscribers() -> SchemaRef {
 
 fn schema(fields: &[(&str, DataType)]) -> SchemaRef {
     Arc::new(Schema::new(fields.iter().map(|(name, ty)| Field::new(*name, ty.clone(), false)).collect::<Vec<_>>()))
+}
+
+/// `batch`'s columns, in order, cast to `schema`'s types (a dictionary to
+/// text, or back).
+pub(crate) fn cast_to(batch: &RecordBatch, schema: SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema, columns)
 }

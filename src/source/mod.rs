@@ -15,6 +15,8 @@ pub(crate) mod read_ahead;
 pub(crate) mod refusal;
 pub(crate) mod stream_decode;
 pub(crate) mod validate;
+#[cfg(test)]
+mod validate_tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

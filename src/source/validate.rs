@@ -266,7 +266,3 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Nested("object"))
     }
 }
-
-#[cfg(test)]
-#[path = "validate_tests.rs"]
-mod tests;

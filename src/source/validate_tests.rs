@@ -3,8 +3,9 @@
 //! decodes into exactly one row, and a batch of them splits into rows and
 //! reasons with nothing lost.
 
-use super::*;
-use crate::source::decode::{decode, RawBatch};
+use super::decode::{decode, RawBatch};
+use super::validate::*;
+use crate::schema::CAMPAIGN_FIELDS;
 
 const EXAMPLE: &str = r#"{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 

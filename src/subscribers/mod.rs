@@ -246,14 +246,7 @@ pub fn load_snapshot(dir: &Files, id: &str) -> Result<Subscribers> {
 /// A snapshot batch in the cache's form: snapshots written before the cache
 /// kept `restaurant_id` as a dictionary hold it as plain text.
 fn compact(batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
-    let schema = crate::schema::subscribers();
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema, columns)
+    crate::schema::cast_to(&batch, crate::schema::subscribers())
 }
 
 /// Deletes snapshots whose id is not in `keep`.

@@ -219,13 +219,7 @@ fn restaurant_keys(filter: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> Option
 fn as_sql_sees_it(rows: RecordBatch, schema: SchemaRef) -> impl Iterator<Item = DfResult<RecordBatch>> + Send {
     (0..rows.num_rows()).step_by(CHUNK_ROWS).map(move |at| {
         let chunk = rows.slice(at, CHUNK_ROWS.min(rows.num_rows() - at));
-        let columns = chunk
-            .columns()
-            .iter()
-            .zip(schema.fields())
-            .map(|(column, field)| arrow::compute::cast(column, field.data_type()))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+        Ok(crate::schema::cast_to(&chunk, schema.clone())?)
     })
 }
 
