@@ -10,7 +10,8 @@ use super::{Secret, DEFAULT_MARKER_TOPIC};
 use crate::checkpoint::Files;
 use crate::config::kafka::{parse_kafka_options, KAFKA_TIMEOUT_RANGE};
 use crate::config::{
-    parse, BadRecords, ByteBudget, Config, KafkaConfig, PostgresConfig, RetryPolicy, SubscribersSettings,
+    parse, BadRecords, ByteBudget, Config, Guarantee, KafkaConfig, OnBadRecord, PostgresConfig, RetryPolicy,
+    StartingOffsets, SubscribersSettings,
 };
 use crate::error::{Error, Result};
 use crate::shard::ShardSelection;
@@ -75,8 +76,8 @@ pub struct RunArgs {
 
     /// Where a new query starts reading: earliest or latest. Ignored when the
     /// checkpoint already has batches (as in Spark).
-    #[arg(long, env = "SPARKLET_STARTING_OFFSETS", default_value = "latest")]
-    pub starting_offsets: String,
+    #[arg(long, env = "SPARKLET_STARTING_OFFSETS", value_enum, default_value = "latest")]
+    pub starting_offsets: StartingOffsets,
 
     /// Upper bound of offsets per micro-batch (a number, or `unlimited`),
     /// split across partitions in proportion to their backlog, every
@@ -125,8 +126,8 @@ pub struct RunArgs {
     /// transaction), drop (log and count it) or fail (stop before the batch
     /// writes anything, naming topic, partition and offset). The other
     /// messages of the batch flow normally.
-    #[arg(long, env = "SPARKLET_ON_BAD_RECORD", default_value = "dead-letter")]
-    pub on_bad_record: String,
+    #[arg(long, env = "SPARKLET_ON_BAD_RECORD", value_enum, default_value = "dead-letter")]
+    pub on_bad_record: OnBadRecord,
 
     /// Topic dead letters are written to; it must exist (checked at start).
     /// Default: the input topic's name followed by `-dead-letter`.
@@ -186,8 +187,8 @@ pub struct RunArgs {
     /// marker; output readers must use isolation.level=read_committed) or
     /// at-least-once (no transactions or markers; a replayed batch is written
     /// again, as with Spark's foreachBatch).
-    #[arg(long, env = "SPARKLET_GUARANTEE", default_value = "exactly-once")]
-    pub guarantee: String,
+    #[arg(long, env = "SPARKLET_GUARANTEE", value_enum, default_value = "exactly-once")]
+    pub guarantee: Guarantee,
 
     /// Append one JSON progress record per batch to this file (`-` for stdout).
     #[arg(long, env = "SPARKLET_PROGRESS_JSON")]
@@ -247,7 +248,7 @@ impl TryFrom<RunArgs> for Config {
     fn try_from(args: RunArgs) -> Result<Self> {
         let kafka = kafka_config(&args)?;
         let bad_records = BadRecords::parse(
-            &args.on_bad_record,
+            args.on_bad_record,
             args.dead_letter_topic.as_deref(),
             args.max_record_bytes,
             (&kafka.input_topic, &kafka.output_topic),
@@ -271,7 +272,7 @@ impl TryFrom<RunArgs> for Config {
             checkpoint_dir: Files::parse(&args.checkpoint_dir.to_string_lossy())?,
             sql_dir: args.sql_dir,
             trigger: args.trigger.parse()?,
-            starting_offsets: args.starting_offsets.parse()?,
+            starting_offsets: args.starting_offsets,
             max_offsets_per_trigger: parse::max_offsets(&args.max_offsets_per_trigger)?,
             max_bytes_per_trigger: ByteBudget::parse(&args.max_bytes_per_trigger)?,
             bad_records,
@@ -282,7 +283,7 @@ impl TryFrom<RunArgs> for Config {
             )?,
             fail_on_data_loss: args.fail_on_data_loss,
             retry: RetryPolicy::parse(&args.retry_for, args.max_retries)?,
-            guarantee: args.guarantee.parse()?,
+            guarantee: args.guarantee,
             progress_json: args.progress_json,
             min_batches_to_retain: args.min_batches_to_retain,
             hold_future_campaigns: args.hold_future_campaigns,

@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::config::*;
-use crate::error::Result;
 
-fn args(extra: &[&str]) -> Result<Config> {
+/// The checked config of `sparklet run` with `extra` options; a value clap
+/// refuses (not one of an enum's names) is an error too.
+fn args(extra: &[&str]) -> std::result::Result<Config, Box<dyn std::error::Error>> {
     let mut argv = vec![
         "sparklet",
         "run",
@@ -24,9 +25,9 @@ fn args(extra: &[&str]) -> Result<Config> {
         "cp",
     ];
     argv.extend_from_slice(extra);
-    let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+    let cli = crate::cli::Cli::try_parse_from(argv)?;
     match cli.command {
-        crate::cli::Command::Run(run) => Config::try_from(*run),
+        crate::cli::Command::Run(run) => Ok(Config::try_from(*run)?),
         _ => unreachable!(),
     }
 }
@@ -85,6 +86,8 @@ fn bad_values_name_option_and_value() {
     assert!(err.contains("--max-offsets-per-trigger"), "{err}");
     let err = args(&["--guarantee", "maybe-once"]).unwrap_err().to_string();
     assert!(err.contains("--guarantee") && err.contains("'maybe-once'"), "{err}");
+    let err = args(&["--on-bad-record", "skip"]).unwrap_err().to_string();
+    assert!(err.contains("--on-bad-record") && err.contains("'skip'"), "{err}");
     let err = args(&["--subscribers-refresh", "often"]).unwrap_err().to_string();
     assert!(err.contains("--subscribers-refresh") && err.contains("'often'"), "{err}");
 }

@@ -3,13 +3,12 @@
 //! ([`Limits`]).
 
 use std::fmt;
-use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
 /// The policy for a refused message, as Spark's PERMISSIVE, DROPMALFORMED
 /// and FAILFAST.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnBadRecord {
     /// Write it, byte for byte with its reason, to the dead-letter topic in
     /// the batch's transaction (cut only where it would not fit the
@@ -21,26 +20,9 @@ pub enum OnBadRecord {
     Fail,
 }
 
-impl FromStr for OnBadRecord {
-    type Err = Error;
-
-    fn from_str(value: &str) -> Result<Self> {
-        match value.trim() {
-            "dead-letter" => Ok(OnBadRecord::DeadLetter),
-            "drop" => Ok(OnBadRecord::Drop),
-            "fail" => Ok(OnBadRecord::Fail),
-            other => Err(Error::config("--on-bad-record", format!("'{other}' is not dead-letter, drop or fail"))),
-        }
-    }
-}
-
 impl fmt::Display for OnBadRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OnBadRecord::DeadLetter => "dead-letter",
-            OnBadRecord::Drop => "drop",
-            OnBadRecord::Fail => "fail",
-        })
+        super::value_name(self, f)
     }
 }
 
@@ -60,7 +42,7 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 impl BadRecords {
     /// Checks the options against the topics and the producer's settings.
     pub(crate) fn parse(
-        on_bad_record: &str,
+        on_bad_record: OnBadRecord,
         dead_letter_topic: Option<&str>,
         max_record_bytes: usize,
         topics: (&str, &str),
@@ -89,7 +71,7 @@ impl BadRecords {
                 ),
             ));
         }
-        Ok(BadRecords { on_bad_record: on_bad_record.parse()?, dead_letter_topic, limits })
+        Ok(BadRecords { on_bad_record, dead_letter_topic, limits })
     }
 
     /// The producer's `message.max.bytes` (`--kafka-option`, librdkafka's
@@ -111,6 +93,7 @@ mod tests {
 
     fn parse(mode: &str, topic: Option<&str>, max: usize, options: &[(&str, &str)]) -> Result<BadRecords> {
         let options: Vec<(String, String)> = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mode = <OnBadRecord as clap::ValueEnum>::from_str(mode, false).unwrap();
         BadRecords::parse(mode, topic, max, ("in", "out"), &options)
     }
 
@@ -127,7 +110,6 @@ mod tests {
     #[test]
     fn bad_values_are_refused_naming_the_option() {
         let err = |r: Result<BadRecords>| r.unwrap_err().to_string();
-        assert!(err(parse("skip", None, 1000, &[])).contains("--on-bad-record: 'skip' is not dead-letter"));
         assert!(err(parse("drop", Some("out"), 1000, &[])).contains("--dead-letter-topic"));
         assert!(err(parse("drop", Some(" "), 1000, &[])).contains("must not be empty"));
         assert!(err(parse("drop", None, 0, &[])).contains("--max-record-bytes"));

@@ -37,7 +37,7 @@ pub enum Trigger {
 }
 
 /// What the sinks promise when a batch is replayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Guarantee {
     /// Transactions with markers: a batch lands once in each sink.
     ExactlyOnce,
@@ -52,22 +52,8 @@ impl Guarantee {
     }
 }
 
-impl FromStr for Guarantee {
-    type Err = Error;
-
-    fn from_str(value: &str) -> Result<Self> {
-        match value.trim() {
-            "exactly-once" => Ok(Guarantee::ExactlyOnce),
-            "at-least-once" => Ok(Guarantee::AtLeastOnce),
-            other => {
-                Err(Error::config("--guarantee", format!("'{other}' is neither 'exactly-once' nor 'at-least-once'")))
-            }
-        }
-    }
-}
-
 /// Where a query with an empty checkpoint starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StartingOffsets {
     Earliest,
     Latest,
@@ -129,18 +115,6 @@ impl FromStr for Trigger {
     }
 }
 
-impl FromStr for StartingOffsets {
-    type Err = Error;
-
-    fn from_str(value: &str) -> Result<Self> {
-        match value.trim() {
-            "earliest" => Ok(StartingOffsets::Earliest),
-            "latest" => Ok(StartingOffsets::Latest),
-            other => Err(Error::config("--starting-offsets", format!("'{other}' is neither 'earliest' nor 'latest'"))),
-        }
-    }
-}
-
 impl fmt::Display for Trigger {
     /// The command line's spelling, so a logged value can be pasted back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,19 +129,21 @@ impl fmt::Display for Trigger {
 
 impl fmt::Display for Guarantee {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Guarantee::ExactlyOnce => "exactly-once",
-            Guarantee::AtLeastOnce => "at-least-once",
-        })
+        value_name(self, f)
     }
 }
 
 impl fmt::Display for StartingOffsets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StartingOffsets::Earliest => "earliest",
-            StartingOffsets::Latest => "latest",
-        })
+        value_name(self, f)
+    }
+}
+
+/// An option value as the command line spells it (`exactly-once`).
+fn value_name(value: &impl clap::ValueEnum, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match value.to_possible_value() {
+        Some(v) => f.write_str(v.get_name()),
+        None => Ok(()),
     }
 }
 

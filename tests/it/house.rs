@@ -151,9 +151,9 @@ fn layout_order(lib: &str) -> Result<Vec<String>> {
         .captures_iter(lib)
         .map(|c| c[1].to_string())
         .collect();
-    let mut order = Vec::new();
+    let (mut order, quoted) = (Vec::new(), Regex::new(r"`([a-z_]+)`")?);
     for line in section.lines().skip(1).take_while(|l| l.starts_with("//!")) {
-        for name in Regex::new(r"`([a-z_]+)`")?.captures_iter(line).map(|c| c[1].to_string()) {
+        for name in quoted.captures_iter(line).map(|c| c[1].to_string()) {
             if declared.contains(&name) && !order.contains(&name) {
                 order.push(name);
             }
