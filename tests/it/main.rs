@@ -13,6 +13,7 @@ mod child;
 mod database_objects;
 mod demo_postgres;
 mod deploy;
+mod docs;
 mod exactly_once;
 mod hold;
 mod house;
