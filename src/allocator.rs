@@ -19,7 +19,7 @@
 //! 121-122 / 145-149 MiB with two (three runs each), but consecutive
 //! 1k-campaign batches ran at 205-220k rows/s against 231-236k with two (two
 //! runs each): the default stays two; the docs name the setting for a
-//! tighter budget.
+//! tighter budget (`docs/limits.md`).
 
 /// Arenas: one per core of the machine the project targets.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

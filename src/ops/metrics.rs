@@ -4,7 +4,7 @@
 //! apart; `/metrics` ([`crate::ops::http`]) encodes them in the text format.
 //!
 //! Every name starts with `sparklet_`; counters end in `_total`. The list,
-//! with what each counts, is in the README ("Metrics") and is the one
+//! with what each counts, is in `docs/operations.md` ("Metrics") and is the one
 //! `deploy/` (the Grafana dashboard, the alert rules) may use.
 
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -21,7 +21,7 @@
 //! must not fall on the cached subscribers (a million rows, every batch).
 //! The SQL files see the campaigns' other text columns as
 //! `Dictionary(Int32, Utf8)`; text functions and comparisons accept them
-//! (README, "Editing the SQL").
+//! (`docs/sql.md`, "How the files run").
 
 use std::sync::Arc;
 

@@ -127,7 +127,7 @@ async fn shards_over_processes_stay_exactly_once_through_kills_moves_and_a_repar
     // Both of pod 0's shards may have left a transaction open on the shared
     // marker topic; the restarted pod's first shard to recover waits for the
     // other's, which ends only when that shard's producer is initialised or
-    // the transaction times out (60 s). A known limit (README): the restart
+    // the transaction times out (60 s). A known limit (`docs/limits.md`): the restart
     // gets a --kafka-timeout that outlasts it.
     let restart = [auto("2").as_slice(), &["--kafka-timeout", "70s"]].concat();
     let pod0 = pod(&job, "sparklet-0", &restart)?;

@@ -290,7 +290,7 @@ pub struct Job {
     pub output: String,
     /// The default dead-letter topic of `input`.
     pub dead_letters: String,
-    /// This job's `--marker-topic`, compacted as the README says.
+    /// This job's `--marker-topic`, compacted as `docs/deployment.md` says.
     pub markers: String,
     pub checkpoint: tempfile::TempDir,
 }
