@@ -13,7 +13,7 @@ use crate::tools::{read_committed_records, Record};
 
 /// One message of every bad-record class with the reason code it must get;
 /// `None` is a null value.
-fn bad_messages() -> Vec<(&'static str, Option<Vec<u8>>)> {
+pub(crate) fn bad_messages() -> Vec<(&'static str, Option<Vec<u8>>)> {
     let example = example_message().to_string();
     let with = |field: &str, value: serde_json::Value| {
         let mut m = example_message();

@@ -299,6 +299,7 @@ const OTHER_VARIABLES: &[(&str, ReadBy, &str)] = &[
     ("ADMIN_URL", ReadBy::Outside, "the example's shell variable for `sparklet setup --database-url`"),
     ("SPARKLET_TEST_KAFKA", ReadBy::Repo(&["tests/it", "tests/kafka/broker"]), "the tests' shared broker"),
     ("SPARKLET_TEST_DATABASE_URL", ReadBy::Repo(&["tests/it"]), "the tests' Postgres"),
+    ("SPARKLET_BLESS", ReadBy::Repo(&["tests/it"]), "rewrites the golden file of tests/it/golden.rs"),
     ("SPARKLET_REQUIRE_DOCKER_COMPOSE", ReadBy::Repo(&["tests/run", "tests/it"]), "tests/run makes the test required"),
     ("SPARKLET_REQUIRE_CHROMIUM", ReadBy::Repo(&["tests/run", "tests/it"]), "tests/run makes the test required"),
     ("SPARKLET_REQUIRE_K8S_VALIDATE", ReadBy::Repo(&["tests/run", "tests/it"]), "tests/run makes the test required"),

@@ -15,6 +15,7 @@ mod demo_postgres;
 mod deploy;
 mod docs;
 mod exactly_once;
+mod golden;
 mod hold;
 mod house;
 mod http;
