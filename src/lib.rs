@@ -61,10 +61,10 @@ pub mod postgres;
 // Shared types.
 pub mod batch;
 pub mod schema;
-pub mod shard;
+mod shard;
 // Leaves.
 pub mod crash;
-pub mod error;
+mod error;
 mod util;
 
 pub use config::Config;
