@@ -116,7 +116,8 @@ fn fit(key: usize, value: usize, room: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::validate::{Reason, Refusal};
+    use crate::schema::Reason;
+    use crate::source::validate::Refusal;
 
     const MAX: usize = 1_000_000;
 

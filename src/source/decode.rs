@@ -12,8 +12,10 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::json::reader::{Decoder, ReaderBuilder};
 
-use super::validate::{self, Limits, Reason, Refusal};
+use super::validate::{self, Refusal};
+use crate::config::Limits;
 use crate::error::{Error, Result};
+use crate::schema::Reason;
 
 /// Raw messages in the order they were pushed (a partition's read ahead, or
 /// the messages a chunk decodes), keys and values stored back to back in one

@@ -28,6 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::batch::{BatchPlan, OffsetRange};
 use crate::config::KafkaConfig;
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::kafka::log::LoggingContext;
 use crate::shard::Shard;
@@ -36,7 +37,6 @@ use decode::RawBatch;
 use plan::Watermarks;
 pub use stream_decode::ReadBatch;
 use stream_decode::StreamDecoder;
-use validate::Limits;
 
 /// Reads the input topic.
 #[derive(Clone)]

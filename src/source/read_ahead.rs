@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 
 use super::decode::RawBatch;
 use super::stream_decode::{ReadBatch, StreamDecoder};
-use super::validate::Limits;
 use super::KafkaSource;
 use crate::batch::{BatchPlan, OffsetRange};
+use crate::config::Limits;
 use crate::error::Result;
 use crate::util::blocking;
 

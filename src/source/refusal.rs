@@ -9,7 +9,7 @@
 //! forge log lines in text format. So [`Refusal::new`] escapes and bounds
 //! it ([`quote`]).
 
-pub(crate) use crate::schema::Reason;
+use crate::schema::Reason;
 use crate::util::text::{quote, MAX_MESSAGE_BYTES};
 
 /// A refused message: the reason and what exactly is wrong.

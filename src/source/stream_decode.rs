@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use arrow::datatypes::SchemaRef;
 
 use super::decode::{decode_chunks, Chunks, Decoded, RawBatch};
-use super::validate::Limits;
+use crate::config::Limits;
 use crate::error::Result;
 
 /// Messages kept undecoded across all partitions: one chunk of the decoder.

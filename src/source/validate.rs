@@ -16,8 +16,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-pub(crate) use super::refusal::{Reason, Refusal};
-pub(crate) use crate::config::{Limits, OUTPUT_OVERHEAD};
+pub(crate) use super::refusal::Refusal;
+use crate::config::{Limits, OUTPUT_OVERHEAD};
+use crate::schema::Reason;
 use crate::schema::CAMPAIGN_FIELDS;
 use crate::util::text::{quote, MAX_QUOTED_BYTES};
 

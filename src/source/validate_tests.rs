@@ -5,7 +5,8 @@
 
 use super::decode::{decode, RawBatch};
 use super::validate::*;
-use crate::schema::CAMPAIGN_FIELDS;
+use crate::config::{Limits, OUTPUT_OVERHEAD};
+use crate::schema::{Reason, CAMPAIGN_FIELDS};
 
 const EXAMPLE: &str = r#"{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 
