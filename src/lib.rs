@@ -26,6 +26,8 @@
 //!   logs), `postgres` (connections), `config` (checked settings),
 //!   `checkpoint` (offsets, commits, state and snapshots in a folder or an
 //!   object store);
+//! - the job: `job` (the job folder: the input's declaration `input.sql`,
+//!   the options `job.toml`);
 //! - shared types: `batch` (a batch's id, time and offset ranges), `schema`
 //!   (the message formats, reason codes, shared text), `shard`;
 //! - leaves: `crash` (named crash points, test builds only), `util` (time,
@@ -58,6 +60,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod kafka;
 pub mod postgres;
+// The job.
+pub mod job;
 // Shared types.
 pub mod batch;
 pub mod schema;

@@ -89,6 +89,11 @@ pub enum Error {
     #[error("sql: {path}: {message}")]
     Sql { path: PathBuf, message: String },
 
+    /// The job folder's declaration or options are wrong (`at` is
+    /// `file:line:column` where the place is known).
+    #[error("job: {at}: {message}")]
+    Job { at: String, message: String },
+
     /// DataFusion could not plan or run a SQL file.
     #[error("sql: {path}: {action} failed")]
     SqlStep {

@@ -59,6 +59,7 @@ impl Error {
             | Error::CheckpointBehind { .. }
             | Error::CheckpointMismatch(_)
             | Error::CheckpointFormat { .. } => "checkpoint",
+            Error::Job { .. } => "job",
             Error::Sql { .. } | Error::SqlStep { .. } | Error::SqlRuntime { .. } => "sql",
             Error::Transform { .. } | Error::OutputSchema { .. } => "transform",
             Error::Kafka { .. }

@@ -1,0 +1,132 @@
+//! The job folder (`--sql-dir`): the input's declaration (`input.sql`), the
+//! job's options (`job.toml`) and the SQL steps, loaded and checked once at
+//! start. A folder without `input.sql` or `job.toml` takes the seed job's
+//! (the files in the repository's `sql/`, built in).
+
+use std::path::{Path, PathBuf};
+
+mod input;
+mod options;
+
+pub use input::{CheckDecl, ColumnDecl, ColumnType, InputDecl, UTC};
+pub use options::{
+    CheckOptions, Format, InputOptions, JobOptions, KafkaSinkOptions, OnConflict, PostgresSinkOptions, SinkOptions,
+    UnknownFields, Window,
+};
+
+use crate::error::Result;
+use input::job_error;
+
+/// The input's declaration in a job folder.
+pub const INPUT_FILE: &str = "input.sql";
+/// The job's options in a job folder.
+pub const OPTIONS_FILE: &str = "job.toml";
+
+const SEED_INPUT: &str = include_str!("../../sql/input.sql");
+const SEED_OPTIONS: &str = include_str!("../../sql/job.toml");
+
+/// A loaded, checked job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub input: InputDecl,
+    pub options: JobOptions,
+    /// `input.sql` and `job.toml` as read, for the job's fingerprint.
+    texts: [String; 2],
+}
+
+impl Job {
+    /// Loads the job of folder `dir`.
+    pub fn load(dir: &Path) -> Result<Job> {
+        let (input_path, input_text) = read_or_seed(dir, INPUT_FILE, SEED_INPUT)?;
+        let (options_path, options_text) = read_or_seed(dir, OPTIONS_FILE, SEED_OPTIONS)?;
+        let input = InputDecl::parse(&input_path, &input_text)?;
+        let options = JobOptions::parse(&options_path, &options_text)?;
+        check_options(&options_path, &input, &options)?;
+        Ok(Job { input, options, texts: [input_text, options_text] })
+    }
+
+    /// The seed job: the repository's `sql/input.sql` and `sql/job.toml`.
+    pub fn seed() -> Result<Job> {
+        Job::load(Path::new("/nonexistent: built in"))
+    }
+
+    /// The declaration and options as read (`input.sql`, then `job.toml`).
+    pub fn texts(&self) -> [&str; 2] {
+        [&self.texts[0], &self.texts[1]]
+    }
+
+    /// The message of a named CHECK's refusal, if `job.toml` gives one.
+    pub fn check_message(&self, name: &str) -> Option<&str> {
+        self.options.input.checks.get(name).map(|c| c.message.as_str())
+    }
+}
+
+/// `dir/name`, or the seed's built-in text when the folder has no such file.
+fn read_or_seed(dir: &Path, name: &str, seed: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok((path, text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((PathBuf::from(format!("{name} (built in)")), seed.into())),
+        Err(e) => Err(job_error(&path, None, format!("cannot read the file: {e}"))),
+    }
+}
+
+/// What `job.toml` names must exist in `input.sql`.
+fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result<()> {
+    let fail = |message: String| Err(job_error(path, None, message));
+    for name in options.input.checks.keys() {
+        if !input.checks.iter().any(|c| c.name.as_deref() == Some(name.as_str())) {
+            return fail(format!("[input.checks.{name}]: input.sql has no CHECK constraint of that name"));
+        }
+    }
+    if let Some(window) = &options.input.window {
+        for column in [&window.start, &window.end] {
+            match input.column(column) {
+                Some(c) if c.ty == ColumnType::Int(64) && !c.nullable => {}
+                Some(_) => return fail(format!("[input] window: column {column} must be BIGINT NOT NULL (epoch seconds)")),
+                None => return fail(format!("[input] window: input.sql declares no column {column}")),
+            }
+        }
+    }
+    if options.sink.postgres.upsert_key.is_empty() && options.sink.postgres.on_conflict != OnConflict::Update {
+        return fail("[sink.postgres] on_conflict needs an upsert_key".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repository_sql_folder_and_an_empty_folder_are_the_seed_job() {
+        let seed = Job::seed().unwrap();
+        let same = |job: Job| {
+            assert_eq!((&job.input.columns, &job.options, job.texts()), (&seed.input.columns, &seed.options, seed.texts()));
+            let checks = |j: &Job| j.input.checks.iter().map(|c| (c.name.clone(), c.expr.clone())).collect::<Vec<_>>();
+            assert_eq!(checks(&job), checks(&seed));
+        };
+        same(Job::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")).unwrap());
+        same(Job::load(tempfile::tempdir().unwrap().path()).unwrap());
+        assert_eq!(seed.input.checks[0].at, "input.sql (built in):21:41");
+        assert_eq!(seed.input.table, "campaigns");
+        assert_eq!(seed.options.sink.kafka.key.as_deref(), Some("client_id"));
+        assert_eq!(seed.options.sink.postgres.table, "subscribers_feedback");
+    }
+
+    #[test]
+    fn options_naming_what_the_declaration_lacks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(INPUT_FILE), "CREATE TABLE t (a BIGINT NOT NULL, b TEXT)").unwrap();
+        let write = |toml: &str| std::fs::write(dir.path().join(OPTIONS_FILE), toml).unwrap();
+        write("[input.checks.nope]\nmessage = \"x\"\n[sink.postgres]\ntable = \"t\"\n");
+        let err = Job::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("job.toml: [input.checks.nope]: input.sql has no CHECK constraint"), "{err}");
+        write("[input]\nwindow = { start = \"a\", end = \"b\" }\n[sink.postgres]\ntable = \"t\"\n");
+        let err = Job::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("column b must be BIGINT NOT NULL"), "{err}");
+        write("[sink.postgres]\ntable = \"t\"\non_conflict = \"nothing\"\n");
+        let err = Job::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("on_conflict needs an upsert_key"), "{err}");
+    }
+}
