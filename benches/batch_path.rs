@@ -65,17 +65,17 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let pipeline = SqlPipeline::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))).expect("sql");
     let subs = subscribers();
-    let schema = sparklet::schema::campaigns();
+    let input = pipeline.input().clone();
     let mut group = c.benchmark_group("batch_path");
     group.sample_size(10);
     for n in [1_000usize, 10_000, 100_000] {
         let raw = payloads(n);
-        let campaigns = decode(&raw, &schema, &Default::default()).expect("decode").batch;
+        let campaigns = decode(&raw, &input, &Default::default()).expect("decode").batch;
         let output = transform(&rt, &pipeline, campaigns.clone(), &subs);
         let out_rows: usize = output.iter().map(|b| b.num_rows()).sum();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("decode", n), &raw, |b, raw| {
-            b.iter(|| black_box(decode(raw, &schema, &Default::default()).expect("decode")))
+            b.iter(|| black_box(decode(raw, &input, &Default::default()).expect("decode")))
         });
         group.bench_with_input(BenchmarkId::new("transform", n), &campaigns, |b, campaigns| {
             b.iter(|| black_box(transform(&rt, &pipeline, campaigns.clone(), &subs)))
@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("decode_sql_encode", n), &raw, |b, raw| {
             b.iter(|| {
-                let campaigns = decode(raw, &schema, &Default::default()).expect("decode").batch;
+                let campaigns = decode(raw, &input, &Default::default()).expect("decode").batch;
                 black_box(encode_both(&transform(&rt, &pipeline, campaigns, &subs)))
             })
         });

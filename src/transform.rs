@@ -2,18 +2,18 @@
 //!
 //! Files named `NN_name.sql` in the SQL directory run in `NN` order. Each is one
 //! `SELECT`; its result is registered as a view called `name`, so later files
-//! can read earlier ones, and the last file's result is the output. Tables
-//! available to every file: `campaigns` (this batch) and `subscribers` (the
-//! cached snapshot). Parameters: `$now` (the batch timestamp in epoch seconds,
-//! pinned in the checkpoint) and `$batch_id`.
+//! can read earlier ones, and the last file's columns, as they come, are the
+//! output both sinks write. Tables available to every file: the input, under
+//! the name `input.sql` declares (the seed's `campaigns`: this batch), and
+//! `subscribers` (the cached snapshot). Parameters: `$now` (the batch
+//! timestamp in epoch seconds, pinned in the checkpoint) and `$batch_id`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -21,8 +21,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
+use crate::job::Job;
 use crate::schema::text::Text;
-use crate::schema::{self, CAMPAIGNS_TABLE, OUTPUT_FIELDS, SUBSCRIBERS_TABLE};
+use crate::schema::SUBSCRIBERS_TABLE;
+use crate::source::input::Input;
 use crate::subscribers::Subscribers;
 use crate::util::files::read_sql_file;
 
@@ -38,68 +40,57 @@ pub struct SqlStep {
     pub sql: String,
 }
 
-/// The ordered SQL files of a query.
+/// The job of a query: its declaration and options, and the ordered SQL
+/// files.
 #[derive(Debug, Clone)]
 pub struct SqlPipeline {
     steps: Vec<SqlStep>,
+    job: Arc<Job>,
+    input: Arc<Input>,
 }
 
 impl SqlPipeline {
-    /// Reads the `NN_name.sql` files of `dir`.
+    /// Reads the job folder `dir`: `input.sql`, `job.toml` ([`Job`]) and the
+    /// `NN_name.sql` files.
     pub fn load(dir: &Path) -> Result<Self> {
-        let entries = fs::read_dir(dir).map_err(|e| Error::Sql {
-            path: dir.to_path_buf(),
-            message: format!("cannot read the SQL directory: {e}"),
-        })?;
-        let mut steps = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(name) = step_name(&path) else {
-                continue;
-            };
-            steps.push(SqlStep { name, sql: read_sql_file(&path)?, path });
-        }
-        steps.sort_by(|a, b| a.path.cmp(&b.path));
-        if steps.is_empty() {
-            return Err(Error::Sql {
-                path: dir.to_path_buf(),
-                message: "no transform files: expected at least one NN_name.sql (e.g. 10_feedback.sql)".into(),
-            });
-        }
-        Ok(SqlPipeline { steps })
+        let job = Job::load(dir)?;
+        let input = Arc::new(Input::new(&job)?);
+        let steps = load_steps(dir)?;
+        Ok(SqlPipeline { steps, job: Arc::new(job), input })
     }
 
-    /// The files, in the order they run.
+    /// The job's declaration and options.
+    pub fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+
+    /// The compiled input declaration.
+    pub fn input(&self) -> &Arc<Input> {
+        &self.input
+    }
+
     /// A fingerprint of the transform files (names and text), recorded in
     /// each batch's plan so a replay knows whether it runs the same SQL.
     /// FNV-1a, 64 bits, in hex: stable across builds and platforms.
     pub fn fingerprint(&self) -> String {
-        use std::hash::Hasher;
-        let mut hasher = crate::util::hash::Fnv64::default();
-        for step in &self.steps {
-            let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            for part in [name.as_bytes(), &[0], step.sql.as_bytes(), &[0]] {
-                hasher.write(part);
-            }
-        }
-        format!("{:016x}", hasher.finish())
+        fingerprint(&self.steps)
     }
 
+    /// The files, in the order they run.
     pub fn steps(&self) -> &[SqlStep] {
         &self.steps
     }
 
     /// Plans and runs the files on empty tables, so a broken file or an
-    /// output without the sink's columns fails at start, naming the file.
+    /// output the sinks cannot take fails at start, naming the file.
     pub async fn validate(&self) -> Result<()> {
-        let campaigns = RecordBatch::new_empty(schema::campaigns());
+        let campaigns = RecordBatch::new_empty(self.input.schema());
         let subscribers = Subscribers::from_rows(Vec::new(), Vec::new())?;
         self.run(campaigns, &subscribers, 0, 0).await.map(|_| ())
     }
 
-    /// Runs the files on one batch and returns the output, projected and cast
-    /// to the sink columns ([`schema::output`]; text may stay shared, see
-    /// [`crate::schema::text`]), collected.
+    /// Runs the files on one batch and returns the output (text may stay
+    /// shared, see [`crate::schema::text`]), collected.
     pub async fn run(
         &self,
         campaigns: RecordBatch,
@@ -111,8 +102,8 @@ impl SqlPipeline {
     }
 
     /// Plans the files on one batch and returns the output as a stream of
-    /// chunks in the sink columns, computed as it is read; an error while
-    /// computing names the file that fails.
+    /// chunks, computed as it is read; an error while computing names the
+    /// file that fails.
     pub async fn execute(
         &self,
         campaigns: RecordBatch,
@@ -122,7 +113,8 @@ impl SqlPipeline {
     ) -> Result<RowStream> {
         let ctx = SessionContext::new_with_config(session_config());
         let campaigns = crate::schema::text::for_sql(campaigns)?;
-        ctx.register_batch(CAMPAIGNS_TABLE, campaigns).map_err(|e| Error::transform("registering campaigns", e))?;
+        let input = self.job.input.table.as_str();
+        ctx.register_batch(input, campaigns).map_err(|e| Error::transform(format!("registering {input}"), e))?;
         ctx.register_table(SUBSCRIBERS_TABLE, Arc::new(subscribers.table.clone()))
             .map_err(|e| Error::transform("registering subscribers", e))?;
         let params =
@@ -134,10 +126,9 @@ impl SqlPipeline {
                 .map_err(|e| sql_err(step, "registering its view", e))?;
         }
         let df = plan(&ctx, last, params).await?;
-        // Check the sink columns on the plan's schema, so even a batch (or a
+        // Check the output on the plan's schema, so even a batch (or a
         // start-up validation) with no rows catches a wrong output.
-        let planned = RecordBatch::new_empty(Arc::new(df.schema().as_arrow().clone()));
-        to_output(&planned, &last.path)?;
+        check_output(df.schema().as_arrow(), &last.path, self.job.options.sink.kafka.key.as_deref())?;
         let running = Arc::new(Running { ctx, views: init.to_vec(), last: last.clone() });
         let rows = match df.execute_stream().await {
             Ok(rows) => rows,
@@ -148,7 +139,7 @@ impl SqlPipeline {
                 let running = running.clone();
                 async move {
                     match batch {
-                        Ok(batch) => to_output(&batch, &running.last.path),
+                        Ok(batch) => Ok(batch),
                         Err(e) => Err(running.failed(e).await),
                     }
                 }
@@ -207,6 +198,43 @@ async fn plan(
     ctx.sql(&step.sql).await.and_then(|df| df.with_param_values(params)).map_err(|e| sql_err(step, "planning", e))
 }
 
+/// The `NN_name.sql` files of `dir`, in order.
+fn load_steps(dir: &Path) -> Result<Vec<SqlStep>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::Sql {
+        path: dir.to_path_buf(),
+        message: format!("cannot read the SQL directory: {e}"),
+    })?;
+    let mut steps = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = step_name(&path) else {
+            continue;
+        };
+        steps.push(SqlStep { name, sql: read_sql_file(&path)?, path });
+    }
+    steps.sort_by(|a, b| a.path.cmp(&b.path));
+    if steps.is_empty() {
+        return Err(Error::Sql {
+            path: dir.to_path_buf(),
+            message: "no transform files: expected at least one NN_name.sql (e.g. 10_feedback.sql)".into(),
+        });
+    }
+    Ok(steps)
+}
+
+/// FNV-1a over each step's file name and text.
+fn fingerprint(steps: &[SqlStep]) -> String {
+    use std::hash::Hasher;
+    let mut hasher = crate::util::hash::Fnv64::default();
+    for step in steps {
+        let name = step.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for part in [name.as_bytes(), &[0], step.sql.as_bytes(), &[0]] {
+            hasher.write(part);
+        }
+    }
+    format!("{:016x}", hasher.finish())
+}
+
 /// `10_active_campaigns.sql` -> `active_campaigns`; other files -> None.
 fn step_name(path: &Path) -> Option<String> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".sql")?;
@@ -219,33 +247,28 @@ fn sql_err(step: &SqlStep, action: &'static str, source: DataFusionError) -> Err
     Error::SqlStep { path: step.path.clone(), action, source }
 }
 
-/// Picks the sink columns by name, in the output format's order, casting where
-/// needed; shared text ([`crate::schema::text`]) stays shared.
-fn to_output(batch: &RecordBatch, path: &Path) -> Result<RecordBatch> {
+/// The output's columns, as the last file gives them, must have distinct
+/// names, and the Kafka key column (`job.toml`'s `[sink.kafka] key`) must be
+/// one of them, text or an integer. What the Postgres table takes is checked
+/// against its catalog when the sink connects.
+fn check_output(schema: &Schema, path: &Path, key: Option<&str>) -> Result<()> {
     let fail = |message: String| Error::OutputSchema { path: path.to_path_buf(), message };
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(OUTPUT_FIELDS.len());
-    let mut fields = Vec::with_capacity(OUTPUT_FIELDS.len());
-    for (name, ty) in OUTPUT_FIELDS {
-        let column = batch
-            .column_by_name(name)
-            .ok_or_else(|| fail(format!("has no column {name} (the sinks need {})", output_names())))?;
-        let keep = *ty == DataType::Utf8 && Text::is_text(column.data_type());
-        let column = match keep {
-            true => column.clone(),
-            false => cast(column, ty).map_err(|e| fail(format!("column {name} is not {ty}: {e}")))?,
-        };
-        if column.logical_null_count() > 0 {
-            return Err(fail(format!("has NULL in column {name}, which the sinks require")));
+    let mut seen = std::collections::HashSet::new();
+    for field in schema.fields() {
+        if !seen.insert(field.name().as_str()) {
+            return Err(fail(format!("has two columns named {} (name them apart with AS)", field.name())));
         }
-        fields.push(Field::new(*name, column.data_type().clone(), false));
-        columns.push(column);
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| Error::arrow("building the output batch", e))
-}
-
-fn output_names() -> String {
-    OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    let Some(key) = key else { return Ok(()) };
+    let Some(field) = schema.fields().iter().find(|f| f.name() == key) else {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let message = format!("has no column {key}, the Kafka key (job.toml [sink.kafka] key); it has {}", names.join(", "));
+        return Err(fail(message));
+    };
+    if !(Text::is_text(field.data_type()) || field.data_type().is_integer()) {
+        return Err(fail(format!("column {key}, the Kafka key, is {}: it must be text or an integer", field.data_type())));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -264,11 +287,11 @@ mod tests {
     #[test]
     fn the_fingerprint_is_stable_and_changes_with_any_byte_or_name() {
         let pipeline = |files: &[(&str, &str)]| {
-            let steps = files
+            let steps: Vec<SqlStep> = files
                 .iter()
                 .map(|(n, sql)| SqlStep { name: n.to_string(), sql: sql.to_string(), path: Path::new(n).to_path_buf() })
                 .collect();
-            SqlPipeline { steps }.fingerprint()
+            fingerprint(&steps)
         };
         let base = pipeline(&[("10_a.sql", "SELECT 1"), ("20_b.sql", "SELECT 2")]);
         assert_eq!(base, "7be84b85c2e3e868", "FNV-1a of the names and texts, as in any build");

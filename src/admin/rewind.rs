@@ -99,9 +99,16 @@ fn commit_rewind(
     store.write_offsets(&rewound)?;
     let held = store.read_state_before(state_before)?;
     let held_now = store.read_state_before(rewound.batch_id)?;
-    if held.as_ref().map_or(0, |h| h.num_rows()) + held_now.map_or(0, |h| h.num_rows()) > 0 {
-        let empty = || arrow::array::RecordBatch::new_empty(crate::schema::campaigns());
-        store.write_state(rewound.batch_id, &held.unwrap_or_else(empty))?;
+    let rows = |h: &Option<arrow::array::RecordBatch>| h.as_ref().map_or(0, |h| h.num_rows());
+    if rows(&held) + rows(&held_now) > 0 {
+        // Nothing was held then: an empty state of the same columns.
+        let state = match (held, held_now) {
+            (Some(held), _) => Some(held),
+            (None, now) => now.map(|now| arrow::array::RecordBatch::new_empty(now.schema())),
+        };
+        if let Some(state) = state {
+            store.write_state(rewound.batch_id, &state)?;
+        }
     }
     let note = Some(format!("rewind to {how}"));
     let commit = BatchCommit { batch_id: rewound.batch_id, committed_at_ms: epoch_ms(), num_output_rows: 0, note };

@@ -46,7 +46,8 @@ impl CheckpointStore {
                 path.display()
             )));
         }
-        let schema = crate::schema::campaigns();
+        // The input's declared columns, as written (without the version).
+        let schema = std::sync::Arc::new(reader.schema().as_ref().clone().with_metadata(Default::default()));
         let batches: Vec<RecordBatch> = reader
             .map(|b| b.and_then(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec())))
             .collect::<std::result::Result<_, _>>()

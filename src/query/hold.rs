@@ -46,7 +46,13 @@ impl Query {
     /// Whether a held campaign starts at or before `now` (epoch seconds):
     /// a batch is planned for it even without new input.
     pub(super) fn held_due(&self, now: i64) -> bool {
-        self.held.campaigns.as_ref().is_some_and(|held| any_due(held, now))
+        let start = self.window_start();
+        self.held.campaigns.as_ref().is_some_and(|held| start.is_some_and(|start| any_due(held, start, now)))
+    }
+
+    /// The input's start column (`job.toml`'s `[input] window`).
+    fn window_start(&self) -> Option<&str> {
+        self.pipeline.job().options.input.window.as_ref().map(|w| w.start.as_str())
     }
 
     /// The campaigns batch `plan` delivers, and the split to record, if
@@ -59,7 +65,10 @@ impl Query {
         if before.is_none() && !plan.hold_future_campaigns {
             return Ok((arrived, None));
         }
-        let split = split(before, arrived, plan.now_seconds(), plan.hold_future_campaigns)?;
+        let start = self.window_start().ok_or_else(|| {
+            Error::Runtime("campaigns are held, and job.toml declares no [input] window to release them by".into())
+        })?;
+        let split = split(before, arrived, start, plan.now_seconds(), plan.hold_future_campaigns)?;
         Ok((split.due.clone(), Some(split)))
     }
 
@@ -95,7 +104,13 @@ pub(crate) struct Split {
 /// by whether they start after `now` (epoch seconds). With `hold_arrived`
 /// false (the flag turned off since), only the campaigns held before are
 /// held on; what arrived is all due (the SQL's window drops what is early).
-pub(crate) fn split(before: Option<RecordBatch>, arrived: RecordBatch, now: i64, hold_arrived: bool) -> Result<Split> {
+pub(crate) fn split(
+    before: Option<RecordBatch>,
+    arrived: RecordBatch,
+    start: &str,
+    now: i64,
+    hold_arrived: bool,
+) -> Result<Split> {
     let schema = arrived.schema();
     let held_before = before.as_ref().map_or(0, RecordBatch::num_rows);
     let all = match before {
@@ -103,7 +118,7 @@ pub(crate) fn split(before: Option<RecordBatch>, arrived: RecordBatch, now: i64,
             .map_err(|e| Error::arrow("joining the held campaigns with the batch's", e))?,
         _ => arrived,
     };
-    let mut ahead = starts_after(&all, now)?;
+    let mut ahead = starts_after(&all, start, now)?;
     if !hold_arrived {
         let keep = (0..all.num_rows()).map(|i| Some(i < held_before && ahead.value(i)));
         ahead = keep.collect();
@@ -118,17 +133,17 @@ pub(crate) fn split(before: Option<RecordBatch>, arrived: RecordBatch, now: i64,
     Ok(Split { due, held, changed })
 }
 
-/// Whether any of `held` starts at or before `now`.
-pub(crate) fn any_due(held: &RecordBatch, now: i64) -> bool {
-    starts_after(held, now).is_ok_and(|ahead| ahead.true_count() < held.num_rows())
+/// Whether any of `held` starts (column `start`) at or before `now`.
+pub(crate) fn any_due(held: &RecordBatch, start: &str, now: i64) -> bool {
+    starts_after(held, start, now).is_ok_and(|ahead| ahead.true_count() < held.num_rows())
 }
 
-/// Per campaign, whether its start is after `now`.
-fn starts_after(batch: &RecordBatch, now: i64) -> Result<BooleanArray> {
+/// Per campaign, whether its start (column `start`) is after `now`.
+fn starts_after(batch: &RecordBatch, start: &str, now: i64) -> Result<BooleanArray> {
     let starts = batch
-        .column_by_name("adv_campaign_datetime_start")
+        .column_by_name(start)
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        .ok_or_else(|| Error::Runtime("the campaigns have no int64 adv_campaign_datetime_start".into()))?;
+        .ok_or_else(|| Error::Runtime(format!("the campaigns have no int64 {start}")))?;
     Ok(starts.iter().map(|start| Some(start.is_some_and(|s| s > now))).collect())
 }
 
@@ -139,11 +154,13 @@ fn held_err(e: arrow::error::ArrowError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const START: &str = "adv_campaign_datetime_start";
     use arrow::array::{Int64Array, StringArray};
     use std::sync::Arc;
 
     fn campaigns(rows: &[(&str, i64)]) -> RecordBatch {
-        let schema = crate::schema::campaigns();
+        let schema = crate::source::input::Input::seed().unwrap().schema();
         let text = |f: &dyn Fn(&(&str, i64)) -> String| -> arrow::array::ArrayRef {
             Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
         };
@@ -170,28 +187,28 @@ mod tests {
 
     #[test]
     fn a_campaign_is_held_until_now_reaches_its_start_then_delivered_once() {
-        let first = split(None, campaigns(&[("now", 10), ("later", 50)]), 20, true).unwrap();
+        let first = split(None, campaigns(&[("now", 10), ("later", 50)]), START, 20, true).unwrap();
         assert_eq!(
             (ids(&first.due), ids(&first.held), first.changed),
             (vec!["now".into()], vec!["later".into()], true)
         );
-        let waiting = split(Some(first.held), campaigns(&[]), 49, true).unwrap();
+        let waiting = split(Some(first.held), campaigns(&[]), START, 49, true).unwrap();
         assert_eq!((ids(&waiting.due).len(), waiting.changed), (0, false));
-        let released = split(Some(waiting.held), campaigns(&[("new", 55)]), 50, true).unwrap();
+        let released = split(Some(waiting.held), campaigns(&[("new", 55)]), START, 50, true).unwrap();
         assert_eq!(ids(&released.due), ["later"]);
         assert_eq!((ids(&released.held), released.changed), (vec!["new".to_string()], true));
     }
 
     #[test]
     fn nothing_held_and_nothing_ahead_is_no_change() {
-        let s = split(None, campaigns(&[("a", 1)]), 5, true).unwrap();
+        let s = split(None, campaigns(&[("a", 1)]), START, 5, true).unwrap();
         assert_eq!((s.due.num_rows(), s.held.num_rows(), s.changed), (1, 0, false));
     }
 
     #[test]
     fn with_the_flag_off_held_campaigns_are_still_released_but_nothing_new_is_held() {
-        let before = split(None, campaigns(&[("held", 50)]), 20, true).unwrap().held;
-        let s = split(Some(before), campaigns(&[("early", 60)]), 30, false).unwrap();
+        let before = split(None, campaigns(&[("held", 50)]), START, 20, true).unwrap().held;
+        let s = split(Some(before), campaigns(&[("early", 60)]), START, 30, false).unwrap();
         assert_eq!((ids(&s.due), ids(&s.held), s.changed), (vec!["early".into()], vec!["held".into()], false));
     }
 }

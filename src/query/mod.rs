@@ -100,7 +100,7 @@ impl Query {
     pub(crate) async fn reconnect(&mut self) -> Result<()> {
         let key = &self.shard.sink_key(self.id());
         let ownership = owner::Ownership::connect(&self.config.postgres, key, self.ownership.epoch()).await?;
-        let (postgres, kafka) = connect_sinks(&self.config, key, &self.source, ownership.clone()).await?;
+        let (postgres, kafka) = connect_sinks(&self.config, key, &self.source, ownership.clone(), &self.pipeline).await?;
         (self.postgres, self.kafka, self.ownership) = (postgres, kafka, ownership);
         Ok(())
     }
@@ -153,7 +153,10 @@ impl Query {
         self.read_ahead_after(plan);
         let (bad_records, dead_letters) = self.screen_bad_records(plan, decoded.bad)?;
         let (campaigns, held) = self.hold(plan, decoded.batch)?;
-        let expired_rows = decode::count_ended_before(&campaigns, plan.now_seconds());
+        let expired_rows = match &self.pipeline.job().options.input.window {
+            Some(window) => decode::count_ended_before(&campaigns, &window.end, plan.now_seconds()),
+            None => 0,
+        };
 
         let dead_lettered = dead_letters.len() as u64;
 

@@ -29,6 +29,12 @@ impl Query {
     /// order, so the first broken one is named.
     pub(crate) async fn start_all(config: Config) -> Result<Vec<Self>> {
         let pipeline = SqlPipeline::load(&config.sql_dir)?;
+        if config.hold_future_campaigns && pipeline.job().options.input.window.is_none() {
+            return Err(Error::config(
+                "--hold-future-campaigns",
+                "the job declares no window to hold by (job.toml: [input] window = { start = ..., end = ... })",
+            ));
+        }
         pipeline.validate().await?;
         let layout = Layout::open(&config.checkpoint_dir, config.shards)?;
         let pod = config.pod_name.clone().unwrap_or_else(crate::util::files::host_name);
@@ -64,7 +70,7 @@ impl Query {
         let offsets = OffsetState::resume(&checkpoint, &config.kafka.input_topic)?;
         let held = hold::Held::load(&checkpoint, offsets.next_batch_id())?;
         let subscribers = refresher.latest();
-        let source = KafkaSource::try_new(&config.kafka, &query_id)?.for_shard(shard);
+        let source = KafkaSource::try_new(&config.kafka, &query_id, pipeline.input().clone())?.for_shard(shard);
         if config.bad_records.on_bad_record == OnBadRecord::DeadLetter {
             let otherwise = "choose --on-bad-record drop or fail";
             source.require_topic(&config.bad_records.dead_letter_topic, "--dead-letter-topic", otherwise).await?;
@@ -74,7 +80,7 @@ impl Query {
             source.require_topic(&config.kafka.marker_topic, "--marker-topic", otherwise).await?;
         }
         let ownership = owner::Ownership::claim(&config.postgres, &sink_key).await?;
-        let (mut postgres, mut kafka) = connect_sinks(config, &sink_key, &source, ownership.clone()).await?;
+        let (mut postgres, mut kafka) = connect_sinks(config, &sink_key, &source, ownership.clone(), &pipeline).await?;
         check_sinks_not_ahead(config, &sink_key, &offsets, &mut postgres, &mut kafka).await?;
         if let Some(before) = offsets.last_sql_fingerprint().filter(|f| *f != pipeline.fingerprint()) {
             tracing::info!(before, now = %pipeline.fingerprint(), "the SQL files changed since the last committed batch; new batches use the new files");
@@ -140,13 +146,17 @@ pub(super) async fn connect_sinks(
     sink_key: &str,
     source: &KafkaSource,
     ownership: owner::Ownership,
+    pipeline: &SqlPipeline,
 ) -> Result<(PostgresSink, KafkaSink)> {
+    let job = pipeline.job();
     let exactly_once = config.guarantee.exactly_once();
     let postgres = PostgresSink::connect(&config.postgres, sink_key, exactly_once, ownership.epoch()).await?;
     let dead_letter_topic = (config.bad_records.on_bad_record == OnBadRecord::DeadLetter)
         .then(|| config.bad_records.dead_letter_topic.clone());
     let group = source.group_metadata()?;
-    let kafka = KafkaSink::try_new(&config.kafka, sink_key, group, exactly_once, dead_letter_topic, ownership).await?;
+    let kafka = KafkaSink::try_new(&config.kafka, sink_key, group, exactly_once, dead_letter_topic, ownership)
+        .await?
+        .keyed_by(job.options.sink.kafka.key.as_deref());
     Ok((postgres, kafka))
 }
 

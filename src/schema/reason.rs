@@ -1,5 +1,6 @@
 //! Why an input message was refused, as a stable code: the dead-letter
 //! header `sparklet.error.reason` and the metrics' `reason` label carry it.
+//! A named `CHECK` of the job's `input.sql` is a code of its own.
 
 use std::fmt;
 
@@ -32,8 +33,12 @@ pub enum Reason {
     TooManyFields,
     /// Text with a NUL character, which Postgres text cannot hold.
     NulCharacter,
-    /// `adv_campaign_datetime_end` before `adv_campaign_datetime_start`.
-    EndsBeforeStart,
+    /// A field `input.sql` does not declare, with `unknown_fields =
+    /// "refuse"`.
+    UnknownField,
+    /// A `CHECK` of `input.sql` is false: the constraint's name (the seed's
+    /// `ends_before_start`), or `check_failed` for one without a name.
+    Check(&'static str),
     /// Passed validation but the JSON decoder still refused it (a bug: the
     /// message is kept as a dead letter rather than stalling the query).
     Undecodable,
@@ -41,7 +46,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in code order (for tests, documentation and metrics).
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Empty,
         Reason::TooLarge,
         Reason::OutputTooLarge,
@@ -57,9 +62,13 @@ impl Reason {
         Reason::DuplicateField,
         Reason::TooManyFields,
         Reason::NulCharacter,
-        Reason::EndsBeforeStart,
+        Reason::UnknownField,
+        Reason::Check(Reason::CHECK_FAILED),
         Reason::Undecodable,
     ];
+
+    /// The code of a failed `CHECK` without a name.
+    pub const CHECK_FAILED: &'static str = "check_failed";
 
     /// The stable short code.
     pub fn code(self) -> &'static str {
@@ -79,7 +88,8 @@ impl Reason {
             Reason::DuplicateField => "duplicate_field",
             Reason::TooManyFields => "too_many_fields",
             Reason::NulCharacter => "nul_character",
-            Reason::EndsBeforeStart => "ends_before_start",
+            Reason::UnknownField => "unknown_field",
+            Reason::Check(name) => name,
             Reason::Undecodable => "undecodable",
         }
     }

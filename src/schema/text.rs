@@ -93,6 +93,14 @@ impl<'a> Text<'a> {
         }
     }
 
+    /// Whether row `row` is NULL.
+    pub(crate) fn is_null(&self, row: usize) -> bool {
+        match self {
+            Text::Plain(a) => a.is_null(row),
+            Text::Shared { keys, .. } => keys.is_null(row),
+        }
+    }
+
     /// Whether `data_type` is read as text.
     pub(crate) fn is_text(data_type: &DataType) -> bool {
         *data_type == DataType::Utf8 || *data_type == shared_type()

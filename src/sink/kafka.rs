@@ -1,5 +1,7 @@
-//! The Kafka sink: one JSON message per output row, keyed by `client_id`,
-//! written in one Kafka transaction per batch.
+//! The Kafka sink: one JSON message per output row (the last SQL step's
+//! columns, in its order), keyed by the job's key column (`job.toml`'s
+//! `[sink.kafka] key`; the seed's `client_id`), written in one Kafka
+//! transaction per batch.
 //!
 //! The batch's dead letters (input messages that failed validation) go to
 //! the dead-letter topic in the same transaction, byte for byte with their
@@ -40,9 +42,6 @@ use crate::sink::{kafka_marker, Chunks, Sink};
 use crate::source::decode::BadMessage;
 use crate::util::blocking;
 
-/// The column whose value is each message's key.
-const KEY_COLUMN: &str = "client_id";
-
 /// Writes batches to the output topic, exactly once per batch. Cloning shares
 /// the producer.
 #[derive(Clone)]
@@ -57,6 +56,8 @@ pub struct KafkaSink {
     dead_letter_topic: Option<String>,
     /// The producer's `message.max.bytes`, which each dead letter must fit.
     message_max_bytes: usize,
+    /// The output column whose value keys each message (none: no key).
+    key: Option<Arc<str>>,
     timeout: Duration,
     /// Exactly-once: one transaction per batch, with the input offsets.
     transactional: bool,
@@ -89,6 +90,7 @@ impl KafkaSink {
             marker_topic: kafka.marker_topic.clone(),
             dead_letter_topic,
             message_max_bytes,
+            key: None,
             timeout,
             transactional,
             query_id: query_id.to_string(),
@@ -105,6 +107,12 @@ impl KafkaSink {
         })
         .await?;
         Ok(sink)
+    }
+
+    /// The same sink, keying each message by column `key`'s value.
+    pub(crate) fn keyed_by(mut self, key: Option<&str>) -> Self {
+        self.key = key.map(Arc::from);
+        self
     }
 
     /// Sends, awaits and commits; blocking, run off the async runtime.
@@ -207,20 +215,22 @@ impl KafkaSink {
     /// Encodes a batch as JSON lines, [`JSON_ROWS`] rows at a time, and
     /// sends one message per line (librdkafka copies each).
     fn send_batch(&self, plan: &BatchPlan, batch: &RecordBatch) -> Result<u64> {
-        let keys = batch
-            .column_by_name(KEY_COLUMN)
-            .and_then(|c| Text::of(c.as_ref()))
-            .ok_or_else(|| Error::Runtime(format!("the output has no text column {KEY_COLUMN} for the message key")))?;
+        let keys = self.key.as_deref().map(|key| key_column(batch, key)).transpose()?;
+        let keys = keys.as_ref().map(|k| Text::of(k.as_ref())).map(|k| {
+            k.ok_or_else(|| Error::Runtime("the key column is not text after casting".into()))
+        });
+        let keys = keys.transpose()?;
         let batch_id = plan.batch_id.to_string();
         let mut sent = 0u64;
         for start in (0..batch.num_rows()).step_by(JSON_ROWS) {
             let json = encode_json_lines(&batch.slice(start, JSON_ROWS.min(batch.num_rows() - start)))?;
             let lines = json.split(|b| *b == b'\n').filter(|l| !l.is_empty());
             for (row, payload) in lines.enumerate() {
-                let record = BaseRecord::to(&self.topic)
-                    .key(keys.value(start + row))
+                let key = keys.as_ref().filter(|k| !k.is_null(start + row)).map(|k| k.value(start + row));
+                let mut record = BaseRecord::<str, [u8]>::to(&self.topic)
                     .payload(payload)
                     .headers(kafka_marker::headers(&self.query_id, &batch_id));
+                record.key = key;
                 crate::kafka::send_when_room(&self.producer, record)
                     .map_err(|e| Error::kafka(format!("sending to '{}'", self.topic), e))?;
                 sent += 1;
@@ -256,6 +266,19 @@ impl KafkaSink {
 const JSON_ROWS: usize = 1024;
 
 /// One JSON object per row, `\n`-separated, fields in the schema's order
+/// Column `key` of `batch` as text: text as it is (plain or shared), an
+/// integer as its decimal digits.
+fn key_column(batch: &RecordBatch, key: &str) -> Result<arrow::array::ArrayRef> {
+    let column = batch
+        .column_by_name(key)
+        .ok_or_else(|| Error::Runtime(format!("the output has no column {key} for the message key")))?;
+    match Text::is_text(column.data_type()) {
+        true => Ok(column.clone()),
+        false => arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| Error::arrow(format!("the message key {key} as text"), e)),
+    }
+}
+
 /// (JSON strings escape newlines, so `\n` only ever separates rows).
 pub fn encode_json_lines(batch: &RecordBatch) -> Result<Vec<u8>> {
     let mut json = Vec::with_capacity(batch.num_rows() * 420);

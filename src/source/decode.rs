@@ -1,9 +1,11 @@
 //! Kafka payloads to one Arrow `RecordBatch`, with arrow-json.
 //!
-//! Every message is first checked by [`super::validate`]; the refused ones
-//! are kept (key and value byte for byte, for the dead-letter topic) with
-//! their reason, and the accepted ones are fed to one arrow-json decoder. A
-//! bad message never stops the batch. Should the decoder still refuse a
+//! Every message is first checked by [`super::validate`] against the job's
+//! declaration ([`Input`]); the refused ones are kept (key and value byte for
+//! byte, for the dead-letter topic) with their reason, and the accepted ones
+//! are fed to one arrow-json decoder; each decoded chunk is finished
+//! ([`super::finish`]: timestamps, defaults, and the `CHECK`s, whose failing
+//! rows are refused too). A bad message never stops the batch. Should the decoder still refuse a
 //! message validation passed (a bug), the batch is decoded again message by
 //! message and that one is refused as `undecodable`, rather than stalling.
 
@@ -12,6 +14,8 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::json::reader::{Decoder, ReaderBuilder};
 
+use super::finish::finish;
+use super::input::Input;
 use super::validate::{self, Refusal};
 use crate::config::Limits;
 use crate::error::{Error, Result};
@@ -141,10 +145,10 @@ impl RawBatch {
     }
 }
 
-/// Validates every message of `raw` and decodes the accepted ones against
-/// `schema`.
-pub fn decode(raw: &RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<Decoded> {
-    decode_chunks(raw, schema, limits)?.join(schema)
+/// Validates every message of `raw` and decodes the accepted ones into
+/// `input`'s declared columns.
+pub fn decode(raw: &RawBatch, input: &Input, limits: &Limits) -> Result<Decoded> {
+    decode_chunks(raw, input, limits)?.join(&input.schema())
 }
 
 /// Decoded chunks, not yet joined, and the refused messages (copied out).
@@ -154,25 +158,71 @@ pub(super) struct Chunks {
 }
 
 /// Validates and decodes `raw` into chunks; the refused messages in order.
-pub(super) fn decode_chunks(raw: &RawBatch, schema: &SchemaRef, limits: &Limits) -> Result<Chunks> {
+pub(super) fn decode_chunks(raw: &RawBatch, input: &Input, limits: &Limits) -> Result<Chunks> {
     let mut good = Vec::with_capacity(raw.len());
+    let mut absent = Vec::new();
     let mut bad = Vec::new();
+    let defaults = !input.defaults.is_empty();
     for (partition, offset, key, value) in raw.messages() {
-        match validate::validate(value, limits) {
-            Ok(()) => good.push((partition, offset, key, value.unwrap_or_default())),
+        match validate::validate(value, limits, input) {
+            Ok(mask) => {
+                good.push((partition, offset, key, value.unwrap_or_default()));
+                if defaults {
+                    absent.push(mask);
+                }
+            }
             Err(refusal) => bad.push(BadMessage::new(partition, offset, key, value, refusal)),
         }
     }
-    if let Some(chunks) = decode_all(good.iter().map(|g| g.3), schema)? {
-        return Ok(Chunks { chunks, bad });
+    let schema = &input.decode_schema;
+    let (chunks, kept) = match decode_all(good.iter().map(|g| g.3), schema)? {
+        Some(chunks) => (chunks, None),
+        None => {
+            let (batch, kept, undecodable) = decode_one_by_one(&good, schema)?;
+            bad.extend(undecodable);
+            (vec![batch], Some(kept))
+        }
+    };
+    let unsorted = kept.is_some();
+    let mut chunks = Chunks { chunks, bad };
+    if input.needs_finishing() {
+        let refused = chunks.finish(input, &good, &absent, kept.as_deref())?;
+        if !unsorted && !refused {
+            return Ok(chunks);
+        }
+    } else if !unsorted {
+        return Ok(chunks);
     }
-    let (batch, undecodable) = decode_one_by_one(&good, schema)?;
-    bad.extend(undecodable);
-    bad.sort_by_key(|b| (b.partition, b.offset));
-    Ok(Chunks { chunks: vec![batch], bad })
+    chunks.bad.sort_by_key(|b| (b.partition, b.offset));
+    Ok(chunks)
 }
 
 impl Chunks {
+    /// Finishes every chunk ([`finish`]); row `r` of the chunks, in order,
+    /// is message `good[r]` (or `good[kept[r]]` after the slow path). Whether
+    /// any row was refused.
+    fn finish(&mut self, input: &Input, good: &[Accepted<'_>], absent: &[u64], kept: Option<&[usize]>) -> Result<bool> {
+        let mut first = 0;
+        let mut any = false;
+        for chunk in &mut self.chunks {
+            let rows = chunk.num_rows();
+            let message = |r: usize| kept.map_or(first + r, |k| k[first + r]);
+            let masks: Vec<u64> = match absent.is_empty() {
+                true => vec![0; rows],
+                false => (0..rows).map(|r| absent[message(r)]).collect(),
+            };
+            let finished = finish(input, std::mem::replace(chunk, RecordBatch::new_empty(input.schema())), &masks)?;
+            *chunk = finished.batch;
+            for (r, refusal) in finished.refused {
+                let (partition, offset, key, value) = good[message(r)];
+                self.bad.push(BadMessage::new(partition, offset, key, Some(value), refusal));
+                any = true;
+            }
+            first += rows;
+        }
+        Ok(any)
+    }
+
     /// The chunks of `parts`, one after the other.
     pub(super) fn concat(parts: impl Iterator<Item = Chunks>) -> Chunks {
         let mut all = Chunks { chunks: Vec::new(), bad: Vec::new() };
@@ -230,14 +280,19 @@ fn decode_all<'a>(payloads: impl Iterator<Item = &'a [u8]>, schema: &SchemaRef) 
 
 type Accepted<'a> = (i32, i64, Option<&'a [u8]>, &'a [u8]);
 
-/// Slow path: one decoder flush per message, keeping the good ones.
-fn decode_one_by_one(good: &[Accepted<'_>], schema: &SchemaRef) -> Result<(RecordBatch, Vec<BadMessage>)> {
+/// Slow path: one decoder flush per message, keeping the good ones (and
+/// their index in `good`).
+fn decode_one_by_one(good: &[Accepted<'_>], schema: &SchemaRef) -> Result<(RecordBatch, Vec<usize>, Vec<BadMessage>)> {
     let mut rows = Vec::new();
+    let mut kept = Vec::new();
     let mut bad = Vec::new();
     let mut decoder = new_decoder(schema, 1)?;
-    for &(partition, offset, key, payload) in good {
+    for (i, &(partition, offset, key, payload)) in good.iter().enumerate() {
         match decode_single(&mut decoder, payload) {
-            Ok(batch) => rows.push(batch),
+            Ok(batch) => {
+                rows.push(batch);
+                kept.push(i);
+            }
             Err(error) => {
                 let refusal = Refusal::new(Reason::Undecodable, format!("the JSON decoder refused it: {error}"));
                 bad.push(BadMessage::new(partition, offset, key, Some(payload), refusal));
@@ -246,7 +301,7 @@ fn decode_one_by_one(good: &[Accepted<'_>], schema: &SchemaRef) -> Result<(Recor
         }
     }
     let batch = concat_batches(schema, &rows).map_err(|e| Error::arrow("joining decoded rows", e))?;
-    Ok((batch, bad))
+    Ok((batch, kept, bad))
 }
 
 fn decode_single(decoder: &mut Decoder, payload: &[u8]) -> Result<RecordBatch, String> {
@@ -270,117 +325,25 @@ fn feed(decoder: &mut Decoder, payload: &[u8]) -> Result<(), String> {
 fn new_decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder> {
     ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.max(1) + 1)
+        // A TIMESTAMPTZ field is read as text (epoch seconds as their digits),
+        // then converted ([`finish`]); validation refused a number in a text
+        // field, so nothing else is coerced.
+        .with_coerce_primitive(true)
         .build_decoder()
         .map_err(|e| Error::arrow("building the JSON decoder", e))
 }
 
-/// Campaigns of `batch` whose `adv_campaign_datetime_end` is before `now`
-/// (epoch seconds): they reach no subscriber, and the progress record says
-/// how many, whatever the SQL files filter.
-pub(crate) fn count_ended_before(batch: &RecordBatch, now: i64) -> u64 {
+/// Rows of `batch` whose window `end` column (`job.toml`'s `[input]
+/// window`; the seed's `adv_campaign_datetime_end`) is before `now` (epoch
+/// seconds): they reach no subscriber, and the progress record says how
+/// many, whatever the SQL files filter.
+pub(crate) fn count_ended_before(batch: &RecordBatch, end: &str, now: i64) -> u64 {
     batch
-        .column_by_name("adv_campaign_datetime_end")
+        .column_by_name(end)
         .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
         .map_or(0, |ends| ends.iter().flatten().filter(|end| *end < now).count() as u64)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Array, Int64Array, StringArray};
-
-    const EXAMPLE: &str = r#"{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
-
-    fn raw(payloads: &[Option<&str>]) -> RawBatch {
-        let mut raw = RawBatch::default();
-        for (i, p) in payloads.iter().enumerate() {
-            raw.push(0, i as i64 + 100, Some(b"k".as_slice()), p.map(str::as_bytes));
-        }
-        raw
-    }
-
-    fn decode_campaigns(payloads: &[Option<&str>]) -> Decoded {
-        decode(&raw(payloads), &crate::schema::campaigns(), &Limits::default()).unwrap()
-    }
-
-    #[test]
-    fn decodes_the_example_message() {
-        let out = decode_campaigns(&[Some(EXAMPLE), Some(EXAMPLE)]);
-        assert!(out.bad.is_empty());
-        assert_eq!(out.batch.num_rows(), 2);
-        let ids = out.batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(ids.value(0), "123e4567-e89b-12d3-a456-426614174003");
-        let end = out.batch.column(6).as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!(end.value(1), 2659207116);
-        assert_eq!(count_ended_before(&out.batch, 2659207116), 0, "the end itself is still valid");
-        assert_eq!(count_ended_before(&out.batch, 2659207117), 2);
-    }
-
-    #[test]
-    fn bad_messages_are_named_and_good_ones_kept() {
-        let missing = EXAMPLE.replace(r#""adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","#, "");
-        let wrong_type = EXAMPLE.replace("1659131516", r#""yesterday""#);
-        let out = decode_campaigns(&[
-            Some(EXAMPLE),
-            Some("{not json"),
-            Some(&missing),
-            None,
-            Some(&wrong_type),
-            Some("42"),
-            Some(&format!("{EXAMPLE}{EXAMPLE}")),
-            Some(EXAMPLE),
-        ]);
-        assert_eq!(out.batch.num_rows(), 2);
-        assert_eq!(out.batch.column(0).null_count(), 0);
-        let offsets: Vec<i64> = out.bad.iter().map(|m| m.offset).collect();
-        assert_eq!(offsets, vec![101, 102, 103, 104, 105, 106]);
-        assert!(out.bad[1].refusal.message.contains("adv_campaign_id"), "{:?}", out.bad);
-        assert_eq!(out.bad[0].value.as_deref(), Some(b"{not json".as_slice()), "kept byte for byte");
-        assert_eq!(out.bad[0].key.as_deref(), Some(b"k".as_slice()));
-        assert_eq!(out.bad[2].value, None, "a null value stays null");
-    }
-
-    #[test]
-    fn truncated_message_does_not_swallow_the_next_one() {
-        let truncated = &EXAMPLE[..EXAMPLE.len() - 10];
-        let out = decode_campaigns(&[Some(truncated), Some(EXAMPLE)]);
-        assert_eq!(out.batch.num_rows(), 1);
-        assert_eq!(out.bad.len(), 1);
-        assert_eq!(out.bad[0].offset, 100);
-    }
-
-    #[test]
-    fn extra_fields_are_ignored() {
-        let extra = EXAMPLE.replace("{", r#"{"promo_code": "X1", "#);
-        let out = decode_campaigns(&[Some(&extra)]);
-        assert!(out.bad.is_empty(), "{:?}", out.bad);
-        assert_eq!(out.batch.num_rows(), 1);
-    }
-
-    #[test]
-    fn large_batches_decode_in_chunks_in_order() {
-        let n = 2 * CHUNK_ROWS + 5;
-        let payloads: Vec<String> = (0..n).map(|i| EXAMPLE.replace("first campaign", &format!("c{i}"))).collect();
-        let refs: Vec<Option<&str>> = payloads.iter().map(|p| Some(p.as_str())).collect();
-        let out = decode_campaigns(&refs);
-        assert_eq!(out.batch.num_rows(), n);
-        let content = out.batch.column(2).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(content.value(n - 1), format!("c{}", n - 1));
-    }
-
-    #[test]
-    fn a_cleared_raw_batch_holds_only_what_comes_after() {
-        let mut raw = raw(&[Some(EXAMPLE), None, Some("x")]);
-        raw.clear();
-        assert!(raw.is_empty());
-        raw.push(3, 7, None, Some(b"y".as_slice()));
-        assert_eq!(raw.messages().collect::<Vec<_>>(), vec![(3, 7, None, Some(b"y".as_slice()))]);
-    }
-
-    #[test]
-    fn empty_batch_decodes_to_no_rows() {
-        let out = decode_campaigns(&[]);
-        assert_eq!(out.batch.num_rows(), 0);
-        assert_eq!(out.batch.schema(), crate::schema::campaigns());
-    }
-}
+#[path = "decode_tests.rs"]
+mod tests;

@@ -10,6 +10,8 @@
 
 pub(crate) mod budget;
 pub mod decode;
+mod finish;
+pub mod input;
 pub(crate) mod plan;
 pub(crate) mod read_ahead;
 pub(crate) mod refusal;
@@ -17,6 +19,8 @@ pub(crate) mod stream_decode;
 pub(crate) mod validate;
 #[cfg(test)]
 mod validate_tests;
+#[cfg(test)]
+mod declared_tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -46,11 +50,13 @@ pub struct KafkaSource {
     timeout: Duration,
     /// The shard whose partitions this source plans ([`crate::shard`]).
     shard: Shard,
+    /// What a message must be, and the columns it decodes into.
+    input: Arc<input::Input>,
 }
 
 impl KafkaSource {
     /// Creates the consumer; connects lazily.
-    pub fn try_new(kafka: &KafkaConfig, query_id: &str) -> Result<Self> {
+    pub fn try_new(kafka: &KafkaConfig, query_id: &str, input: Arc<input::Input>) -> Result<Self> {
         let consumer: BaseConsumer<LoggingContext> = crate::kafka::consumer_config(kafka, query_id)
             .create_with_context(LoggingContext::new("input consumer"))
             .map_err(|e| Error::kafka("creating the input consumer", e))?;
@@ -59,6 +65,7 @@ impl KafkaSource {
             topic: kafka.input_topic.clone(),
             timeout: kafka.timeout,
             shard: Shard::whole(),
+            input,
         })
     }
 

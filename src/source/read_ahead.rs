@@ -101,7 +101,7 @@ impl KafkaSource {
         let partitions = plan.ranges.iter().filter(|r| !r.is_empty()).count();
         let (this, batch_id) = (self.clone(), plan.batch_id);
         blocking(move || {
-            let mut decoder = StreamDecoder::new(crate::schema::campaigns(), limits, partitions);
+            let mut decoder = StreamDecoder::new(this.input.clone(), limits, partitions);
             for (partition, raw) in served {
                 decoder.push_read(partition, raw);
             }
@@ -189,7 +189,7 @@ mod tests {
             options: Vec::new(),
             timeout: Duration::from_secs(10),
         };
-        let source = KafkaSource::try_new(&config, "q").unwrap();
+        let source = KafkaSource::try_new(&config, "q", std::sync::Arc::new(crate::source::input::Input::seed().unwrap())).unwrap();
         let first = plan(&[(0, 0, 3), (1, 0, 4)]);
         let ahead = source.read_ahead(&first, None).await.unwrap();
         assert_eq!(ahead.len(), 3 + 4, "as many offsets as the batch had, per partition");

@@ -12,9 +12,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
 
 use super::decode::{decode_chunks, Chunks, Decoded, RawBatch};
+use super::input::Input;
 use crate::config::Limits;
 use crate::error::Result;
 
@@ -26,7 +27,7 @@ const MIN_CHUNK: usize = 256;
 
 /// A batch being decoded as its messages arrive.
 pub(crate) struct StreamDecoder {
-    schema: SchemaRef,
+    input: Arc<Input>,
     limits: Limits,
     chunk: usize,
     parts: BTreeMap<i32, Part>,
@@ -59,9 +60,9 @@ pub struct ReadBatch {
 
 impl StreamDecoder {
     /// A decoder for a batch read from `partitions` partitions at once.
-    pub(crate) fn new(schema: SchemaRef, limits: Limits, partitions: usize) -> Self {
+    pub(crate) fn new(input: Arc<Input>, limits: Limits, partitions: usize) -> Self {
         let chunk = (PENDING_MESSAGES / partitions.max(1)).max(MIN_CHUNK);
-        StreamDecoder { schema, limits, chunk, parts: BTreeMap::new(), messages: 0, busy: Duration::ZERO, failed: None }
+        StreamDecoder { input, limits, chunk, parts: BTreeMap::new(), messages: 0, busy: Duration::ZERO, failed: None }
     }
 
     /// Takes one message (its timestamp, epoch ms, if it has one); its
@@ -91,7 +92,7 @@ impl StreamDecoder {
         part.newest = part.newest.max(raw.newest_timestamp_ms());
         self.flush(partition);
         let started = Instant::now();
-        let decoded = decode_chunks(&raw, &self.schema, &self.limits);
+        let decoded = decode_chunks(&raw, &self.input, &self.limits);
         drop(raw);
         self.keep(partition, decoded, started);
     }
@@ -108,7 +109,7 @@ impl StreamDecoder {
         let started = Instant::now();
         let parts = std::mem::take(&mut self.parts);
         let newest_timestamps = parts.iter().filter_map(|(p, part)| Some((*p, part.newest?))).collect();
-        let decoded = Chunks::concat(parts.into_values().flat_map(|part| part.done)).join(&self.schema)?;
+        let decoded = Chunks::concat(parts.into_values().flat_map(|part| part.done)).join(&self.input.schema())?;
         let decode_time = self.busy + started.elapsed();
         Ok(ReadBatch { decoded, messages: self.messages, decode_time, newest_timestamps })
     }
@@ -119,7 +120,7 @@ impl StreamDecoder {
             return;
         };
         let started = Instant::now();
-        let decoded = decode_chunks(&part.pending, &self.schema, &self.limits);
+        let decoded = decode_chunks(&part.pending, &self.input, &self.limits);
         part.pending.clear();
         self.keep(partition, decoded, started);
     }
@@ -171,8 +172,8 @@ mod tests {
     #[test]
     fn decoding_as_messages_arrive_equals_decoding_the_whole_batch() {
         let messages = interleaved(3 * MIN_CHUNK * 2 + 17);
-        let whole = decode(&in_order(&messages), &crate::schema::campaigns(), &Limits::default()).unwrap();
-        let mut decoder = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 3);
+        let whole = decode(&in_order(&messages), &Input::seed().unwrap(), &Limits::default()).unwrap();
+        let mut decoder = StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 3);
         for (p, o, v) in &messages {
             decoder.push(*p, *o, Some(b"k".as_slice()), v.as_deref(), None);
         }
@@ -186,9 +187,9 @@ mod tests {
     #[test]
     fn messages_read_ahead_come_before_the_rest_of_their_partition() {
         let messages = interleaved(40);
-        let whole = decode(&in_order(&messages), &crate::schema::campaigns(), &Limits::default()).unwrap();
+        let whole = decode(&in_order(&messages), &Input::seed().unwrap(), &Limits::default()).unwrap();
         let (ahead, rest): (Vec<_>, Vec<_>) = messages.iter().cloned().partition(|m| m.0 == 1 && m.1 < 6);
-        let mut decoder = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 3);
+        let mut decoder = StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 3);
         decoder.push_read(1, in_order(&ahead));
         for (p, o, v) in &rest {
             decoder.push(*p, *o, Some(b"k".as_slice()), v.as_deref(), None);
@@ -203,7 +204,7 @@ mod tests {
         let mut ahead = RawBatch::default();
         ahead.note_timestamp(Some(900));
         ahead.push(1, 0, None, Some(b"x".as_slice()));
-        let mut decoder = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 3);
+        let mut decoder = StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 3);
         decoder.push_read(1, ahead);
         decoder.push(0, 0, None, Some(b"x".as_slice()), Some(500));
         decoder.push(0, 1, None, Some(b"x".as_slice()), Some(400));
@@ -214,14 +215,14 @@ mod tests {
 
     #[test]
     fn no_messages_decode_to_no_rows() {
-        let read = StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 4).finish().unwrap();
+        let read = StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 4).finish().unwrap();
         assert_eq!((read.decoded.batch.num_rows(), read.messages), (0, 0));
     }
 
     #[test]
     fn each_partition_holds_a_share_of_the_pending_messages() {
-        assert_eq!(StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 1).chunk, PENDING_MESSAGES);
-        assert_eq!(StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 16).chunk, 512);
-        assert_eq!(StreamDecoder::new(crate::schema::campaigns(), Limits::default(), 1000).chunk, MIN_CHUNK);
+        assert_eq!(StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 1).chunk, PENDING_MESSAGES);
+        assert_eq!(StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 16).chunk, 512);
+        assert_eq!(StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 1000).chunk, MIN_CHUNK);
     }
 }

@@ -1,14 +1,18 @@
-//! Full validation of one input message, before any sink sees it.
+//! Full validation of one input message against the job's declaration
+//! ([`Input`]), before any sink sees it.
 //!
-//! [`validate`] is a pure function of the message bytes and the limits, so a
-//! replay classifies every message exactly as the first run did. A message it
-//! accepts decodes into one campaign row that both sinks take (no NUL in text,
-//! integers in range, an output row under the producer's size limit); a
-//! message it refuses gets a [`Reason`] (a short stable code, written to the
-//! dead-letter header `sparklet.error.reason`) and a sentence for people
-//! ([`super::refusal`]: escaped and bounded where it quotes the message).
-//! Unknown extra fields are accepted and ignored, up to [`MAX_FIELDS`]
-//! fields in all; duplicate names are found in one pass (a hash set).
+//! [`validate`] is a pure function of the message bytes, the declaration and
+//! the limits, so a replay classifies every message exactly as the first run
+//! did. A message it accepts decodes into one row of the declared types with
+//! nothing coerced (no NUL in text, integers in range, `"123"` is not an
+//! integer, `1.5` not an integer, an output row under the producer's size
+//! limit); a message it refuses gets a [`Reason`] (a short stable code,
+//! written to the dead-letter header `sparklet.error.reason`) and a sentence
+//! for people ([`super::refusal`]: escaped and bounded where it quotes the
+//! message). Fields are checked in declaration order. Unknown fields are
+//! ignored (or refused: `unknown_fields = "refuse"`), up to [`MAX_FIELDS`]
+//! fields in all; duplicate names are found in one pass (a hash set). The
+//! declaration's `CHECK`s run on the decoded chunk ([`super::finish`]).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -18,18 +22,21 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 
 pub(crate) use super::refusal::Refusal;
 use crate::config::{Limits, OUTPUT_OVERHEAD};
+use super::input::{ColumnPlan, Input};
+use crate::job::{ColumnType, UnknownFields};
 use crate::schema::Reason;
-use crate::schema::CAMPAIGN_FIELDS;
 use crate::util::text::{quote, MAX_QUOTED_BYTES};
 
-/// Most fields one message may have, the eight campaign fields and unknown
+/// Most fields one message may have, the declared fields and unknown
 /// ones together: far more than a real campaign carries, and a bound on the
 /// work and memory of checking one message (each name is checked against
 /// those seen, in a hash set). More is [`Reason::TooManyFields`].
 pub(crate) const MAX_FIELDS: usize = 1000;
 
-/// Checks one message; `Ok` means it decodes into a row both sinks accept.
-pub(crate) fn validate(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Refusal> {
+/// Checks one message; `Ok` means it decodes into a row of the declared
+/// types, and holds a bit per defaulted column whose field was absent
+/// ([`super::input::ColumnPlan::default_bit`]).
+pub(crate) fn validate(payload: Option<&[u8]>, limits: &Limits, input: &Input) -> Result<u64, Refusal> {
     let bytes = match payload {
         None => return Err(Refusal::new(Reason::Empty, "the message has no value (null payload)")),
         Some([]) => return Err(Refusal::new(Reason::Empty, "the message value is empty")),
@@ -53,11 +60,12 @@ pub(crate) fn validate(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Re
         .map_err(|e| Refusal::new(Reason::NotUtf8, format!("not UTF-8 text: invalid byte at {}", e.valid_up_to())))?;
     let mut de = serde_json::Deserializer::from_str(text);
     let mut refusal = None;
-    match (CampaignSeed { refusal: &mut refusal }).deserialize(&mut de) {
-        Ok(ends) => ends.check()?,
+    let absent = match (ObjectSeed { input, refusal: &mut refusal }).deserialize(&mut de) {
+        Ok(absent) => absent,
         Err(e) => return Err(refusal.unwrap_or_else(|| json_refusal(&e))),
-    }
-    de.end().map_err(|_| Refusal::new(Reason::SeveralValues, "data after the JSON object (several values?)"))
+    };
+    de.end().map_err(|_| Refusal::new(Reason::SeveralValues, "data after the JSON object (several values?)"))?;
+    Ok(absent)
 }
 
 fn json_refusal(e: &serde_json::Error) -> Refusal {
@@ -68,47 +76,31 @@ fn json_refusal(e: &serde_json::Error) -> Refusal {
     }
 }
 
-/// Start and end of a valid campaign.
-struct Window {
-    start: i64,
-    end: i64,
-}
-
-impl Window {
-    fn check(&self) -> Result<(), Refusal> {
-        if self.end < self.start {
-            return Err(Refusal::new(
-                Reason::EndsBeforeStart,
-                format!("adv_campaign_datetime_end {} is before adv_campaign_datetime_start {}", self.end, self.start),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Walks one JSON object; the first problem is stored in `refusal` and
 /// aborts the walk.
-struct CampaignSeed<'r> {
+struct ObjectSeed<'r> {
+    input: &'r Input,
     refusal: &'r mut Option<Refusal>,
 }
 
-impl<'de> DeserializeSeed<'de> for CampaignSeed<'_> {
-    type Value = Window;
+impl<'de> DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = u64;
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Window, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u64, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for CampaignSeed<'_> {
-    type Value = Window;
+impl<'de> Visitor<'de> for ObjectSeed<'_> {
+    type Value = u64;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Window, A::Error> {
-        let mut values: [Option<Scalar>; CAMPAIGN_FIELDS.len()] = Default::default();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        let mut values: Vec<Option<Scalar>> = Vec::new();
+        values.resize_with(self.input.columns.len(), || None);
         let mut unknown: HashSet<Cow<'de, str>> = HashSet::new();
         let mut fields = 0;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
@@ -116,7 +108,11 @@ impl<'de> Visitor<'de> for CampaignSeed<'_> {
             if fields > MAX_FIELDS {
                 return Err(self.refuse(Reason::TooManyFields, format!("more than {MAX_FIELDS} fields")));
             }
-            let Some(index) = CAMPAIGN_FIELDS.iter().position(|(name, _)| *name == key) else {
+            let Some(index) = self.input.index(&key) else {
+                if self.input.unknown == UnknownFields::Refuse {
+                    let message = format!("field {} is not declared in input.sql", quote(&key, MAX_QUOTED_BYTES));
+                    return Err(self.refuse(Reason::UnknownField, message));
+                }
                 if let Some(key) = unknown.replace(key) {
                     return Err(self.refuse(Reason::DuplicateField, twice(&key)));
                 }
@@ -126,69 +122,101 @@ impl<'de> Visitor<'de> for CampaignSeed<'_> {
             if values[index].is_some() {
                 return Err(self.refuse(Reason::DuplicateField, twice(&key)));
             }
-            values[index] = Some(map.next_value::<Scalar>()?);
+            let ty = self.input.columns[index].ty;
+            values[index] = Some(map.next_value_seed(ValueSeed { timestamp: ty == ColumnType::TimestampTz })?);
         }
         self.check_fields(values)
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Window, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<u64, A::Error> {
         Err(self.refuse(Reason::NotAnObject, "the value is a JSON array, not an object"))
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Window, E> {
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<u64, E> {
         Err(self.refuse(Reason::NotAnObject, "the value is a JSON string, not an object"))
     }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Window, E> {
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<u64, E> {
         Err(self.refuse(Reason::NotAnObject, "the value is a JSON number, not an object"))
     }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Window, E> {
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<u64, E> {
         Err(self.refuse(Reason::NotAnObject, "the value is a JSON number, not an object"))
     }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Window, E> {
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<u64, E> {
         Err(self.refuse(Reason::NotAnObject, "the value is a JSON number, not an object"))
     }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Window, E> {
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<u64, E> {
         Err(self.refuse(Reason::NotAnObject, "the value is a JSON boolean, not an object"))
     }
-    fn visit_unit<E: de::Error>(self) -> Result<Window, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
         Err(self.refuse(Reason::NotAnObject, "the value is JSON null, not an object"))
     }
 }
 
-impl CampaignSeed<'_> {
+impl ObjectSeed<'_> {
     fn refuse<E: de::Error>(self, reason: Reason, message: impl AsRef<str>) -> E {
         *self.refusal = Some(Refusal::new(reason, message));
         E::custom(reason.code())
     }
 
-    /// Every field present, of its column's type.
-    fn check_fields<E: de::Error>(self, values: [Option<Scalar>; CAMPAIGN_FIELDS.len()]) -> Result<Window, E> {
-        let mut ints = [0i64; CAMPAIGN_FIELDS.len()];
-        for (i, ((name, ty), value)) in CAMPAIGN_FIELDS.iter().zip(values).enumerate() {
-            let integer = *ty == arrow::datatypes::DataType::Int64;
-            let wanted = if integer { "an integer" } else { "a string" };
-            let found = match value {
-                None => return Err(self.refuse(Reason::MissingField, format!("field {name} is missing"))),
-                Some(Scalar::Null) => return Err(self.refuse(Reason::NullField, format!("field {name} is null"))),
-                Some(Scalar::Text { nul: true }) => {
-                    return Err(self.refuse(Reason::NulCharacter, format!("field {name} contains a NUL character")))
-                }
-                Some(Scalar::Text { nul: false }) if !integer => continue,
-                Some(Scalar::Int(v)) if integer => {
-                    ints[i] = v;
-                    continue;
-                }
-                Some(Scalar::BigInt(v)) if integer => {
-                    return Err(self.refuse(Reason::OutOfRange, format!("field {name}: {v} is outside int8")))
-                }
-                Some(Scalar::Float(v)) if integer && v.fract() == 0.0 && v.abs() >= 9.2e18 => {
-                    return Err(self.refuse(Reason::OutOfRange, format!("field {name}: {v} is outside int8")))
-                }
-                Some(other) => other.describe(),
+    /// Every field of its column's type, in declaration order; the absent
+    /// fields that have a default, as bits.
+    fn check_fields<E: de::Error>(self, values: Vec<Option<Scalar>>) -> Result<u64, E> {
+        let mut absent = 0u64;
+        for (column, value) in self.input.columns.iter().zip(values) {
+            let name = &column.name;
+            let refusal = match value {
+                None => match (column.default_bit, column.nullable) {
+                    (Some(bit), _) => {
+                        absent |= 1 << bit;
+                        continue;
+                    }
+                    (None, true) => continue,
+                    (None, false) => (Reason::MissingField, format!("field {name} is missing")),
+                },
+                Some(Scalar::Null) if column.nullable => continue,
+                Some(Scalar::Null) => (Reason::NullField, format!("field {name} is null")),
+                Some(value) => match accepts(column, value) {
+                    Ok(()) => continue,
+                    Err(refusal) => refusal,
+                },
             };
-            return Err(self.refuse(Reason::WrongType, format!("field {name} should be {wanted}, found {found}")));
+            return Err(self.refuse(refusal.0, refusal.1));
         }
-        let at = |field: &str| CAMPAIGN_FIELDS.iter().position(|(n, _)| *n == field).map_or(0, |i| ints[i]);
-        Ok(Window { start: at("adv_campaign_datetime_start"), end: at("adv_campaign_datetime_end") })
+        Ok(absent)
+    }
+}
+
+/// Whether `column` takes `value` as it is (a reason and sentence if not).
+fn accepts(column: &ColumnPlan, value: Scalar) -> Result<(), (Reason, String)> {
+    let name = &column.name;
+    let outside = |v: &dyn fmt::Display, ty: &str| Err((Reason::OutOfRange, format!("field {name}: {v} is outside {ty}")));
+    match (column.ty, value) {
+        (ColumnType::Text, Scalar::Text { nul: true }) => {
+            Err((Reason::NulCharacter, format!("field {name} contains a NUL character")))
+        }
+        (ColumnType::Text, Scalar::Text { nul: false }) => Ok(()),
+        (ColumnType::Int(bits), Scalar::Int(v)) => match bits {
+            16 if i16::try_from(v).is_err() => outside(&v, "int2"),
+            32 if i32::try_from(v).is_err() => outside(&v, "int4"),
+            _ => Ok(()),
+        },
+        (ColumnType::Int(_), Scalar::BigInt(v)) => outside(&v, "int8"),
+        (ColumnType::Int(_), Scalar::Float(v)) if v.fract() == 0.0 && v.abs() >= 9.2e18 => outside(&v, "int8"),
+        (ColumnType::Float(bits), Scalar::Int(v)) => match (v as f64) as i64 == v && (bits == 64 || v.abs() <= 1 << 24) {
+            true => Ok(()),
+            false => Err((Reason::OutOfRange, format!("field {name}: {v} has no exact float{bits} value"))),
+        },
+        (ColumnType::Float(_), Scalar::BigInt(v)) => outside(&v, "the exact floats"),
+        (ColumnType::Float(32), Scalar::Float(v)) if v.abs() > f64::from(f32::MAX) => outside(&v, "real"),
+        (ColumnType::Float(_), Scalar::Float(_)) => Ok(()),
+        (ColumnType::Bool, Scalar::Bool) => Ok(()),
+        (ColumnType::TimestampTz, Scalar::Int(v)) if v.checked_mul(1_000_000).is_none() => {
+            outside(&v, "the timestamps (epoch seconds)")
+        }
+        (ColumnType::TimestampTz, Scalar::Int(_) | Scalar::Timestamp(Ok(()))) => Ok(()),
+        (ColumnType::TimestampTz, Scalar::Timestamp(Err(why))) => {
+            Err((Reason::WrongType, format!("field {name} should be {}, found {why}", ColumnType::TimestampTz.wanted())))
+        }
+        (ty, other) => Err((Reason::WrongType, format!("field {name} should be {}, found {}", ty.wanted(), other.describe()))),
     }
 }
 
@@ -204,6 +232,9 @@ enum Scalar {
     Text {
         nul: bool,
     },
+    /// A string in a `TIMESTAMPTZ` field: RFC 3339 of at most microsecond
+    /// precision, or why not.
+    Timestamp(Result<(), String>),
     Int(i64),
     /// An integer beyond i64 (serde_json reads it as u64).
     BigInt(u64),
@@ -217,6 +248,7 @@ impl Scalar {
         match self {
             Scalar::Null => "null".into(),
             Scalar::Text { .. } => "a string".into(),
+            Scalar::Timestamp(_) => "a string".into(),
             Scalar::Int(v) => format!("the integer {v}"),
             Scalar::BigInt(v) => format!("the integer {v}"),
             Scalar::Float(v) => format!("the number {v} (not an integer)"),
@@ -226,15 +258,20 @@ impl Scalar {
     }
 }
 
-impl<'de> de::Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ScalarVisitor)
+/// Reads one field's value; a string in a `TIMESTAMPTZ` field is parsed.
+struct ValueSeed {
+    timestamp: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Scalar;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Scalar, D::Error> {
+        deserializer.deserialize_any(self)
     }
 }
 
-struct ScalarVisitor;
-
-impl<'de> Visitor<'de> for ScalarVisitor {
+impl<'de> Visitor<'de> for ValueSeed {
     type Value = Scalar;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -244,6 +281,9 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Null)
     }
     fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        if self.timestamp {
+            return Ok(Scalar::Timestamp(rfc3339(v)));
+        }
         Ok(Scalar::Text { nul: v.contains('\0') })
     }
     fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
@@ -266,4 +306,15 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Scalar::Nested("object"))
     }
+}
+
+/// Whether `text` is an RFC 3339 timestamp sparklet keeps exactly
+/// (microseconds at most), and why not.
+fn rfc3339(text: &str) -> Result<(), String> {
+    let shown = || quote(text, MAX_QUOTED_BYTES);
+    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| format!("the string {} ({e})", shown()))?;
+    if time.timestamp_subsec_nanos() % 1000 != 0 {
+        return Err(format!("the string {} (finer than microseconds)", shown()));
+    }
+    Ok(())
 }

@@ -4,14 +4,34 @@
 //! reasons with nothing lost.
 
 use super::decode::{decode, RawBatch};
+use super::input::Input;
 use super::validate::*;
 use crate::config::{Limits, OUTPUT_OVERHEAD};
 use crate::schema::{Reason, CAMPAIGN_FIELDS};
 
+/// The seed job's declaration (`sql/input.sql`).
+fn seed() -> &'static Input {
+    static SEED: std::sync::OnceLock<Input> = std::sync::OnceLock::new();
+    SEED.get_or_init(|| Input::seed().unwrap())
+}
+
+/// How the seed job classifies one message: validation, then its `CHECK`
+/// on the decoded row.
+fn classify(payload: Option<&[u8]>, limits: &Limits) -> Result<(), Refusal> {
+    validate(payload, limits, seed())?;
+    let mut raw = RawBatch::default();
+    raw.push(0, 0, None, payload);
+    let decoded = decode(&raw, seed(), limits).unwrap();
+    match decoded.bad.into_iter().next() {
+        Some(bad) => Err(bad.refusal),
+        None => Ok(()),
+    }
+}
+
 const EXAMPLE: &str = r#"{"restaurant_id": "123e4567-e89b-12d3-a456-426614174000","adv_campaign_id": "123e4567-e89b-12d3-a456-426614174003","adv_campaign_content": "first campaign","adv_campaign_owner": "Ivanov Ivan Ivanovich","adv_campaign_owner_contact": "iiivanov@restaurant.ru","adv_campaign_datetime_start": 1659203516,"adv_campaign_datetime_end": 2659207116,"datetime_created": 1659131516}"#;
 
 fn reason_of(payload: Option<&[u8]>) -> Option<Reason> {
-    validate(payload, &Limits::default()).err().map(|r| r.reason)
+    classify(payload, &Limits::default()).err().map(|r| r.reason)
 }
 
 fn reason(text: &str) -> Option<Reason> {
@@ -50,11 +70,11 @@ fn each_bad_record_class_gets_its_reason() {
         (EXAMPLE.replace('{', r#"{"datetime_created": 1, "#), Reason::DuplicateField),
         (EXAMPLE.replace('{', r#"{"x": 1, "x": 2, "#), Reason::DuplicateField),
         (EXAMPLE.replace("first campaign", r"bad \u0000 text"), Reason::NulCharacter),
-        (EXAMPLE.replace("2659207116", "1659203515"), Reason::EndsBeforeStart),
+        (EXAMPLE.replace("2659207116", "1659203515"), Reason::Check("ends_before_start")),
         (EXAMPLE.replace("first campaign", r"lone \ud800 surrogate"), Reason::NotJson),
     ];
     for (text, expected) in cases {
-        let refusal = validate(Some(text.as_bytes()), &Limits::default()).expect_err(&text);
+        let refusal = classify(Some(text.as_bytes()), &Limits::default()).expect_err(&text);
         assert_eq!(refusal.reason, expected, "{text}: {}", refusal.message);
         assert!(!refusal.message.is_empty());
     }
@@ -64,18 +84,18 @@ fn each_bad_record_class_gets_its_reason() {
 
 #[test]
 fn the_message_names_the_field() {
-    let refusal = validate(Some(EXAMPLE.replace("1659131516", "1.9").as_bytes()), &Limits::default()).unwrap_err();
+    let refusal = classify(Some(EXAMPLE.replace("1659131516", "1.9").as_bytes()), &Limits::default()).unwrap_err();
     assert_eq!(refusal.message, "field datetime_created should be an integer, found the number 1.9 (not an integer)");
 }
 
 #[test]
 fn size_limits_apply_to_the_message_and_its_output() {
     let limits = Limits { max_record_bytes: EXAMPLE.len() - 1, max_output_bytes: 1_000_000 };
-    assert_eq!(validate(Some(EXAMPLE.as_bytes()), &limits).unwrap_err().reason, Reason::TooLarge);
+    assert_eq!(classify(Some(EXAMPLE.as_bytes()), &limits).unwrap_err().reason, Reason::TooLarge);
     let limits = Limits { max_record_bytes: 1 << 20, max_output_bytes: EXAMPLE.len() + OUTPUT_OVERHEAD - 1 };
-    assert_eq!(validate(Some(EXAMPLE.as_bytes()), &limits).unwrap_err().reason, Reason::OutputTooLarge);
+    assert_eq!(classify(Some(EXAMPLE.as_bytes()), &limits).unwrap_err().reason, Reason::OutputTooLarge);
     let limits = Limits { max_record_bytes: EXAMPLE.len(), max_output_bytes: EXAMPLE.len() + OUTPUT_OVERHEAD };
-    assert_eq!(validate(Some(EXAMPLE.as_bytes()), &limits), Ok(()));
+    assert_eq!(classify(Some(EXAMPLE.as_bytes()), &limits), Ok(()));
 }
 
 #[test]
@@ -127,21 +147,21 @@ fn arbitrary_message(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn arbitrary_bytes_never_panic_and_accepted_ones_decode_to_one_row() {
-    let seed = 0x5eed_0f5a_7c1e_7001_u64;
-    let mut rng = Rng(seed);
+    let rng_seed = 0x5eed_0f5a_7c1e_7001_u64;
+    let mut rng = Rng(rng_seed);
     let (mut accepted, mut refused) = (0, 0);
     for i in 0..20_000 {
         let bytes = arbitrary_message(&mut rng);
-        match validate(Some(&bytes), &Limits::default()) {
-            Ok(()) => {
+        match validate(Some(&bytes), &Limits::default(), seed()) {
+            Ok(_) => {
                 accepted += 1;
                 let mut raw = RawBatch::default();
                 raw.push(0, i, None, Some(&bytes));
-                let decoded = decode(&raw, &crate::schema::campaigns(), &Limits::default()).unwrap();
-                assert_eq!(
-                    decoded.batch.num_rows(),
-                    1,
-                    "accepted but not one row: {:?}",
+                let decoded = decode(&raw, seed(), &Limits::default()).unwrap();
+                let checked = decoded.bad.iter().all(|b| b.refusal.reason == Reason::Check("ends_before_start"));
+                assert!(
+                    decoded.batch.num_rows() + decoded.bad.len() == 1 && checked,
+                    "accepted but not one row (or one failed CHECK): {:?}",
                     String::from_utf8_lossy(&bytes)
                 );
             }
@@ -151,7 +171,7 @@ fn arbitrary_bytes_never_panic_and_accepted_ones_decode_to_one_row() {
             }
         }
     }
-    assert!(accepted > 1000 && refused > 1000, "seed {seed}: {accepted} accepted, {refused} refused");
+    assert!(accepted > 1000 && refused > 1000, "seed {rng_seed}: {accepted} accepted, {refused} refused");
 }
 
 #[test]
@@ -164,11 +184,11 @@ fn a_batch_of_arbitrary_messages_splits_into_rows_and_reasons() {
         for (offset, bytes) in messages.iter().enumerate() {
             let offset = offset as i64;
             raw.push(round, offset, Some(b"key".as_slice()), Some(bytes));
-            if validate(Some(bytes), &Limits::default()).is_err() {
+            if classify(Some(bytes), &Limits::default()).is_err() {
                 refused.push(offset);
             }
         }
-        let decoded = decode(&raw, &crate::schema::campaigns(), &Limits::default()).unwrap();
+        let decoded = decode(&raw, seed(), &Limits::default()).unwrap();
         let bad: Vec<i64> = decoded.bad.iter().map(|b| b.offset).collect();
         assert_eq!(bad, refused, "round {round}: the batch refuses exactly what validation refuses, in order");
         assert_eq!(
@@ -192,19 +212,19 @@ fn with_unknown_fields(n: usize) -> String {
 
 #[test]
 fn a_message_with_more_fields_than_the_cap_is_refused_naming_the_limit() {
-    let refusal = validate(Some(with_unknown_fields(100_000).as_bytes()), &ROOMY).unwrap_err();
+    let refusal = classify(Some(with_unknown_fields(100_000).as_bytes()), &ROOMY).unwrap_err();
     assert_eq!(refusal.reason.code(), "too_many_fields", "{}", refusal.message);
     assert!(refusal.message.contains("more than 1000 fields"), "{}", refusal.message);
     let at_the_cap = 1000 - CAMPAIGN_FIELDS.len();
-    assert_eq!(validate(Some(with_unknown_fields(at_the_cap).as_bytes()), &ROOMY), Ok(()));
-    let over = validate(Some(with_unknown_fields(at_the_cap + 1).as_bytes()), &ROOMY).unwrap_err();
+    assert_eq!(classify(Some(with_unknown_fields(at_the_cap).as_bytes()), &ROOMY), Ok(()));
+    let over = classify(Some(with_unknown_fields(at_the_cap + 1).as_bytes()), &ROOMY).unwrap_err();
     assert_eq!(over.reason.code(), "too_many_fields");
 }
 
 #[test]
 fn a_duplicate_among_many_unknown_fields_is_found() {
     let text = with_unknown_fields(900).replacen('{', r#"{"f899":1,"#, 1);
-    let refusal = validate(Some(text.as_bytes()), &ROOMY).unwrap_err();
+    let refusal = classify(Some(text.as_bytes()), &ROOMY).unwrap_err();
     assert_eq!(refusal.reason, Reason::DuplicateField);
     assert_eq!(refusal.message, "field f899 appears twice");
 }
@@ -214,7 +234,7 @@ fn message_text_quoted_in_a_refusal_is_bounded_and_escaped() {
     let name = format!("x\nERROR forged line\r\u{1b}[31m{}", "y".repeat(100_000));
     let quoted = serde_json::to_string(&name).unwrap();
     let text = EXAMPLE.replacen('{', &format!("{{{quoted}: 1, {quoted}: 2, "), 1);
-    let refusal = validate(Some(text.as_bytes()), &ROOMY).unwrap_err();
+    let refusal = classify(Some(text.as_bytes()), &ROOMY).unwrap_err();
     assert_eq!(refusal.reason, Reason::DuplicateField);
     let message = &refusal.message;
     assert!(message.len() <= 512, "{} bytes", message.len());

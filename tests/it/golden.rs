@@ -56,7 +56,7 @@ fn subscribers() -> Result<Subscribers> {
 /// One line per output row per sink, and per refused message, sorted (the
 /// order of rows within a batch is not part of the job's contract).
 async fn seed_job_lines() -> Result<Vec<String>> {
-    let decoded = decode(&input(), &sparklet::schema::campaigns(), &Default::default())?;
+    let decoded = decode(&input(), &sparklet::source::input::Input::seed()?, &Default::default())?;
     let pipeline = SqlPipeline::load(&repo_path("sql"))?;
     let output = pipeline.run(decoded.batch, &subscribers()?, NOW, 0).await?;
     let mut lines = Vec::new();

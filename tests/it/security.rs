@@ -38,7 +38,7 @@ fn kafka_config(options: Vec<String>) -> Result<sparklet::config::KafkaConfig> {
 fn sasl_ssl_scram_with_a_ca_file_is_accepted_by_both_clients() -> Result<()> {
     let ca = repo_path("tests/fixtures/tls/test-ca.crt");
     let kafka = kafka_config(original_security(ca.to_str().unwrap()))?;
-    KafkaSource::try_new(&kafka, "q")?;
+    KafkaSource::try_new(&kafka, "q", std::sync::Arc::new(sparklet::source::input::Input::seed()?))?;
     let producer: rdkafka::producer::BaseProducer = sparklet::kafka::producer_config(&kafka, "q", true).create()?;
     drop(producer);
     Ok(())
@@ -47,7 +47,7 @@ fn sasl_ssl_scram_with_a_ca_file_is_accepted_by_both_clients() -> Result<()> {
 #[test]
 fn a_missing_ca_file_is_an_error_naming_the_setting() -> Result<()> {
     let kafka = kafka_config(original_security("/nonexistent/YandexCA.crt"))?;
-    let err = KafkaSource::try_new(&kafka, "q").err().expect("creation must fail").chain().to_string();
+    let err = KafkaSource::try_new(&kafka, "q", std::sync::Arc::new(sparklet::source::input::Input::seed()?)).err().expect("creation must fail").chain().to_string();
     assert!(err.starts_with("kafka: creating the input consumer"), "{err}");
     assert!(err.contains("ssl.ca.location") || err.contains("YandexCA.crt"), "{err}");
     Ok(())

@@ -16,7 +16,7 @@ async fn run_fixture(pipeline: &SqlPipeline, fixture: &Value) -> Result<Vec<Valu
     for (i, c) in fixture["campaigns"].as_array().context("campaigns")?.iter().enumerate() {
         raw.push(0, i as i64, None, Some(c.to_string().as_bytes()));
     }
-    let campaigns = decode(&raw, &sparklet::schema::campaigns(), &Default::default())?;
+    let campaigns = decode(&raw, pipeline.input(), &Default::default())?;
     assert!(campaigns.bad.is_empty(), "{:?}", campaigns.bad);
     let pairs = fixture["subscribers"].as_array().context("subscribers")?;
     let subs = Subscribers::from_rows(
@@ -56,7 +56,7 @@ async fn sql_files_give_the_expected_output_for_every_fixture() -> Result<()> {
 }
 
 #[tokio::test]
-async fn output_columns_follow_the_output_format_order_whatever_the_sql_order() -> Result<()> {
+async fn output_columns_are_the_last_steps_columns_in_its_order_extra_ones_included() -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(
         dir.path().join("10_out.sql"),
@@ -69,7 +69,10 @@ async fn output_columns_follow_the_output_format_order_whatever_the_sql_order() 
     ))?)?;
     let rows = run_fixture(&pipeline, &fixture).await?;
     let keys: Vec<&String> = rows[0].as_object().context("row")?.keys().collect();
-    let expected: Vec<&str> = sparklet::schema::OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect();
-    assert_eq!(keys, expected);
+    let mut expected = vec!["trigger_datetime_created", "client_id"];
+    expected.extend(sparklet::schema::CAMPAIGN_FIELDS.iter().map(|(n, _)| *n));
+    expected.push("note");
+    assert_eq!(keys, expected, "the query's order, and the extra column is kept");
+    assert_eq!(rows[0]["note"], "extra");
     Ok(())
 }

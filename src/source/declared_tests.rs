@@ -1,0 +1,174 @@
+//! Tests of a declared input other than the seed's: every type, NULL and
+//! DEFAULT, no coercion, unknown fields, and CHECKs on decoded rows.
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int16Type, Int64Type, TimestampMicrosecondType};
+
+use super::decode::{decode, Decoded, RawBatch};
+use super::input::Input;
+use crate::config::Limits;
+use crate::job::Job;
+
+const INPUT: &str = "CREATE TABLE events (
+    id BIGINT NOT NULL,
+    name TEXT,
+    small SMALLINT DEFAULT 7,
+    ratio DOUBLE PRECISION,
+    ok BOOLEAN NOT NULL DEFAULT true,
+    at TIMESTAMPTZ,
+    CONSTRAINT positive_id CHECK (id > 0),
+    CHECK (ratio IS NULL OR ratio < 1000 / small)
+)";
+
+fn input(unknown: &str) -> Input {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.sql"), INPUT).unwrap();
+    let toml = format!("[input]\nunknown_fields = \"{unknown}\"\n[sink.postgres]\ntable = \"t\"\n");
+    std::fs::write(dir.path().join("job.toml"), toml).unwrap();
+    Input::new(&Job::load(dir.path()).unwrap()).unwrap()
+}
+
+fn run(input: &Input, messages: &[&str]) -> Decoded {
+    let mut raw = RawBatch::default();
+    for (i, m) in messages.iter().enumerate() {
+        raw.push(0, i as i64, None, Some(m.as_bytes()));
+    }
+    decode(&raw, input, &Limits::default()).unwrap()
+}
+
+/// `(offset, reason, message)` of each refused message.
+fn refusals(decoded: &Decoded) -> Vec<(i64, String, String)> {
+    decoded.bad.iter().map(|b| (b.offset, b.refusal.reason.code().to_string(), b.refusal.message.clone())).collect()
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> &'a dyn Array {
+    batch.column_by_name(name).unwrap().as_ref()
+}
+
+#[test]
+fn absent_nullable_fields_are_null_and_absent_defaulted_ones_take_the_default() {
+    let decoded = run(&input("ignore"), &[r#"{"id": 1}"#, r#"{"id": 2, "small": null, "ok": false, "name": "x"}"#]);
+    assert!(decoded.bad.is_empty(), "{:?}", refusals(&decoded));
+    let b = &decoded.batch;
+    assert!(column(b, "name").is_null(0) && column(b, "ratio").is_null(0) && column(b, "at").is_null(0));
+    assert_eq!(column(b, "small").as_primitive::<Int16Type>().value(0), 7, "absent: the default");
+    assert!(column(b, "small").is_null(1), "an explicit null stays NULL");
+    assert!(column(b, "ok").as_boolean().value(0));
+    assert!(!column(b, "ok").as_boolean().value(1));
+}
+
+#[test]
+fn nothing_is_coerced() {
+    let decoded = run(
+        &input("ignore"),
+        &[
+            r#"{"id": "123"}"#,
+            r#"{"id": 1.9}"#,
+            r#"{"id": 1.0}"#,
+            r#"{"id": 1, "id": 2}"#,
+            r#"{"id": 1, "small": 40000}"#,
+            r#"{"id": 1, "ok": 1}"#,
+            r#"{"id": 1, "name": 5}"#,
+            r#"{"id": 1, "ok": null}"#,
+            r#"{"name": "no id"}"#,
+            r#"{"id": 1, "ratio": 2}"#,
+        ],
+    );
+    let reasons: Vec<String> = refusals(&decoded).into_iter().map(|r| r.1).collect();
+    assert_eq!(
+        reasons,
+        [
+            "wrong_type",
+            "wrong_type",
+            "wrong_type",
+            "duplicate_field",
+            "out_of_range",
+            "wrong_type",
+            "wrong_type",
+            "null_field",
+            "missing_field"
+        ]
+    );
+    assert_eq!(decoded.batch.num_rows(), 1, "an integer is an exact double");
+    assert_eq!(column(&decoded.batch, "ratio").as_primitive::<Float64Type>().value(0), 2.0);
+    assert_eq!(decoded.bad[4].refusal.message, "field small: 40000 is outside int2");
+}
+
+#[test]
+fn timestamps_are_rfc3339_or_epoch_seconds_and_nothing_finer_than_microseconds() {
+    let decoded = run(
+        &input("ignore"),
+        &[
+            r#"{"id": 1, "at": "2024-01-02T03:04:05.123456Z"}"#,
+            r#"{"id": 1, "at": 1704164645}"#,
+            r#"{"id": 1, "at": "2024-01-02T06:04:05+03:00"}"#,
+            r#"{"id": 1, "at": "2024-01-02 03:04:05"}"#,
+            r#"{"id": 1, "at": "2024-01-02T03:04:05.1234567Z"}"#,
+            r#"{"id": 1, "at": "1704164645"}"#,
+        ],
+    );
+    let at = column(&decoded.batch, "at").as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(at.values().to_vec(), [1_704_164_645_123_456, 1_704_164_645_000_000, 1_704_164_645_000_000]);
+    let offsets: Vec<i64> = decoded.bad.iter().map(|b| b.offset).collect();
+    assert_eq!(offsets, [3, 4, 5]);
+    assert!(decoded.bad[1].refusal.message.contains("finer than microseconds"), "{:?}", refusals(&decoded));
+}
+
+#[test]
+fn unknown_fields_are_ignored_or_refused() {
+    let message = r#"{"id": 1, "extra": [1, 2]}"#;
+    assert!(run(&input("ignore"), &[message]).bad.is_empty());
+    let refused = refusals(&run(&input("refuse"), &[message]));
+    assert_eq!(refused, [(0, "unknown_field".into(), "field extra is not declared in input.sql".into())]);
+}
+
+#[test]
+fn a_false_check_refuses_its_row_naming_the_constraint_and_null_passes() {
+    let decoded = run(
+        &input("ignore"),
+        &[r#"{"id": 5}"#, r#"{"id": -1}"#, r#"{"id": 6, "ratio": 500.5}"#, r#"{"id": 7, "ratio": 1.5}"#],
+    );
+    assert_eq!(
+        refusals(&decoded),
+        [
+            (1, "positive_id".into(), "CHECK positive_id (id > 0) is false for id = -1".into()),
+            (
+                2,
+                "check_failed".into(),
+                "CHECK (ratio IS NULL OR ratio < 1000 / small) is false for small = 7, ratio = 500.5".into()
+            )
+        ]
+    );
+    let ids = column(&decoded.batch, "id").as_primitive::<Int64Type>();
+    assert_eq!(ids.values().to_vec(), [5, 7], "the rest flows, in order");
+}
+
+#[test]
+fn a_check_that_fails_to_evaluate_on_one_row_refuses_only_that_row() {
+    // 1000 / small with small = 0: a division by zero on that row alone.
+    let decoded = run(&input("ignore"), &[r#"{"id": 1, "ratio": 1}"#, r#"{"id": 2, "ratio": 1, "small": 0}"#]);
+    let refused = refusals(&decoded);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].0, refused[0].1.as_str()), (1, "check_failed"));
+    assert!(refused[0].2.contains("could not be evaluated"), "{}", refused[0].2);
+    assert_eq!(decoded.batch.num_rows(), 1);
+}
+
+#[test]
+fn a_check_that_does_not_plan_is_refused_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |sql: &str| std::fs::write(dir.path().join("input.sql"), sql).unwrap();
+    std::fs::write(dir.path().join("job.toml"), "[sink.postgres]\ntable = \"t\"\n").unwrap();
+    let compile = |dir: &Path| Input::new(&Job::load(dir).unwrap()).unwrap_err().to_string();
+    write("CREATE TABLE t (\n  a BIGINT,\n  CHECK (b > 0)\n)");
+    let err = compile(dir.path());
+    assert!(err.starts_with("job: ") && err.contains("input.sql:3:10") && err.contains("b"), "{err}");
+    write("CREATE TABLE t (a BIGINT CHECK (a + 1))");
+    assert!(compile(dir.path()).contains("not a boolean"));
+    write("CREATE TABLE t (a BIGINT CONSTRAINT wrong_type CHECK (a > 0))");
+    assert!(compile(dir.path()).contains("one of sparklet's own reason codes"));
+    write("CREATE TABLE t (a BIGINT CHECK (random() > a))");
+    assert!(compile(dir.path()).contains("same answer"));
+}
