@@ -1,8 +1,8 @@
 -- Step 2 (DataFusion SQL): one row per (campaign, subscriber of its restaurant).
 -- `subscribers` is the cached subscribers_restaurants table. The last file's
--- result goes to both sinks; it must have these columns (order is free,
--- extra columns are dropped): the campaign fields, client_id and
--- trigger_datetime_created.
+-- columns are the output, as they come: each row is one Kafka message (JSON,
+-- fields in this order, keyed by client_id: job.toml) and one row of
+-- subscribers_feedback (columns by name; sparklet checks the table at start).
 SELECT
     c.restaurant_id,
     c.adv_campaign_id,

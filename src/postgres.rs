@@ -124,3 +124,8 @@ pub(crate) async fn check_trusted(client: &Client, object: Object<'_>, target: &
     }
     Ok(())
 }
+
+/// `name` as a quoted SQL identifier (`"a""b"` for `a"b`).
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -84,9 +84,20 @@ impl SqlPipeline {
     /// Plans and runs the files on empty tables, so a broken file or an
     /// output the sinks cannot take fails at start, naming the file.
     pub async fn validate(&self) -> Result<()> {
+        self.output_schema().await.map(drop)
+    }
+
+    /// The output's columns, as the last file gives them (planned and run on
+    /// empty tables).
+    pub async fn output_schema(&self) -> Result<SchemaRef> {
         let campaigns = RecordBatch::new_empty(self.input.schema());
         let subscribers = Subscribers::from_rows(Vec::new(), Vec::new())?;
-        self.run(campaigns, &subscribers, 0, 0).await.map(|_| ())
+        let (running, df) = self.prepare(campaigns, &subscribers, 0, 0).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        if let Err(e) = df.collect().await {
+            return Err(running.failed(e).await);
+        }
+        Ok(schema)
     }
 
     /// Runs the files on one batch and returns the output (text may stay
@@ -111,6 +122,34 @@ impl SqlPipeline {
         now: i64,
         batch_id: u64,
     ) -> Result<RowStream> {
+        let (running, df) = self.prepare(campaigns, subscribers, now, batch_id).await?;
+        let running = Arc::new(running);
+        let rows = match df.execute_stream().await {
+            Ok(rows) => rows,
+            Err(e) => return Err(running.failed(e).await),
+        };
+        Ok(rows
+            .then(move |batch| {
+                let running = running.clone();
+                async move {
+                    match batch {
+                        Ok(batch) => Ok(batch),
+                        Err(e) => Err(running.failed(e).await),
+                    }
+                }
+            })
+            .boxed())
+    }
+
+    /// Registers the tables and the views of all files but the last, and
+    /// plans the last, whose output is checked ([`check_output`]).
+    async fn prepare(
+        &self,
+        campaigns: RecordBatch,
+        subscribers: &Subscribers,
+        now: i64,
+        batch_id: u64,
+    ) -> Result<(Running, datafusion::dataframe::DataFrame)> {
         let ctx = SessionContext::new_with_config(session_config());
         let campaigns = crate::schema::text::for_sql(campaigns)?;
         let input = self.job.input.table.as_str();
@@ -129,22 +168,7 @@ impl SqlPipeline {
         // Check the output on the plan's schema, so even a batch (or a
         // start-up validation) with no rows catches a wrong output.
         check_output(df.schema().as_arrow(), &last.path, self.job.options.sink.kafka.key.as_deref())?;
-        let running = Arc::new(Running { ctx, views: init.to_vec(), last: last.clone() });
-        let rows = match df.execute_stream().await {
-            Ok(rows) => rows,
-            Err(e) => return Err(running.failed(e).await),
-        };
-        Ok(rows
-            .then(move |batch| {
-                let running = running.clone();
-                async move {
-                    match batch {
-                        Ok(batch) => Ok(batch),
-                        Err(e) => Err(running.failed(e).await),
-                    }
-                }
-            })
-            .boxed())
+        Ok((Running { ctx, views: init.to_vec(), last: last.clone() }, df))
     }
 }
 
@@ -265,7 +289,8 @@ fn check_output(schema: &Schema, path: &Path, key: Option<&str>) -> Result<()> {
         let message = format!("has no column {key}, the Kafka key (job.toml [sink.kafka] key); it has {}", names.join(", "));
         return Err(fail(message));
     };
-    if !(Text::is_text(field.data_type()) || field.data_type().is_integer()) {
+    let text = Text::is_text(field.data_type()) || matches!(field.data_type(), DataType::Utf8View | DataType::LargeUtf8);
+    if !(text || field.data_type().is_integer()) {
         return Err(fail(format!("column {key}, the Kafka key, is {}: it must be text or an integer", field.data_type())));
     }
     Ok(())

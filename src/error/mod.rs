@@ -238,6 +238,11 @@ pub enum Error {
         source: arrow::error::ArrowError,
     },
 
+    /// The job's Postgres table cannot take the output (found in its
+    /// catalog at start, before anything is read). Not retryable.
+    #[error("postgres: table {table} on {target} cannot take the job's output: {problems}. Nothing was written; fix the table or the last SQL step and start again")]
+    PostgresTable { table: String, target: String, problems: String },
+
     /// The output could not be encoded for Postgres' binary COPY.
     #[error("postgres: encoding rows for COPY")]
     CopyEncoding(#[source] CopyError),
@@ -301,8 +306,8 @@ impl fmt::Display for Chain<'_> {
 pub enum CopyError {
     #[error("{0} columns are more than COPY's 32767")]
     TooManyColumns(usize),
-    #[error("column {0} has NULLs")]
-    Nulls(String),
+    #[error("column {0} has a NaN or infinite value, which the Kafka sink's JSON cannot carry (it would write null): filter or replace it in the last step")]
+    NotFinite(String),
     #[error("column {column} has type {data_type}, which sparklet does not encode")]
     Type { column: String, data_type: arrow::datatypes::DataType },
 }

@@ -150,7 +150,10 @@ pub(super) async fn connect_sinks(
 ) -> Result<(PostgresSink, KafkaSink)> {
     let job = pipeline.job();
     let exactly_once = config.guarantee.exactly_once();
-    let postgres = PostgresSink::connect(&config.postgres, sink_key, exactly_once, ownership.epoch()).await?;
+    let output = pipeline.output_schema().await?;
+    let options = &job.options.sink.postgres;
+    let postgres =
+        PostgresSink::connect(&config.postgres, options, &output, sink_key, exactly_once, ownership.epoch()).await?;
     let dead_letter_topic = (config.bad_records.on_bad_record == OnBadRecord::DeadLetter)
         .then(|| config.bad_records.dead_letter_topic.clone());
     let group = source.group_metadata()?;

@@ -1,17 +1,23 @@
 //! Postgres binary COPY encoding, straight from Arrow columns.
 //!
 //! The format (PostgreSQL docs, "COPY ... BINARY"): a fixed header, then per
-//! row a 16-bit field count and per field a 32-bit length and the value in
-//! network byte order, then a 16-bit -1 trailer. Text is its UTF-8 bytes,
-//! `int8`/`int4` big-endian integers.
+//! row a 16-bit field count and per field a 32-bit length (-1: NULL) and the
+//! value in the column type's own binary format, network byte order, then a
+//! 16-bit -1 trailer. Each output column is written in its table column's
+//! format ([`Target`], checked at start): text as UTF-8, integers and floats
+//! big-endian (widened where the column is wider), booleans as one byte,
+//! timestamps as microseconds and dates as days since 2000-01-01.
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int32Type, Int64Type};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType,
+};
 use bytes::{BufMut, BytesMut};
 
+use super::table::Target;
 use crate::error::{CopyError, Result};
 use crate::schema::text::Text;
-
 /// Signature, flags and header-extension length.
 pub fn write_header(out: &mut BytesMut) {
     out.put_slice(b"PGCOPY\n\xff\r\n\0");
@@ -24,61 +30,158 @@ pub fn write_trailer(out: &mut BytesMut) {
     out.put_i16(-1);
 }
 
-/// One column, typed once per batch rather than once per value.
-enum Column<'a> {
+/// Microseconds from the Unix epoch to Postgres' (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days from the Unix epoch to Postgres'.
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// One column, typed once per call rather than once per value.
+enum Values<'a> {
     Text(Text<'a>),
-    Int8(&'a arrow::array::Int64Array),
+    Int2(&'a arrow::array::Int16Array),
     Int4(&'a arrow::array::Int32Array),
+    Int8(&'a arrow::array::Int64Array),
+    Float4(&'a arrow::array::Float32Array),
+    Float8(&'a arrow::array::Float64Array),
+    Bool(&'a arrow::array::BooleanArray),
+    Timestamp(&'a arrow::array::TimestampMicrosecondArray),
+    Date(&'a arrow::array::Date32Array),
 }
 
-/// Appends rows `start..end` of `batch`; columns must be text (plain or
-/// shared, [`Text`]), Int64 or Int32 without nulls (the sink's schema
-/// guarantees both).
-pub fn write_rows(batch: &RecordBatch, start: usize, end: usize, out: &mut BytesMut) -> Result<()> {
-    let columns = typed_columns(batch)?;
-    let count = i16::try_from(columns.len()).map_err(|_| CopyError::TooManyColumns(columns.len()))?;
+/// Appends rows `start..end` of `batch`, column `i` in `targets[i]`'s
+/// format; with `ordinal`, each row gets one more field: its number, counted
+/// on from there (an upsert's staging table orders by it).
+pub fn write_rows(
+    batch: &RecordBatch,
+    targets: &[Target],
+    start: usize,
+    end: usize,
+    out: &mut BytesMut,
+    mut ordinal: Option<&mut i64>,
+) -> Result<()> {
+    let arrays = batch
+        .columns()
+        .iter()
+        .zip(targets)
+        .map(|(array, target)| as_target(array, *target))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| CopyError::Type { column: e, data_type: DataType::Null })?;
+    let names = batch.schema();
+    let columns = arrays.iter().zip(names.fields()).map(|(a, f)| values(a, f.name())).collect::<Result<Vec<_>>>()?;
+    let fields = columns.len() + usize::from(ordinal.is_some());
+    let count = i16::try_from(fields).map_err(|_| CopyError::TooManyColumns(fields))?;
     for row in start..end {
         out.put_i16(count);
-        for column in &columns {
-            match column {
-                Column::Text(a) => {
-                    let v = a.value(row).as_bytes();
-                    out.put_i32(v.len() as i32);
-                    out.put_slice(v);
-                }
-                Column::Int8(a) => {
-                    out.put_i32(8);
-                    out.put_i64(a.value(row));
-                }
-                Column::Int4(a) => {
-                    out.put_i32(4);
-                    out.put_i32(a.value(row));
-                }
-            }
+        for (i, column) in columns.iter().enumerate() {
+            write_value(column, row, out).map_err(|()| CopyError::NotFinite(names.field(i).name().clone()))?;
+        }
+        if let Some(n) = ordinal.as_deref_mut() {
+            out.put_i32(8);
+            out.put_i64(*n);
+            *n += 1;
         }
     }
     Ok(())
 }
 
-fn typed_columns(batch: &RecordBatch) -> Result<Vec<Column<'_>>> {
-    batch
-        .columns()
-        .iter()
-        .zip(batch.schema().fields())
-        .map(|(array, field)| {
-            if array.logical_null_count() > 0 {
-                return Err(CopyError::Nulls(field.name().clone()).into());
-            }
-            if let Some(text) = Text::of(array.as_ref()) {
-                return Ok(Column::Text(text));
-            }
-            match array.data_type() {
-                DataType::Int64 => Ok(Column::Int8(array.as_primitive::<Int64Type>())),
-                DataType::Int32 => Ok(Column::Int4(array.as_primitive::<Int32Type>())),
-                other => Err(CopyError::Type { column: field.name().clone(), data_type: other.clone() }.into()),
-            }
-        })
-        .collect()
+/// `array` cast to the Arrow type whose values `target` writes as they are
+/// (a wider integer or float, microseconds); the column's name on failure.
+fn as_target(array: &ArrayRef, target: Target) -> std::result::Result<ArrayRef, String> {
+    let wanted = match (target, array.data_type()) {
+        (Target::Text, DataType::Utf8View | DataType::LargeUtf8) => DataType::Utf8,
+        (Target::Int4, DataType::Int16) => DataType::Int32,
+        (Target::Int8, DataType::Int16 | DataType::Int32) => DataType::Int64,
+        (Target::Float8, DataType::Float32) => DataType::Float64,
+        (Target::Timestamp, DataType::Timestamp(unit, _)) if *unit != TimeUnit::Microsecond => {
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        }
+        (Target::Timestamp, DataType::Timestamp(_, Some(_))) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        _ => return Ok(array.clone()),
+    };
+    arrow::compute::cast(array, &wanted).map_err(|e| e.to_string())
+}
+
+fn values<'a>(array: &'a ArrayRef, name: &str) -> Result<Values<'a>> {
+    if let Some(text) = Text::of(array.as_ref()) {
+        return Ok(Values::Text(text));
+    }
+    Ok(match array.data_type() {
+        DataType::Int16 => Values::Int2(array.as_primitive::<Int16Type>()),
+        DataType::Int32 => Values::Int4(array.as_primitive::<Int32Type>()),
+        DataType::Int64 => Values::Int8(array.as_primitive::<Int64Type>()),
+        DataType::Float32 => Values::Float4(array.as_primitive::<Float32Type>()),
+        DataType::Float64 => Values::Float8(array.as_primitive::<Float64Type>()),
+        DataType::Boolean => Values::Bool(array.as_boolean()),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => Values::Timestamp(array.as_primitive::<TimestampMicrosecondType>()),
+        DataType::Date32 => Values::Date(array.as_primitive::<Date32Type>()),
+        other => return Err(CopyError::Type { column: name.to_string(), data_type: other.clone() }.into()),
+    })
+}
+
+impl Values<'_> {
+    fn is_null(&self, row: usize) -> bool {
+        match self {
+            Values::Text(a) => a.is_null(row),
+            Values::Int2(a) => a.is_null(row),
+            Values::Int4(a) => a.is_null(row),
+            Values::Int8(a) => a.is_null(row),
+            Values::Float4(a) => a.is_null(row),
+            Values::Float8(a) => a.is_null(row),
+            Values::Bool(a) => a.is_null(row),
+            Values::Timestamp(a) => a.is_null(row),
+            Values::Date(a) => a.is_null(row),
+        }
+    }
+}
+
+/// One value; `Err` for a float that is NaN or infinite (Kafka's JSON
+/// would write `null`: the sinks would disagree).
+fn write_value(column: &Values<'_>, row: usize, out: &mut BytesMut) -> std::result::Result<(), ()> {
+    if column.is_null(row) {
+        out.put_i32(-1);
+        return Ok(());
+    }
+    match column {
+        Values::Text(a) => {
+            let v = a.value(row).as_bytes();
+            out.put_i32(v.len() as i32);
+            out.put_slice(v);
+        }
+        Values::Int2(a) => {
+            out.put_i32(2);
+            out.put_i16(a.value(row));
+        }
+        Values::Int4(a) => {
+            out.put_i32(4);
+            out.put_i32(a.value(row));
+        }
+        Values::Int8(a) => {
+            out.put_i32(8);
+            out.put_i64(a.value(row));
+        }
+        Values::Float4(a) if a.value(row).is_finite() => {
+            out.put_i32(4);
+            out.put_f32(a.value(row));
+        }
+        Values::Float8(a) if a.value(row).is_finite() => {
+            out.put_i32(8);
+            out.put_f64(a.value(row));
+        }
+        Values::Float4(_) | Values::Float8(_) => return Err(()),
+        Values::Bool(a) => {
+            out.put_i32(1);
+            out.put_u8(u8::from(a.value(row)));
+        }
+        Values::Timestamp(a) => {
+            out.put_i32(8);
+            out.put_i64(a.value(row).saturating_sub(PG_EPOCH_MICROS));
+        }
+        Values::Date(a) => {
+            out.put_i32(4);
+            out.put_i32(a.value(row).saturating_sub(PG_EPOCH_DAYS));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -106,7 +209,7 @@ mod tests {
         .unwrap();
         let mut out = BytesMut::new();
         write_header(&mut out);
-        write_rows(&batch, 0, 1, &mut out).unwrap();
+        write_rows(&batch, &[Target::Text, Target::Int8, Target::Int4], 0, 1, &mut out, None).unwrap();
         write_trailer(&mut out);
         let mut expected = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
         expected.extend_from_slice(&[0, 3]);

@@ -1,5 +1,5 @@
-//! The two sinks of a batch's output: the Kafka output topic and the Postgres
-//! table `subscribers_feedback`.
+//! The two sinks of a batch's output: the Kafka output topic and the job's
+//! Postgres table (the seed's `subscribers_feedback`).
 //!
 //! Both are exactly-once per batch: each commits the batch's rows together
 //! with a marker naming (query, batch) in one transaction, and can tell
@@ -15,6 +15,7 @@ pub mod kafka;
 pub(crate) mod kafka_marker;
 pub(crate) mod owner;
 pub(crate) mod postgres;
+mod table;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::error::Result;
 use crate::source::decode::BadMessage;
 
 pub use feed::{BatchOutput, Chunks};
+pub use table::Target;
 pub(crate) use owner::OWNERS_DDL;
 pub(crate) use postgres::MARKER_DDL;
 

@@ -1,5 +1,10 @@
-//! The Postgres sink: binary COPY into `subscribers_feedback`, one transaction
-//! per batch, together with a row in `sparklet_commits` naming the batch.
+//! The Postgres sink: the output's columns, by name, into the job's table
+//! (`job.toml`'s `[sink.postgres] table`; the seed's `subscribers_feedback`)
+//! with binary COPY, one transaction per batch, together with a row in
+//! `sparklet_commits` naming the batch. The table is checked in the catalog
+//! at start ([`super::table`]). With an upsert key, the rows are copied into
+//! a staging table of the transaction and inserted from there `ON CONFLICT
+//! (key) DO UPDATE` (the batch's last row of a key wins) or `DO NOTHING`.
 //!
 //! The job's table keeps its DDL (no unique key is assumed); the marker's
 //! primary key `(query_id, batch_id)` is what makes a batch land at most once,
@@ -12,15 +17,15 @@ use bytes::BytesMut;
 use futures::SinkExt;
 use tokio_postgres::Client;
 
+use arrow::datatypes::Schema;
+
 use crate::batch::BatchPlan;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
-use crate::schema::OUTPUT_FIELDS;
+use crate::job::{OnConflict, PostgresSinkOptions};
+use crate::sink::table::{self, Target};
 use crate::sink::{copy, owner, Chunks, Sink};
 use crate::source::decode::BadMessage;
-
-/// The job's target table.
-pub(crate) const FEEDBACK_TABLE: &str = "subscribers_feedback";
 
 /// Sparklet's marker table, created if missing.
 pub(crate) const MARKER_DDL: &str = "CREATE TABLE IF NOT EXISTS sparklet_commits (
@@ -34,11 +39,25 @@ pub(crate) const MARKER_DDL: &str = "CREATE TABLE IF NOT EXISTS sparklet_commits
 /// Bytes buffered before a chunk is sent to the server.
 const CHUNK_BYTES: usize = 1 << 20;
 
-/// Writes batches into `subscribers_feedback`.
+/// Where and how the output's rows are written.
+#[derive(Debug, Clone)]
+struct Table {
+    /// As the catalog names it, quoted where needed (`regclass::text`).
+    name: String,
+    /// The output's column names, quoted, in the output's order.
+    columns: Vec<String>,
+    /// Each output column's binary format.
+    targets: Vec<Target>,
+    /// The quoted upsert key, if any, and what a conflict does.
+    upsert: Option<(Vec<String>, OnConflict)>,
+}
+
+/// Writes batches into the job's table.
 pub(crate) struct PostgresSink {
     client: Client,
     query_id: String,
     target: String,
+    table: Table,
     /// Exactly-once: record and check the batch marker.
     markers: bool,
     /// This run's owner epoch ([`owner::claim`]), checked by every batch.
@@ -46,44 +65,121 @@ pub(crate) struct PostgresSink {
 }
 
 impl PostgresSink {
-    /// Connects, creates the marker table and checks that the feedback table
-    /// exists with the columns sparklet writes.
-    pub(crate) async fn connect(config: &PostgresConfig, query_id: &str, markers: bool, epoch: i64) -> Result<Self> {
-        let client = crate::postgres::connect(config, "the feedback sink").await?;
+    /// Connects, creates the marker table and checks in the catalog that
+    /// the job's table takes `output` ([`table::check`]).
+    pub(crate) async fn connect(
+        config: &PostgresConfig,
+        options: &PostgresSinkOptions,
+        output: &Schema,
+        query_id: &str,
+        markers: bool,
+        epoch: i64,
+    ) -> Result<Self> {
+        let client = crate::postgres::connect(config, "the output sink").await?;
         let target = config.target();
         crate::postgres::ensure_table(&client, "sparklet_commits", MARKER_DDL, &target).await?;
-        let probe = format!("SELECT {} FROM {FEEDBACK_TABLE} LIMIT 0", column_list());
-        client.simple_query(&probe).await.map_err(|e| {
-            Error::postgres(format!("checking table {FEEDBACK_TABLE} on {target} (create it with sql/schema.sql)"), e)
-        })?;
-        Ok(PostgresSink { client, query_id: query_id.to_string(), target, markers, epoch })
+        let targets = table::check(&client, options, output, &target).await?;
+        let name: String = client
+            .query_one("SELECT pg_catalog.to_regclass($1)::text", &[&options.table])
+            .await
+            .map_err(|e| Error::postgres(format!("naming table {} on {target}", options.table), e))?
+            .get(0);
+        let quoted = |names: &mut dyn Iterator<Item = &String>| names.map(|n| crate::postgres::quote_ident(n)).collect();
+        let upsert = (!options.upsert_key.is_empty())
+            .then(|| (quoted(&mut options.upsert_key.iter()), options.on_conflict));
+        let columns = quoted(&mut output.fields().iter().map(|f| f.name()));
+        let table = Table { name, columns, targets, upsert };
+        Ok(PostgresSink { client, query_id: query_id.to_string(), target, table, markers, epoch })
     }
 }
 
-/// Streams `rows`, as they arrive, into the feedback table with binary COPY
-/// inside `txn`.
-async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, mut rows: Chunks, target: &str) -> Result<u64> {
-    let err = |action: &str, e| Error::postgres(format!("{action} into {FEEDBACK_TABLE} on {target}"), e);
-    let statement = format!("COPY {FEEDBACK_TABLE} ({}) FROM STDIN (FORMAT binary)", column_list());
-    let sink = txn.copy_in::<_, bytes::Bytes>(statement.as_str()).await.map_err(|e| err("starting COPY", e))?;
+/// Streams `rows`, as they arrive, into the job's table (or the upsert's
+/// staging table) with binary COPY inside `txn`; then upserts.
+async fn copy_rows(txn: &tokio_postgres::Transaction<'_>, rows: Chunks, table: &Table, target: &str) -> Result<u64> {
+    let err = |action: &str, e| Error::postgres(format!("{action} into {} on {target}", table.name), e);
+    let columns = table.columns.join(", ");
+    let Some((key, on_conflict)) = &table.upsert else {
+        let statement = format!("COPY {} ({columns}) FROM STDIN (FORMAT binary)", table.name);
+        return copy_in(txn, &statement, rows, &table.targets, false).await.map_err(|e| e.with(err));
+    };
+    let stage = format!(
+        "CREATE TEMP TABLE sparklet_stage ON COMMIT DROP AS SELECT {columns}, 0::int8 AS sparklet_row FROM {} WITH NO DATA",
+        table.name
+    );
+    txn.batch_execute(&stage).await.map_err(|e| err("creating the staging table", e))?;
+    let statement = format!("COPY sparklet_stage ({columns}, sparklet_row) FROM STDIN (FORMAT binary)");
+    copy_in(txn, &statement, rows, &table.targets, true).await.map_err(|e| e.with(err))?;
+    let insert = upsert_statement(table, key, *on_conflict);
+    txn.execute(insert.as_str(), &[]).await.map_err(|e| err("upserting", e))
+}
+
+/// `INSERT ... SELECT` from the staging table: per key the batch's last row
+/// (`DISTINCT ON`, or the second row of a key would fail `DO UPDATE`).
+fn upsert_statement(table: &Table, key: &[String], on_conflict: OnConflict) -> String {
+    let (columns, key_list) = (table.columns.join(", "), key.join(", "));
+    let updates: Vec<String> =
+        table.columns.iter().filter(|c| !key.contains(c)).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    let action = match (on_conflict, updates.is_empty()) {
+        (OnConflict::Update, false) => format!("DO UPDATE SET {}", updates.join(", ")),
+        _ => "DO NOTHING".to_string(),
+    };
+    format!(
+        "INSERT INTO {} AS t ({columns}) SELECT DISTINCT ON ({key_list}) {columns} FROM sparklet_stage \
+         ORDER BY {key_list}, sparklet_row DESC ON CONFLICT ({key_list}) {action}",
+        table.name
+    )
+}
+
+/// A failed COPY: Postgres' error, or sparklet's own.
+enum CopyFailed {
+    Postgres(&'static str, tokio_postgres::Error),
+    Other(Error),
+}
+
+impl CopyFailed {
+    fn with(self, err: impl Fn(&str, tokio_postgres::Error) -> Error) -> Error {
+        match self {
+            CopyFailed::Postgres(action, e) => err(action, e),
+            CopyFailed::Other(e) => e,
+        }
+    }
+}
+
+impl From<Error> for CopyFailed {
+    fn from(e: Error) -> Self {
+        CopyFailed::Other(e)
+    }
+}
+
+/// Runs `statement` (a `COPY ... FROM STDIN`), streaming `rows`.
+async fn copy_in(
+    txn: &tokio_postgres::Transaction<'_>,
+    statement: &str,
+    mut rows: Chunks,
+    targets: &[Target],
+    numbered: bool,
+) -> std::result::Result<u64, CopyFailed> {
+    let pg = |action| move |e| CopyFailed::Postgres(action, e);
+    let sink = txn.copy_in::<_, bytes::Bytes>(statement).await.map_err(pg("starting COPY"))?;
     futures::pin_mut!(sink);
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES + 4096);
+    let mut ordinal = 0i64;
     copy::write_header(&mut buf);
     while let Some(batch) = rows.next().await? {
         let mut row = 0;
         while row < batch.num_rows() {
             let end = (row + 1024).min(batch.num_rows());
-            copy::write_rows(&batch, row, end, &mut buf)?;
+            copy::write_rows(&batch, targets, row, end, &mut buf, numbered.then_some(&mut ordinal))?;
             row = end;
             if buf.len() >= CHUNK_BYTES {
-                sink.send(buf.split().freeze()).await.map_err(|e| err("sending COPY data", e))?;
+                sink.send(buf.split().freeze()).await.map_err(pg("sending COPY data"))?;
             }
         }
     }
     crate::crash::point("pg-mid-copy");
     copy::write_trailer(&mut buf);
-    sink.send(buf.split().freeze()).await.map_err(|e| err("sending COPY data", e))?;
-    sink.finish().await.map_err(|e| err("finishing COPY", e))
+    sink.send(buf.split().freeze()).await.map_err(pg("sending COPY data"))?;
+    sink.finish().await.map_err(pg("finishing COPY"))
 }
 
 /// The newest batch of `query_id` whose marker `sparklet_commits` holds
@@ -134,7 +230,7 @@ impl Sink for PostgresSink {
             .transaction()
             .await
             .map_err(|e| Error::postgres(format!("beginning a transaction on {target}"), e))?;
-        let written = copy_rows(&txn, rows, &target).await?;
+        let written = copy_rows(&txn, rows, &self.table, &target).await?;
         owner::check(&txn, &self.query_id, self.epoch, &target).await?;
         if self.markers {
             record_marker(&txn, &self.query_id, plan, written, &target).await?;
@@ -162,9 +258,4 @@ async fn record_marker(
     .await
     .map_err(|e| Error::postgres(format!("recording batch {} in sparklet_commits on {target}", plan.batch_id), e))?;
     Ok(())
-}
-
-/// The columns sparklet writes, in the output schema's order.
-fn column_list() -> String {
-    OUTPUT_FIELDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
 }

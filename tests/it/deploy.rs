@@ -94,7 +94,7 @@ fn the_kubernetes_config_map_holds_the_repos_sql_files_and_the_pods_options_exis
     let mut in_repo = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(repo_path("sql"))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "sql") {
+        if path.extension().is_some_and(|e| e == "sql" || e == "toml") {
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             in_repo.insert(name, std::fs::read_to_string(&path)?.trim_end().to_string() + "\n");
         }

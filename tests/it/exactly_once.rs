@@ -46,7 +46,7 @@ pub(crate) async fn assert_exactly_once(job: &Job, expected: &[(String, String)]
 /// returns (later after a broker restart), and a `read_committed` read
 /// before that stops at the last stable offset, missing the newest batch; a
 /// transaction still open after 30 s is an error of its own.
-async fn settle_output(job: &Job) -> Result<()> {
+pub(crate) async fn settle_output(job: &Job) -> Result<()> {
     let bootstrap = job.kafka.bootstrap();
     let what = format!("no open transaction on {} (last stable offset = high watermark)", job.output);
     wait_until(&what, Duration::from_secs(30), async || {

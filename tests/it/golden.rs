@@ -93,7 +93,7 @@ fn copy_lines(batch: &RecordBatch) -> Result<Vec<String>> {
     let mut lines = Vec::new();
     for row in 0..batch.num_rows() {
         let mut tuple = BytesMut::new();
-        sparklet::sink::copy::write_rows(batch, row, row + 1, &mut tuple)?;
+        sparklet::sink::copy::write_rows(batch, &natural(batch), row, row + 1, &mut tuple, None)?;
         lines.push(format!("copy {}", tuple.iter().map(|b| format!("{b:02x}")).collect::<String>()));
     }
     Ok(lines)
@@ -120,4 +120,9 @@ async fn the_seed_jobs_output_and_refusals_are_byte_for_byte_the_pinned_ones() -
         );
     }
     Ok(())
+}
+
+/// Each column's natural Postgres type (what the seed's table has).
+fn natural(batch: &arrow::array::RecordBatch) -> Vec<sparklet::sink::Target> {
+    batch.schema().fields().iter().filter_map(|f| sparklet::sink::Target::natural(f.data_type())).collect()
 }

@@ -18,6 +18,7 @@ mod exactly_once;
 mod golden;
 mod hold;
 mod house;
+mod job_folder;
 mod http;
 mod http_limits;
 mod isolation;

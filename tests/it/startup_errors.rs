@@ -26,13 +26,13 @@ async fn broken_sql_file_fails_at_start_naming_the_file() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_output_without_sink_columns_fails_at_start() -> Result<()> {
+async fn sql_output_without_the_kafka_key_column_fails_at_start_naming_the_file() -> Result<()> {
     let job = Job::new(1).await?;
     let sql = tempfile::tempdir()?;
     copy_sql(sql.path())?;
     std::fs::write(sql.path().join("20_feedback.sql"), "SELECT restaurant_id FROM active_campaigns")?;
     let err = start_error(&job, &["--sql-dir", sql.path().to_str().unwrap()]).await;
-    assert!(err.contains("20_feedback.sql") && err.contains("adv_campaign_id"), "{err}");
+    assert!(err.contains("20_feedback.sql") && err.contains("has no column client_id, the Kafka key"), "{err}");
     Ok(())
 }
 

@@ -1,0 +1,292 @@
+//! The Postgres table the output goes to, checked in the catalog before
+//! anything is read: each output column must exist, be assignable from its
+//! Arrow type by binary COPY ([`Target`]), and not be generated; every
+//! `NOT NULL` column without a default must be filled; an upsert key must be
+//! exactly a unique index's columns. All problems are reported together.
+
+use arrow::datatypes::{DataType, Schema};
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::job::PostgresSinkOptions;
+use crate::schema::text::Text;
+
+/// The binary format a column is written in: its Postgres base type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Text,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    /// `timestamptz` and `timestamp`: microseconds since 2000-01-01.
+    Timestamp,
+    /// Days since 2000-01-01.
+    Date,
+}
+
+impl Target {
+    /// The column type a column of Arrow type `ty` is written to as it is
+    /// (text to `text`, Int64 to `int8`, ...), if any.
+    pub fn natural(ty: &DataType) -> Option<Target> {
+        use DataType as D;
+        if Text::is_text(ty) || matches!(ty, D::Utf8View | D::LargeUtf8) {
+            return Some(Target::Text);
+        }
+        Some(match ty {
+            D::Int16 => Target::Int2,
+            D::Int32 => Target::Int4,
+            D::Int64 => Target::Int8,
+            D::Float32 => Target::Float4,
+            D::Float64 => Target::Float8,
+            D::Boolean => Target::Bool,
+            D::Timestamp(..) => Target::Timestamp,
+            D::Date32 => Target::Date,
+            _ => return None,
+        })
+    }
+
+    /// The target for Postgres base type `name` (`pg_type.typname`).
+    fn of(name: &str) -> Option<Target> {
+        Some(match name {
+            "text" | "varchar" | "bpchar" | "name" => Target::Text,
+            "int2" => Target::Int2,
+            "int4" => Target::Int4,
+            "int8" => Target::Int8,
+            "float4" => Target::Float4,
+            "float8" => Target::Float8,
+            "bool" => Target::Bool,
+            "timestamptz" | "timestamp" => Target::Timestamp,
+            "date" => Target::Date,
+            _ => return None,
+        })
+    }
+
+    /// Whether a column of Arrow type `ty` can be written as `self` without
+    /// losing anything (integers and floats only widen).
+    fn takes(self, ty: &DataType) -> bool {
+        use DataType as D;
+        match self {
+            Target::Text => Text::is_text(ty) || matches!(ty, D::Utf8View | D::LargeUtf8),
+            Target::Int2 => matches!(ty, D::Int16),
+            Target::Int4 => matches!(ty, D::Int16 | D::Int32),
+            Target::Int8 => matches!(ty, D::Int16 | D::Int32 | D::Int64),
+            Target::Float4 => matches!(ty, D::Float32),
+            Target::Float8 => matches!(ty, D::Float32 | D::Float64),
+            Target::Bool => matches!(ty, D::Boolean),
+            Target::Timestamp => matches!(ty, D::Timestamp(..)),
+            Target::Date => matches!(ty, D::Date32),
+        }
+    }
+}
+
+/// One column of the table, as the catalog describes it.
+struct Column {
+    name: String,
+    /// `format_type`: `character varying(20)`, `bigint`, ...
+    shown: String,
+    /// The base type's `typname` (a domain's base).
+    base: String,
+    not_null: bool,
+    has_default: bool,
+    /// `a`: `GENERATED ALWAYS AS IDENTITY`; `d`: `BY DEFAULT`; empty: none.
+    identity: String,
+    /// `s`: a stored generated column.
+    generated: String,
+}
+
+/// The table's columns, in attribute order; `None` if there is no such
+/// table (or view) on the search path.
+async fn columns(client: &Client, table: &str) -> std::result::Result<Option<(String, Vec<Column>)>, tokio_postgres::Error> {
+    let Some(kind) = client
+        .query_opt("SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)", &[&table])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let rows = client
+        .query(
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                    (SELECT b.typname::text FROM pg_catalog.pg_type b
+                      WHERE b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END),
+                    a.attnotnull, a.atthasdef, a.attidentity::text, a.attgenerated::text
+               FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await?;
+    let columns = rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            shown: r.get(1),
+            base: r.get(2),
+            not_null: r.get(3),
+            has_default: r.get(4),
+            identity: r.get(5),
+            generated: r.get(6),
+        })
+        .collect();
+    Ok(Some((kind.get(0), columns)))
+}
+
+/// The column sets of the table's unique indexes an upsert can use
+/// (immediate, valid, not partial, no expressions).
+async fn unique_keys(client: &Client, table: &str) -> std::result::Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT ARRAY(SELECT a.attname::text
+                            FROM pg_catalog.unnest((i.indkey::int2[])[0:i.indnkeyatts - 1]) k
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)
+               FROM pg_catalog.pg_index i
+              WHERE i.indrelid = pg_catalog.to_regclass($1) AND i.indisunique AND i.indimmediate
+                AND i.indisvalid AND i.indpred IS NULL AND i.indexprs IS NULL",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Checks that `table` takes `output` (and the upsert key); returns each
+/// output column's [`Target`], in the output's order.
+pub(crate) async fn check(
+    client: &Client,
+    options: &PostgresSinkOptions,
+    output: &Schema,
+    target: &str,
+) -> Result<Vec<Target>> {
+    let table = options.table.as_str();
+    let pg = |e| Error::postgres(format!("reading the catalog of table {table} on {target}"), e);
+    let refuse = |problems: Vec<String>| Error::PostgresTable {
+        table: table.to_string(),
+        target: target.to_string(),
+        problems: problems.join("; "),
+    };
+    let Some((kind, columns)) = columns(client, table).await.map_err(pg)? else {
+        return Err(refuse(vec!["there is no such table (create it first; the seed job's is in sql/schema.sql)".into()]));
+    };
+    if kind != "r" && kind != "p" {
+        return Err(refuse(vec![format!("it is not a table (relkind {kind}): COPY needs a table")]));
+    }
+    let (targets, mut problems) = output_problems(&columns, output);
+    problems.extend(unfilled(&columns, output));
+    if !options.upsert_key.is_empty() {
+        let keys = unique_keys(client, table).await.map_err(pg)?;
+        problems.extend(key_problems(&options.upsert_key, &keys, output));
+    }
+    match problems.is_empty() {
+        true => Ok(targets),
+        false => Err(refuse(problems)),
+    }
+}
+
+/// Each output column's target, and what is wrong with the others.
+fn output_problems(columns: &[Column], output: &Schema) -> (Vec<Target>, Vec<String>) {
+    let mut targets = Vec::new();
+    let mut problems = Vec::new();
+    for field in output.fields() {
+        let (name, ty) = (field.name(), field.data_type());
+        let Some(column) = columns.iter().find(|c| &c.name == name) else {
+            problems.push(format!("column {name}: the table has no such column (add it, or leave it out of the last step)"));
+            continue;
+        };
+        if column.identity == "a" || !column.generated.is_empty() {
+            problems.push(format!("column {name}: the table generates it; leave it out of the last step"));
+            continue;
+        }
+        match Target::of(&column.base).filter(|t| t.takes(ty)) {
+            Some(target) => targets.push(target),
+            None => problems.push(format!(
+                "column {name}: the last step gives {}, which cannot be written to {} (CAST it to the column's type in the last step)",
+                sql_name(ty),
+                column.shown
+            )),
+        }
+    }
+    (targets, problems)
+}
+
+/// `ty` as SQL names it (what the last step's column is, for people).
+fn sql_name(ty: &DataType) -> String {
+    use DataType as D;
+    match ty {
+        t if Target::natural(t) == Some(Target::Text) => "text".into(),
+        D::Int16 => "smallint".into(),
+        D::Int32 => "integer".into(),
+        D::Int64 => "bigint".into(),
+        D::Float32 => "real".into(),
+        D::Float64 => "double precision".into(),
+        D::Boolean => "boolean".into(),
+        D::Timestamp(_, Some(_)) => "timestamptz".into(),
+        D::Timestamp(_, None) => "timestamp".into(),
+        D::Date32 => "date".into(),
+        other => format!("{other} (Arrow)"),
+    }
+}
+
+/// The `NOT NULL` columns without a default the output leaves empty.
+fn unfilled(columns: &[Column], output: &Schema) -> Vec<String> {
+    columns
+        .iter()
+        .filter(|c| c.not_null && !c.has_default && c.identity.is_empty() && c.generated.is_empty())
+        .filter(|c| output.field_with_name(&c.name).is_err())
+        .map(|c| format!("column {}: NOT NULL without a default, and the last step does not fill it", c.name))
+        .collect()
+}
+
+/// Whether `key` is exactly one of `unique`'s column sets, and in the
+/// output.
+fn key_problems(key: &[String], unique: &[Vec<String>], output: &Schema) -> Vec<String> {
+    let mut problems: Vec<String> = key
+        .iter()
+        .filter(|k| output.field_with_name(k).is_err())
+        .map(|k| format!("upsert key column {k}: the last step has no such column"))
+        .collect();
+    let mut wanted: Vec<&String> = key.iter().collect();
+    wanted.sort();
+    let found = unique.iter().any(|index| {
+        let mut have: Vec<&String> = index.iter().collect();
+        have.sort();
+        have == wanted
+    });
+    if !found {
+        problems.push(format!(
+            "upsert key ({}): no unique index or primary key of the table has exactly these columns (ON CONFLICT needs one)",
+            key.join(", ")
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_and_floats_only_widen_and_text_takes_every_string_type() {
+        assert!(Target::Int8.takes(&DataType::Int32) && !Target::Int4.takes(&DataType::Int64));
+        assert!(Target::Float8.takes(&DataType::Float32) && !Target::Float4.takes(&DataType::Float64));
+        assert!(!Target::Int8.takes(&DataType::Float64) && !Target::Float8.takes(&DataType::Int64));
+        for ty in [DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8, crate::schema::text::shared_type()] {
+            assert!(Target::Text.takes(&ty), "{ty}");
+        }
+        assert_eq!(Target::of("varchar"), Some(Target::Text));
+        assert_eq!(Target::of("numeric"), None, "numeric is not written yet");
+    }
+
+    #[test]
+    fn an_upsert_key_must_be_exactly_a_unique_indexs_columns() {
+        let output = Schema::new(vec![
+            arrow::datatypes::Field::new("a", DataType::Utf8, false),
+            arrow::datatypes::Field::new("b", DataType::Utf8, false),
+        ]);
+        let key = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let unique = vec![key(&["b", "a"])];
+        assert!(key_problems(&key(&["a", "b"]), &unique, &output).is_empty());
+        assert_eq!(key_problems(&key(&["a"]), &unique, &output).len(), 1, "a subset is not an arbiter");
+        assert_eq!(key_problems(&key(&["a", "c"]), &unique, &output).len(), 2, "c is missing, and no index");
+    }
+}
