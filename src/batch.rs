@@ -57,6 +57,11 @@ pub struct BatchPlan {
     /// plans written before 0.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_fingerprint: Option<String>,
+    /// Fingerprint of the whole job: the SQL files and the job folder's
+    /// declaration and options ([`crate::job::Job::identity`]); absent in
+    /// plans written before job folders, which `sql_fingerprint` covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_fingerprint: Option<String>,
     /// Whether the batch holds campaigns that start after its `now`
     /// (`--hold-future-campaigns`, [`crate::hold`]); recorded so a replay
     /// does what the first attempt did whatever the flag says now.
@@ -109,6 +114,7 @@ mod tests {
             ],
             subscribers_snapshot: "s".into(),
             sql_fingerprint: None,
+            job_fingerprint: None,
             hold_future_campaigns: false,
             subscribers_version: None,
         };

@@ -76,6 +76,17 @@ impl SqlPipeline {
         fingerprint(&self.steps)
     }
 
+    /// A fingerprint of the whole job: [`Job::identity`] and the files'
+    /// fingerprint; recorded in each batch's plan.
+    pub fn job_fingerprint(&self) -> String {
+        use std::hash::Hasher;
+        let mut hasher = crate::util::hash::Fnv64::default();
+        for part in [self.job.identity().as_bytes(), &[0], self.fingerprint().as_bytes()] {
+            hasher.write(part);
+        }
+        format!("{:016x}", hasher.finish())
+    }
+
     /// The files, in the order they run.
     pub fn steps(&self) -> &[SqlStep] {
         &self.steps

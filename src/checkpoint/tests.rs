@@ -12,6 +12,7 @@ fn plan(id: BatchId, end: i64) -> BatchPlan {
         ranges: vec![OffsetRange { partition: 0, start: 0, end }],
         subscribers_snapshot: "snap".into(),
         sql_fingerprint: None,
+        job_fingerprint: None,
         hold_future_campaigns: false,
         subscribers_version: None,
     }

@@ -66,6 +66,7 @@ fn plan(id: BatchId) -> BatchPlan {
         ranges: vec![],
         subscribers_snapshot: "s".into(),
         sql_fingerprint: None,
+        job_fingerprint: None,
         hold_future_campaigns: false,
         subscribers_version: None,
     }

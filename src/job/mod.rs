@@ -55,6 +55,34 @@ impl Job {
         [&self.texts[0], &self.texts[1]]
     }
 
+    /// What makes the job's output what it is, as canonical text (one
+    /// `key=value` line per part): the declared columns and CHECKs, and the
+    /// options that change what is written or where. Layout, comments and
+    /// run-time settings are not part of it.
+    pub fn identity(&self) -> String {
+        let mut lines = vec![format!("input={}", self.input.table)];
+        for c in &self.input.columns {
+            let default = c.default.as_ref().map(|d| format!(" default {d:?}")).unwrap_or_default();
+            lines.push(format!("column={} {:?} nullable={}{default}", c.name, c.ty, c.nullable));
+        }
+        for c in &self.input.checks {
+            lines.push(format!("check={} {}", c.name.as_deref().unwrap_or(""), c.expr));
+        }
+        let o = &self.options;
+        lines.push(format!("unknown_fields={:?}", o.input.unknown_fields));
+        for (name, check) in &o.input.checks {
+            lines.push(format!("check_message={name} {}", check.message));
+        }
+        if let Some(w) = &o.input.window {
+            lines.push(format!("window={} {}", w.start, w.end));
+        }
+        lines.push(format!("kafka_key={}", o.sink.kafka.key.as_deref().unwrap_or("")));
+        let pg = &o.sink.postgres;
+        lines.push(format!("postgres_table={}", pg.table));
+        lines.push(format!("upsert_key={} {:?}", pg.upsert_key.join(","), pg.on_conflict));
+        lines.join("\n")
+    }
+
     /// The message of a named CHECK's refusal, if `job.toml` gives one.
     pub fn check_message(&self, name: &str) -> Option<&str> {
         self.options.input.checks.get(name).map(|c| c.message.as_str())
@@ -112,6 +140,23 @@ mod tests {
         assert_eq!(seed.input.table, "campaigns");
         assert_eq!(seed.options.sink.kafka.key.as_deref(), Some("client_id"));
         assert_eq!(seed.options.sink.postgres.table, "subscribers_feedback");
+    }
+
+    #[test]
+    fn the_identity_follows_what_is_written_not_layout_or_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |input: &str, toml: &str| {
+            std::fs::write(dir.path().join(INPUT_FILE), input).unwrap();
+            std::fs::write(dir.path().join(OPTIONS_FILE), toml).unwrap();
+            Job::load(dir.path()).unwrap().identity()
+        };
+        let base = load("CREATE TABLE t (a BIGINT CHECK (a > 0))", "[sink.postgres]\ntable = \"t\"\n");
+        assert_eq!(base, load("-- note\nCREATE TABLE t (\n  a   BIGINT CHECK (a>0)\n)", "# x\n[sink.postgres]\ntable=\"t\""));
+        assert_ne!(base, load("CREATE TABLE t (a BIGINT NOT NULL CHECK (a > 0))", "[sink.postgres]\ntable = \"t\"\n"));
+        assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 1))", "[sink.postgres]\ntable = \"t\"\n"));
+        assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 0))", "[sink.postgres]\ntable = \"u\"\n"));
+        let keyed = "[sink.kafka]\nkey = \"a\"\n[sink.postgres]\ntable = \"t\"\n";
+        assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 0))", keyed));
     }
 
     #[test]

@@ -352,6 +352,7 @@ mod tests {
             ],
             subscribers_snapshot: "s".into(),
             sql_fingerprint: None,
+            job_fingerprint: None,
             hold_future_campaigns: false,
             subscribers_version: None,
         };

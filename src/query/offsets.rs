@@ -199,6 +199,7 @@ impl Query {
             ranges,
             subscribers_snapshot: self.subscribers.id.clone(),
             sql_fingerprint: Some(self.pipeline.fingerprint()),
+            job_fingerprint: Some(self.pipeline.job_fingerprint()),
             hold_future_campaigns: self.config.hold_future_campaigns,
             subscribers_version: Some(self.subscribers.version).filter(|v| *v > 0),
         };

@@ -44,19 +44,23 @@ impl Query {
         Ok(BatchPlan { ranges: left, ..plan.clone() })
     }
 
-    /// A batch replayed with other SQL files than it was planned with is
-    /// refused if a sink already holds it; if neither does, it runs with the
-    /// new files, and says so.
+    /// A batch replayed with another job (SQL files, declaration, options)
+    /// than it was planned with is refused if a sink already holds it; if
+    /// neither does, it runs with the new job, and says so. Plans from
+    /// before job folders have only the SQL files' fingerprint.
     async fn check_replay_sql(&mut self, plan: &BatchPlan) -> Result<()> {
-        let now = self.pipeline.fingerprint();
-        let Some(planned) = plan.sql_fingerprint.as_deref().filter(|f| *f != now) else {
+        let (planned, now) = match &plan.job_fingerprint {
+            Some(planned) => (Some(planned.as_str()), self.pipeline.job_fingerprint()),
+            None => (plan.sql_fingerprint.as_deref(), self.pipeline.fingerprint()),
+        };
+        let Some(planned) = planned.filter(|f| *f != now) else {
             return Ok(());
         };
         if let Some(sink) = self.sink_holding(plan).await? {
             return Err(Error::CheckpointMismatch(format!(
-                "batch {} was written to {sink} by SQL files with fingerprint {planned}, but the files in {} now have \
-                 fingerprint {now}: replaying it would give the other sink a different version. Restore the SQL \
-                 files the batch ran with, let it finish, then change them",
+                "batch {} was written to {sink} by a job (SQL files, input.sql, job.toml) with fingerprint {planned}, \
+                 but the job in {} now has fingerprint {now}: replaying it would give the other sink a different \
+                 version. Restore the job folder the batch ran with, let it finish, then change it",
                 plan.batch_id,
                 self.config.sql_dir.display()
             )));
@@ -64,7 +68,7 @@ impl Query {
         tracing::warn!(
             planned,
             now,
-            "the SQL files changed since this batch was planned; nothing of it was written, so it runs with the new files"
+            "the job (SQL files, input.sql, job.toml) changed since this batch was planned; nothing of it was written, so it runs with the new job"
         );
         Ok(())
     }

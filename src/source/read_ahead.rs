@@ -165,6 +165,7 @@ mod tests {
             ranges: ranges.iter().map(|&(p, start, end)| range(p, start, end)).collect(),
             subscribers_snapshot: String::new(),
             sql_fingerprint: None,
+            job_fingerprint: None,
             hold_future_campaigns: false,
             subscribers_version: None,
         }

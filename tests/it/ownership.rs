@@ -119,7 +119,7 @@ async fn a_checkpoint_older_than_the_sinks_is_refused_before_writing() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_half_written_batch_replayed_with_changed_sql_is_refused() -> Result<()> {
+async fn a_half_written_batch_replayed_with_a_changed_job_is_refused() -> Result<()> {
     let job = Job::new(1).await?;
     let _log = LogOnFailure(&job);
     job.db.add_subscribers(RESTAURANT, &["c1"]).await?;
@@ -139,9 +139,21 @@ async fn a_half_written_batch_replayed_with_changed_sql_is_refused() -> Result<(
         Ok(summary) => bail!("expected a refusal, got {summary:?}"),
         Err(e) => format!("{e:#}"),
     };
-    ensure!(err.contains("batch 0 was written to postgres by SQL files with fingerprint"), "{err}");
-
+    ensure!(err.contains("batch 0 was written to postgres by a job (SQL files, input.sql, job.toml) with fingerprint"), "{err}");
     std::fs::write(&step, &original)?;
+
+    // A changed declaration is a changed job too; a comment in job.toml is not.
+    let input = sql.path().join("input.sql");
+    let declared = std::fs::read_to_string(&input)?;
+    std::fs::write(&input, declared.replace("adv_campaign_owner TEXT NOT NULL", "adv_campaign_owner TEXT"))?;
+    let err = match job.run_available_now(&["--sql-dir", &sql_dir]).await {
+        Ok(summary) => bail!("expected a refusal, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("batch 0 was written to postgres by a job"), "{err}");
+    std::fs::write(&input, declared)?;
+    let toml = sql.path().join("job.toml");
+    std::fs::write(&toml, format!("# a comment\n{}", std::fs::read_to_string(&toml)?))?;
     job.run_available_now(&["--sql-dir", &sql_dir]).await?;
     assert_exactly_once(&job, &expected_pairs(&first, &["c1".to_string()])).await?;
     Ok(())

@@ -33,6 +33,7 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
         ranges: vec![OffsetRange { partition: 0, start: 0, end: 1 }],
         subscribers_snapshot: subs.id.clone(),
         sql_fingerprint: None,
+        job_fingerprint: None,
         hold_future_campaigns: false,
         subscribers_version: None,
     })?;
