@@ -71,6 +71,10 @@ pub struct BatchPlan {
     /// (`--subscribers-refresh on-change`), for a replay's progress record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribers_version: Option<i64>,
+    /// The snapshot id of each lookup the batch joins with, by name
+    /// (`job.toml`'s `[lookups]`; none for the seed job).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lookups: std::collections::BTreeMap<String, String>,
 }
 
 impl BatchPlan {
@@ -117,6 +121,7 @@ mod tests {
             job_fingerprint: None,
             hold_future_campaigns: false,
             subscribers_version: None,
+            lookups: Default::default(),
         };
         assert_eq!(plan.now_seconds(), 1_659_304_828);
         assert_eq!(plan.end_offsets(), vec![(0, 9), (1, 2)]);

@@ -17,8 +17,9 @@
 //!   write, commit; a replay checked first);
 //! - components: `sink` (Kafka and Postgres, transactional with markers),
 //!   `transform` (the user's SQL files in DataFusion), `subscribers` (the
-//!   cached table, its snapshots, kept fresh), `source` (Kafka reads,
-//!   planning, validation, JSON to Arrow);
+//!   cached table, its snapshots, kept fresh), `lookups` (the job's other
+//!   cached tables, pinned per batch), `source` (Kafka reads, planning,
+//!   validation against the declared input, JSON to Arrow);
 //! - operations: `ops` (events, metrics, progress, status, the progress bar,
 //!   the HTTP endpoint); events take plain values, so the components report
 //!   through them;
@@ -52,6 +53,7 @@ mod query;
 pub mod sink;
 pub mod source;
 pub mod subscribers;
+pub mod lookups;
 pub mod transform;
 // Operations.
 pub mod ops;

@@ -48,6 +48,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(args) => demo::run(args, shutdown_signal()).await.context("demo failed")?,
         Command::Setup(args) => print!("{}", sparklet::admin::setup(args).await?),
+        Command::Check(args) => {
+            let (text, ok) = sparklet::admin::check(args).await;
+            print!("{text}");
+            anyhow::ensure!(ok, "the job has problems (listed above)");
+        }
         Command::Checkpoint(command) => {
             let (text, ok) = sparklet::admin::run(command).await?;
             print!("{text}");

@@ -22,6 +22,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 use crate::job::Job;
+use crate::lookups::LookupTable;
 use crate::schema::text::Text;
 use crate::schema::SUBSCRIBERS_TABLE;
 use crate::source::input::Input;
@@ -47,6 +48,8 @@ pub struct SqlPipeline {
     steps: Vec<SqlStep>,
     job: Arc<Job>,
     input: Arc<Input>,
+    /// The lookups' names and columns, once loaded ([`Self::with_lookups`]).
+    lookups: Vec<(String, SchemaRef)>,
 }
 
 impl SqlPipeline {
@@ -56,7 +59,14 @@ impl SqlPipeline {
         let job = Job::load(dir)?;
         let input = Arc::new(Input::new(&job)?);
         let steps = load_steps(dir)?;
-        Ok(SqlPipeline { steps, job: Arc::new(job), input })
+        Ok(SqlPipeline { steps, job: Arc::new(job), input, lookups: Vec::new() })
+    }
+
+    /// The same job, its steps planned with these lookup tables (an empty
+    /// one of each columns where a run is given none).
+    pub fn with_lookups(mut self, lookups: Vec<(String, SchemaRef)>) -> Self {
+        self.lookups = lookups;
+        self
     }
 
     /// The job's declaration and options.
@@ -103,7 +113,7 @@ impl SqlPipeline {
     pub async fn output_schema(&self) -> Result<SchemaRef> {
         let campaigns = RecordBatch::new_empty(self.input.schema());
         let subscribers = Subscribers::from_rows(Vec::new(), Vec::new())?;
-        let (running, df) = self.prepare(campaigns, &subscribers, 0, 0).await?;
+        let (running, df) = self.prepare(campaigns, &subscribers, &[], 0, 0).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         if let Err(e) = df.collect().await {
             return Err(running.failed(e).await);
@@ -133,7 +143,19 @@ impl SqlPipeline {
         now: i64,
         batch_id: u64,
     ) -> Result<RowStream> {
-        let (running, df) = self.prepare(campaigns, subscribers, now, batch_id).await?;
+        self.execute_with(campaigns, subscribers, &[], now, batch_id).await
+    }
+
+    /// [`Self::execute`] with the lookup tables a batch pinned.
+    pub async fn execute_with(
+        &self,
+        campaigns: RecordBatch,
+        subscribers: &Subscribers,
+        lookups: &[LookupTable],
+        now: i64,
+        batch_id: u64,
+    ) -> Result<RowStream> {
+        let (running, df) = self.prepare(campaigns, subscribers, lookups, now, batch_id).await?;
         let running = Arc::new(running);
         let rows = match df.execute_stream().await {
             Ok(rows) => rows,
@@ -158,6 +180,7 @@ impl SqlPipeline {
         &self,
         campaigns: RecordBatch,
         subscribers: &Subscribers,
+        lookups: &[LookupTable],
         now: i64,
         batch_id: u64,
     ) -> Result<(Running, datafusion::dataframe::DataFrame)> {
@@ -167,6 +190,7 @@ impl SqlPipeline {
         ctx.register_batch(input, campaigns).map_err(|e| Error::transform(format!("registering {input}"), e))?;
         ctx.register_table(SUBSCRIBERS_TABLE, Arc::new(subscribers.table.clone()))
             .map_err(|e| Error::transform("registering subscribers", e))?;
+        self.register_lookups(&ctx, lookups)?;
         let params =
             vec![("now", ScalarValue::Int64(Some(now))), ("batch_id", ScalarValue::Int64(Some(batch_id as i64)))];
         let (last, init) = self.steps.split_last().ok_or_else(|| Error::Runtime("no SQL steps".into()))?;
@@ -180,6 +204,23 @@ impl SqlPipeline {
         // start-up validation) with no rows catches a wrong output.
         check_output(df.schema().as_arrow(), &last.path, self.job.options.sink.kafka.key.as_deref())?;
         Ok((Running { ctx, views: init.to_vec(), last: last.clone() }, df))
+    }
+}
+
+impl SqlPipeline {
+    /// Registers each lookup under its name: the pinned version, or an empty
+    /// table of its columns.
+    fn register_lookups(&self, ctx: &SessionContext, lookups: &[LookupTable]) -> Result<()> {
+        for (name, schema) in &self.lookups {
+            let batch = match lookups.iter().find(|t| t.name == *name) {
+                Some(table) => table.batch.clone(),
+                None => RecordBatch::new_empty(schema.clone()),
+            };
+            let registering = |e| Error::transform(format!("registering lookup {name}"), e);
+            let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(registering)?;
+            ctx.register_table(name.as_str(), Arc::new(table)).map_err(registering)?;
+        }
+        Ok(())
     }
 }
 

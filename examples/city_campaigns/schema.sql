@@ -6,11 +6,17 @@ CREATE TABLE IF NOT EXISTS subscribers_restaurants (
     CONSTRAINT pk_id PRIMARY KEY (id)
 );
 
+CREATE TABLE IF NOT EXISTS subscriber_profiles (
+    client_id text PRIMARY KEY,
+    language text NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS campaign_notifications (
     adv_campaign_id text NOT NULL,
     client_id text NOT NULL,
     city text NOT NULL,
     title text NOT NULL,
+    language text NOT NULL,
     image_url text,
     valid_until timestamptz NOT NULL,
     trigger_datetime_created int4 NOT NULL,

@@ -10,11 +10,13 @@
 //!   `repartition`: [`repartition`].
 //! - `sparklet setup` (least privilege for the running role): [`setup`].
 
+mod check;
 mod repartition;
 mod rewind;
 mod setup;
 mod verify;
 
+pub use check::check;
 pub use setup::{setup, setup_sql};
 
 use std::collections::BTreeMap;

@@ -15,6 +15,7 @@ fn plan(id: BatchId, end: i64) -> BatchPlan {
         job_fingerprint: None,
         hold_future_campaigns: false,
         subscribers_version: None,
+        lookups: Default::default(),
     }
 }
 

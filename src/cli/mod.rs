@@ -103,6 +103,39 @@ pub enum Command {
     /// exactly what `sparklet run` needs, so that role runs without CREATE.
     /// Run as an administrator, or print the SQL for one (--print-sql).
     Setup(SetupArgs),
+    /// Check a job folder against the live Postgres (and the Kafka topics,
+    /// with --bootstrap-servers) without running it: the declaration and
+    /// options, the lookup queries, the SQL steps, the output against the
+    /// table's catalog. Lists every problem; exits 1 if there is any.
+    Check(CheckArgs),
+}
+
+/// Options of `sparklet check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The job folder (as `sparklet run --sql-dir`).
+    #[arg(long, env = "SPARKLET_SQL_DIR", default_value = "sql")]
+    pub sql_dir: PathBuf,
+
+    /// Postgres connection (as `sparklet run --database-url`).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Secret,
+
+    /// CA certificate file (PEM) for Postgres (as `sparklet run`).
+    #[arg(long, env = "SPARKLET_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
+    /// Kafka bootstrap servers: if given, the topics are checked too.
+    #[arg(long, env = "SPARKLET_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+
+    /// The input topic to check (with --bootstrap-servers).
+    #[arg(long, env = "SPARKLET_INPUT_TOPIC")]
+    pub input_topic: Option<String>,
+
+    /// The output topic to check (with --bootstrap-servers).
+    #[arg(long, env = "SPARKLET_OUTPUT_TOPIC")]
+    pub output_topic: Option<String>,
 }
 
 /// Options of `sparklet setup`.

@@ -69,6 +69,7 @@ fn plan(id: BatchId) -> BatchPlan {
         job_fingerprint: None,
         hold_future_campaigns: false,
         subscribers_version: None,
+        lookups: Default::default(),
     }
 }
 

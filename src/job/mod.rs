@@ -10,8 +10,8 @@ mod options;
 
 pub use input::{CheckDecl, ColumnDecl, ColumnType, InputDecl, UTC};
 pub use options::{
-    CheckOptions, Format, InputOptions, JobOptions, KafkaSinkOptions, OnConflict, PostgresSinkOptions, SinkOptions,
-    UnknownFields, Window,
+    CheckOptions, Format, InputOptions, JobOptions, KafkaSinkOptions, LookupOptions, OnConflict, PostgresSinkOptions,
+    SinkOptions, UnknownFields, Window,
 };
 
 use crate::error::Result;
@@ -32,6 +32,8 @@ pub struct Job {
     pub options: JobOptions,
     /// `input.sql` and `job.toml` as read, for the job's fingerprint.
     texts: [String; 2],
+    /// Each lookup's query, read from its file.
+    pub lookup_queries: std::collections::BTreeMap<String, String>,
 }
 
 impl Job {
@@ -42,7 +44,17 @@ impl Job {
         let input = InputDecl::parse(&input_path, &input_text)?;
         let options = JobOptions::parse(&options_path, &options_text)?;
         check_options(&options_path, &input, &options)?;
-        Ok(Job { input, options, texts: [input_text, options_text] })
+        let mut lookup_queries = std::collections::BTreeMap::new();
+        for (name, lookup) in &options.lookups {
+            let path = dir.join(&lookup.query);
+            let query = std::fs::read_to_string(&path)
+                .map_err(|e| job_error(&path, None, format!("[lookups.{name}] query: cannot read the file: {e}")))?;
+            if query.trim().is_empty() {
+                return Err(job_error(&path, None, format!("[lookups.{name}] query: the file is empty")));
+            }
+            lookup_queries.insert(name.clone(), query.trim().trim_end_matches(';').to_string());
+        }
+        Ok(Job { input, options, texts: [input_text, options_text], lookup_queries })
     }
 
     /// The seed job: the repository's `sql/input.sql` and `sql/job.toml`.
@@ -80,6 +92,10 @@ impl Job {
         let pg = &o.sink.postgres;
         lines.push(format!("postgres_table={}", pg.table));
         lines.push(format!("upsert_key={} {:?}", pg.upsert_key.join(","), pg.on_conflict));
+        for name in o.lookups.keys() {
+            let query = self.lookup_queries.get(name).map_or("", String::as_str);
+            lines.push(format!("lookup={name} {query}"));
+        }
         lines.join("\n")
     }
 
@@ -118,6 +134,19 @@ fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result
     }
     if options.sink.postgres.upsert_key.is_empty() && options.sink.postgres.on_conflict != OnConflict::Update {
         return fail("[sink.postgres] on_conflict needs an upsert_key".into());
+    }
+    for (name, lookup) in &options.lookups {
+        let valid = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid || *name == input.table || name == "subscribers" {
+            return fail(format!(
+                "[lookups.{name}]: a lookup's name is the table the steps read: [a-z_][a-z0-9_]*, not {} or subscribers",
+                input.table
+            ));
+        }
+        if let Err(e) = lookup.durations() {
+            return fail(format!("[lookups.{name}] {e}"));
+        }
     }
     Ok(())
 }

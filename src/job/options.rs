@@ -20,6 +20,49 @@ pub struct JobOptions {
     pub input: InputOptions,
     #[serde(default)]
     pub sink: SinkOptions,
+    /// `[lookups.NAME]`: Postgres tables cached for the SQL steps, besides
+    /// `subscribers`.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, LookupOptions>,
+}
+
+/// `[lookups.NAME]`: a Postgres query whose rows the SQL steps read as the
+/// table `NAME`, cached, pinned per batch (a replay reads the same rows) and
+/// reloaded every `refresh`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupOptions {
+    /// The file (in the job folder) holding the query.
+    pub query: String,
+    /// How often it is reloaded (`60s`, `5m`).
+    #[serde(default = "default_refresh")]
+    pub refresh: String,
+    /// How long batches may go on with the loaded version while reloads
+    /// fail, before they stop.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness: String,
+}
+
+fn default_refresh() -> String {
+    "60s".into()
+}
+
+fn default_max_staleness() -> String {
+    "1h".into()
+}
+
+impl LookupOptions {
+    /// `refresh` and `max_staleness`, parsed.
+    pub fn durations(&self) -> std::result::Result<(std::time::Duration, std::time::Duration), String> {
+        let parse = |name: &str, value: &str| {
+            humantime::parse_duration(value).map_err(|e| format!("{name} = \"{value}\": not a duration ({e})"))
+        };
+        let refresh = parse("refresh", &self.refresh)?;
+        if refresh.is_zero() {
+            return Err("refresh = \"0s\": a lookup is reloaded every interval; give one (60s, 5m)".into());
+        }
+        Ok((refresh, parse("max_staleness", &self.max_staleness)?))
+    }
 }
 
 /// `[input]`.

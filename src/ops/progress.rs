@@ -355,6 +355,7 @@ mod tests {
             job_fingerprint: None,
             hold_future_campaigns: false,
             subscribers_version: None,
+            lookups: Default::default(),
         };
         let newest = BTreeMap::from([(0, 7_000), (2, 9_500)]);
         let (records, seconds) = lag(&plan, &[(0, 15), (1, 9), (2, 3)], &newest, 10_000);

@@ -37,6 +37,7 @@ use crate::sink::BatchOutput;
 use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::read_ahead::ReadAhead;
 use crate::source::KafkaSource;
+use crate::lookups::Lookups;
 use crate::subscribers::refresh::Refresher;
 use crate::subscribers::{self, Subscribers};
 use crate::transform::SqlPipeline;
@@ -75,6 +76,8 @@ pub(crate) struct Query {
     /// Reloads the subscribers in the background (one per process, shared
     /// by its shards); `subscribers` is the version the last plan pinned.
     refresher: Arc<Refresher>,
+    /// The job's other lookup tables, kept fresh (shared by the shards).
+    lookups: Lookups,
     /// Which shard of the query this is ([`crate::shard`]).
     shard: Shard,
     /// Campaigns held until their start (`--hold-future-campaigns`).
@@ -285,7 +288,8 @@ impl Query {
         subscribers: &Subscribers,
     ) -> Result<BatchOutput> {
         let (batch_id, offsets) = (plan.batch_id, plan.describe_ranges());
-        let rows = self.pipeline.execute(campaigns, subscribers, plan.now_seconds(), batch_id).await;
+        let lookups = self.lookups.tables(&plan.lookups, &self.checkpoint.snapshots_dir())?;
+        let rows = self.pipeline.execute_with(campaigns, subscribers, &lookups, plan.now_seconds(), batch_id).await;
         let rows = rows.map_err(|e| at_run_time(e, batch_id, &offsets))?;
         BatchOutput::start(rows.map(move |r| r.map_err(|e| at_run_time(e, batch_id, &offsets))).boxed()).await
     }
@@ -332,7 +336,9 @@ impl Query {
         }
         self.offsets.advance_past(plan);
         self.offsets.purge(&self.checkpoint, plan.batch_id, self.config.min_batches_to_retain, || {
-            self.refresher.purge(&self.checkpoint.snapshots_dir(), &self.subscribers.id)
+            let snapshots = self.checkpoint.snapshots_dir();
+            self.refresher.purge(&snapshots, &self.subscribers.id)?;
+            self.lookups.purge(&snapshots, &plan.lookups)
         });
     }
 

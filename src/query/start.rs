@@ -16,6 +16,7 @@ use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::Sink;
 use crate::source::KafkaSource;
+use crate::lookups::Lookups;
 use crate::subscribers::refresh::Refresher;
 use crate::transform::SqlPipeline;
 
@@ -29,6 +30,8 @@ impl Query {
     /// order, so the first broken one is named.
     pub(crate) async fn start_all(config: Config) -> Result<Vec<Self>> {
         let pipeline = SqlPipeline::load(&config.sql_dir)?;
+        let lookups = Lookups::start(&config.postgres, pipeline.job(), &config.sql_dir).await?;
+        let pipeline = pipeline.with_lookups(lookups.schemas());
         if config.hold_future_campaigns && pipeline.job().options.input.window.is_none() {
             return Err(Error::config(
                 "--hold-future-campaigns",
@@ -50,7 +53,8 @@ impl Query {
         let mut queries = Vec::with_capacity(ids.len());
         for (id, checkpoint) in ids.into_iter().zip(checkpoints) {
             let shard = layout.shard(id);
-            queries.push(Self::start_shard(&config, shard, checkpoint, pipeline.clone(), refresher.clone()).await?);
+            let components = (pipeline.clone(), refresher.clone(), lookups.clone());
+            queries.push(Self::start_shard(&config, shard, checkpoint, components).await?);
         }
         Ok(queries)
     }
@@ -62,8 +66,7 @@ impl Query {
         config: &Config,
         shard: Shard,
         checkpoint: CheckpointStore,
-        pipeline: SqlPipeline,
-        refresher: Arc<Refresher>,
+        (pipeline, refresher, lookups): (SqlPipeline, Arc<Refresher>, Lookups),
     ) -> Result<Self> {
         let query_id = checkpoint.query_id().to_string();
         let sink_key = shard.sink_key(&query_id);
@@ -107,6 +110,7 @@ impl Query {
             last_trigger: None,
             ownership,
             refresher,
+            lookups,
             shard,
             held,
             ahead: None,

@@ -168,6 +168,7 @@ mod tests {
             job_fingerprint: None,
             hold_future_campaigns: false,
             subscribers_version: None,
+            lookups: Default::default(),
         }
     }
 

@@ -21,6 +21,7 @@ fn example_dir() -> String {
 async fn city_job() -> Result<Job> {
     let job = Job::new(2).await?;
     job.db.client.batch_execute(&std::fs::read_to_string(repo_path("examples/city_campaigns/schema.sql"))?).await?;
+    job.db.client.batch_execute("INSERT INTO subscriber_profiles VALUES ('c1', 'ru')").await?;
     Ok(job)
 }
 
@@ -60,9 +61,8 @@ async fn the_city_job_runs_end_to_end_through_a_crash_exactly_once() -> Result<(
 
     let mut expected: Vec<(String, String, String)> = Vec::new();
     for id in ids.iter().filter(|id| *id != "camp-5") {
-        for client in ["c1", "c2"] {
-            expected.push((id.clone(), client.to_string(), "Two for one in Kazan".to_string()));
-        }
+        expected.push((id.clone(), "c1".to_string(), "Акция: Two for one (Kazan)".to_string()));
+        expected.push((id.clone(), "c2".to_string(), "Deal: Two for one (Kazan)".to_string()));
     }
     expected.sort();
     assert_eq!(notifications(&job).await?, expected, "Postgres: each notification once, Paris filtered out");
@@ -92,14 +92,14 @@ async fn a_key_sent_twice_is_upserted_the_last_row_winning() -> Result<()> {
     first["discount_percent"] = json!(20);
     job.kafka.produce(&job.input, 0, &[first.clone()])?;
     job.run_available_now(&["--sql-dir", &example_dir()]).await?;
-    let one = vec![("camp-1".to_string(), "c1".to_string(), "Two for one in Kazan (-20%)".to_string())];
+    let one = vec![("camp-1".to_string(), "c1".to_string(), "Акция: Two for one (Kazan) -20%".to_string())];
     assert_eq!(notifications(&job).await?, one, "two rows of a key in one batch: one row, the last");
     first["discount_percent"] = json!(30);
     job.kafka.produce(&job.input, 1, &[first])?;
     job.run_available_now(&["--sql-dir", &example_dir()]).await?;
     let rows = notifications(&job).await?;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].2, "Two for one in Kazan (-30%)", "a later batch updates the row");
+    assert_eq!(rows[0].2, "Акция: Two for one (Kazan) -30%", "a later batch updates the row");
     Ok(())
 }
 
@@ -201,5 +201,83 @@ async fn every_written_type_round_trips_through_binary_copy() -> Result<()> {
     assert_eq!((row.get::<_, f64>(4), row.get::<_, f64>(5), row.get::<_, bool>(6)), (1.5, 2.25, true));
     assert_eq!((row.get::<_, String>(7), row.get::<_, String>(8)), ("1704164645.123456".into(), "2024-01-02".into()));
     assert!(row.get::<_, bool>(9), "NULL is written as NULL");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_the_lookup_version_its_batch_was_planned_with() -> Result<()> {
+    let job = city_job().await?;
+    job.db.add_subscribers("r1", &["c1"]).await?;
+    job.kafka.produce(&job.input, 0, &[city_campaign("camp-1", "Kazan", Value::Null)])?;
+    let args = ["--sql-dir", &example_dir(), "--trigger", "available-now"];
+    let status = wait(&mut spawn(&job, &args, Some("after-write-ahead@1"))?, Duration::from_secs(60))?;
+    ensure_crashed_at(&job, status, "after-write-ahead", 0)?;
+    let plan: Value = serde_json::from_slice(&std::fs::read(job.checkpoint.path().join("offsets/0"))?)?;
+    let pinned = plan["lookups"]["profiles"].as_str().unwrap_or_default().to_string();
+    ensure!(pinned.starts_with("profiles-"), "the plan pins the lookup's version: {plan}");
+    ensure!(job.checkpoint.path().join(format!("snapshots/lookups/{pinned}.arrow")).exists(), "saved before the plan");
+
+    job.db.client.batch_execute("UPDATE subscriber_profiles SET language = 'de' WHERE client_id = 'c1'").await?;
+    job.kafka.produce(&job.input, 1, &[city_campaign("camp-2", "Kazan", Value::Null)])?;
+    run_to_completion(&job, &["--sql-dir", &example_dir()])?;
+    let titles: Vec<String> = notifications(&job).await?.into_iter().map(|n| n.2).collect();
+    assert_eq!(
+        titles,
+        ["Акция: Two for one (Kazan)", "Angebot: Two for one (Kazan)"],
+        "batch 0 replayed with the profiles it was planned with; batch 1 with the new ones"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_query_that_fails_or_gives_an_unread_type_stops_the_start_naming_its_file() -> Result<()> {
+    let job = city_job().await?;
+    let dir = tempfile::tempdir()?;
+    copy_dir(&repo_path("examples/city_campaigns"), dir.path())?;
+    let sql_dir = dir.path().display().to_string();
+    let start_error = async |job: &Job| match job.run_available_now(&["--sql-dir", &sql_dir]).await {
+        Ok(summary) => panic!("expected a start error, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    std::fs::write(dir.path().join("profiles.sql"), "SELECT client_id, language FROM no_such_profiles")?;
+    let err = start_error(&job).await;
+    assert!(err.contains("profiles.sql") && err.contains("lookup profiles") && err.contains("no_such_profiles"), "{err}");
+    std::fs::write(dir.path().join("profiles.sql"), "SELECT client_id, 1.5::numeric AS language FROM subscriber_profiles")?;
+    let err = start_error(&job).await;
+    assert!(err.contains("column language is numeric") && err.contains("::float8"), "{err}");
+    assert!(!job.checkpoint.path().join("offsets/0").exists(), "nothing planned");
+    Ok(())
+}
+
+/// Runs `sparklet check` on `dir` against `job`'s database and topics.
+fn check(job: &Job, dir: &str, input_topic: &str) -> Result<(bool, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparklet"))
+        .args(["check", "--sql-dir", dir, "--database-url", &job.db.url])
+        .args(["--bootstrap-servers", &job.kafka.bootstrap(), "--input-topic", input_topic, "--output-topic", &job.output])
+        .output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparklet_check_passes_a_good_job_and_lists_every_problem_of_a_broken_one() -> Result<()> {
+    let job = city_job().await?;
+    let (ok, text) = check(&job, &example_dir(), &job.input)?;
+    assert!(ok, "{text}");
+    assert!(text.contains("ok: lookup profiles: 2 columns") && text.contains("can run"), "{text}");
+    assert!(text.contains("ok: output: adv_campaign_id, client_id, city, title, language"), "{text}");
+
+    job.db.client.batch_execute("ALTER TABLE campaign_notifications DROP COLUMN language").await?;
+    let (ok, text) = check(&job, &example_dir(), "no-such-topic")?;
+    assert!(!ok, "{text}");
+    assert!(text.contains("problem: postgres: table campaign_notifications") && text.contains("column language"), "{text}");
+    assert!(text.contains("problem: kafka: topic 'no-such-topic' does not exist"), "{text}");
+    assert!(text.contains("has 2 problem(s)"), "{text}");
+
+    let dir = tempfile::tempdir()?;
+    copy_dir(&repo_path("examples/city_campaigns"), dir.path())?;
+    std::fs::write(dir.path().join("input.sql"), "CREATE TABLE campaigns (\n  city TEXT NOT NULL,\n  price MONEY\n)")?;
+    let (ok, text) = check(&job, &dir.path().display().to_string(), &job.input)?;
+    assert!(!ok && text.contains("input.sql:3:3: column price: type MONEY is not supported"), "{text}");
     Ok(())
 }

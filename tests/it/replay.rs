@@ -36,6 +36,7 @@ async fn pending_batch_is_replayed_with_the_same_ranges_and_timestamp() -> Resul
         job_fingerprint: None,
         hold_future_campaigns: false,
         subscribers_version: None,
+        lookups: Default::default(),
     })?;
 
     drop(store); // the run takes the checkpoint's lock

@@ -1,0 +1,4 @@
+-- Lookup `profiles` (job.toml): each subscriber's language, cached and
+-- reloaded every 30 s; a batch reads the version it was planned with.
+SELECT client_id, language
+FROM subscriber_profiles
