@@ -21,7 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, JobOverrides};
 use crate::lookups::LookupTable;
 use crate::schema::text::Text;
 use crate::schema::SUBSCRIBERS_TABLE;
@@ -56,7 +56,12 @@ impl SqlPipeline {
     /// Reads the job folder `dir`: `input.sql`, `job.toml` ([`Job`]) and the
     /// `NN_name.sql` files.
     pub fn load(dir: &Path) -> Result<Self> {
-        let job = Job::load(dir)?;
+        Self::load_with(dir, &JobOverrides::default())
+    }
+
+    /// [`Self::load`], with options from the command line over `job.toml`'s.
+    pub fn load_with(dir: &Path, overrides: &JobOverrides) -> Result<Self> {
+        let job = Job::load(dir)?.with_overrides(overrides)?;
         let input = Arc::new(Input::new(&job)?);
         let steps = load_steps(dir)?;
         Ok(SqlPipeline { steps, job: Arc::new(job), input, lookups: Vec::new() })

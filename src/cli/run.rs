@@ -14,6 +14,7 @@ use crate::config::{
     StartingOffsets, SubscribersSettings,
 };
 use crate::error::{Error, Result};
+use crate::job::{JobOverrides, OnConflict};
 use crate::shard::ShardSelection;
 
 /// Options of `sparklet run`. Every option can also come from the environment
@@ -60,10 +61,32 @@ pub struct RunArgs {
     #[arg(long, env = "SPARKLET_CHECKPOINT_DIR")]
     pub checkpoint_dir: PathBuf,
 
-    /// Directory of the SQL files: NN_*.sql transform steps (DataFusion),
-    /// subscribers.sql (Postgres query that loads the cache), schema.sql (DDL).
+    /// The job folder: input.sql (the input's declaration), job.toml (the
+    /// job's options), NN_*.sql transform steps (DataFusion),
+    /// subscribers.sql and the lookups' queries (Postgres), schema.sql (DDL,
+    /// for people). See docs/sql.md.
     #[arg(long, env = "SPARKLET_SQL_DIR", default_value = "sql")]
     pub sql_dir: PathBuf,
+
+    /// The output column that keys each Kafka message, instead of job.toml's
+    /// [sink.kafka] key.
+    #[arg(long, env = "SPARKLET_KAFKA_KEY_COLUMN")]
+    pub kafka_key_column: Option<String>,
+
+    /// The Postgres table the output is written to, instead of job.toml's
+    /// [sink.postgres] table.
+    #[arg(long, env = "SPARKLET_POSTGRES_TABLE")]
+    pub postgres_table: Option<String>,
+
+    /// Upsert by these columns (comma-separated; a unique index of the
+    /// table must have exactly them), instead of job.toml's upsert_key.
+    #[arg(long, env = "SPARKLET_UPSERT_KEY")]
+    pub upsert_key: Option<String>,
+
+    /// What an upsert does with a row whose key exists: update or nothing,
+    /// instead of job.toml's on_conflict.
+    #[arg(long, env = "SPARKLET_ON_CONFLICT", value_parser = ["update", "nothing"])]
+    pub on_conflict: Option<String>,
 
     /// How often a micro-batch starts: a duration (500ms, 5s, 1m; 0s = as fast
     /// as possible: when idle, the input's end offsets are checked every 5 ms
@@ -271,6 +294,17 @@ impl TryFrom<RunArgs> for Config {
             postgres: PostgresConfig::parse(args.database_url.expose())?.with_ca_file(args.database_ca_file)?,
             checkpoint_dir: Files::parse(&args.checkpoint_dir.to_string_lossy())?,
             sql_dir: args.sql_dir,
+            job_overrides: JobOverrides {
+                kafka_key: args.kafka_key_column.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()),
+                postgres_table: args.postgres_table.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+                upsert_key: args.upsert_key.as_deref().map(|k| {
+                    k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+                }),
+                on_conflict: args.on_conflict.map(|c| match c.as_str() {
+                    "nothing" => OnConflict::Nothing,
+                    _ => OnConflict::Update,
+                }),
+            },
             trigger: args.trigger.parse()?,
             starting_offsets: args.starting_offsets,
             max_offsets_per_trigger: parse::max_offsets(&args.max_offsets_per_trigger)?,

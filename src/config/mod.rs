@@ -67,6 +67,9 @@ pub struct Config {
     /// `--checkpoint-dir`: a local folder or an object-store URL.
     pub checkpoint_dir: crate::checkpoint::Files,
     pub sql_dir: PathBuf,
+    /// `--kafka-key-column`, `--postgres-table`, `--upsert-key`,
+    /// `--on-conflict`: over `job.toml`'s values.
+    pub job_overrides: crate::job::JobOverrides,
     pub trigger: Trigger,
     pub starting_offsets: StartingOffsets,
     pub max_offsets_per_trigger: Option<u64>,

@@ -25,6 +25,16 @@ pub const OPTIONS_FILE: &str = "job.toml";
 const SEED_INPUT: &str = include_str!("../../sql/input.sql");
 const SEED_OPTIONS: &str = include_str!("../../sql/job.toml");
 
+/// Options given on the command line (or in the environment), over
+/// `job.toml`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobOverrides {
+    pub kafka_key: Option<String>,
+    pub postgres_table: Option<String>,
+    pub upsert_key: Option<Vec<String>>,
+    pub on_conflict: Option<OnConflict>,
+}
+
 /// A loaded, checked job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -55,6 +65,25 @@ impl Job {
             lookup_queries.insert(name.clone(), query.trim().trim_end_matches(';').to_string());
         }
         Ok(Job { input, options, texts: [input_text, options_text], lookup_queries })
+    }
+
+    /// The same job with `overrides` over its options (checked again).
+    pub fn with_overrides(mut self, overrides: &JobOverrides) -> Result<Job> {
+        let sink = &mut self.options.sink;
+        if let Some(key) = &overrides.kafka_key {
+            sink.kafka.key = Some(key.clone());
+        }
+        if let Some(table) = &overrides.postgres_table {
+            sink.postgres.table = table.clone();
+        }
+        if let Some(key) = &overrides.upsert_key {
+            sink.postgres.upsert_key = key.clone();
+        }
+        if let Some(on_conflict) = overrides.on_conflict {
+            sink.postgres.on_conflict = on_conflict;
+        }
+        check_options(Path::new("the command line"), &self.input, &self.options)?;
+        Ok(self)
     }
 
     /// The seed job: the repository's `sql/input.sql` and `sql/job.toml`.
@@ -186,6 +215,25 @@ mod tests {
         assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 0))", "[sink.postgres]\ntable = \"u\"\n"));
         let keyed = "[sink.kafka]\nkey = \"a\"\n[sink.postgres]\ntable = \"t\"\n";
         assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 0))", keyed));
+    }
+
+    #[test]
+    fn overrides_replace_the_files_options_and_are_checked_the_same_way() {
+        let seed = Job::seed().unwrap();
+        let overrides = JobOverrides {
+            kafka_key: Some("adv_campaign_id".into()),
+            postgres_table: Some("other".into()),
+            upsert_key: Some(vec!["adv_campaign_id".into(), "client_id".into()]),
+            on_conflict: Some(OnConflict::Nothing),
+        };
+        let job = seed.clone().with_overrides(&overrides).unwrap();
+        assert_eq!(job.options.sink.kafka.key.as_deref(), Some("adv_campaign_id"));
+        assert_eq!(job.options.sink.postgres.table, "other");
+        assert_eq!(job.options.sink.postgres.on_conflict, OnConflict::Nothing);
+        assert_ne!(job.identity(), seed.identity(), "the resolved options are the job's identity");
+        let alone = JobOverrides { on_conflict: Some(OnConflict::Nothing), ..Default::default() };
+        let err = seed.with_overrides(&alone).unwrap_err().to_string();
+        assert!(err.contains("on_conflict needs an upsert_key"), "{err}");
     }
 
     #[test]

@@ -29,7 +29,7 @@ impl Query {
     /// answers and starts each shard ([`Query::start_shard`]), in that
     /// order, so the first broken one is named.
     pub(crate) async fn start_all(config: Config) -> Result<Vec<Self>> {
-        let pipeline = SqlPipeline::load(&config.sql_dir)?;
+        let pipeline = SqlPipeline::load_with(&config.sql_dir, &config.job_overrides)?;
         let lookups = Lookups::start(&config.postgres, pipeline.job(), &config.sql_dir).await?;
         let pipeline = pipeline.with_lookups(lookups.schemas());
         if config.hold_future_campaigns && pipeline.job().options.input.window.is_none() {

@@ -281,3 +281,19 @@ async fn sparklet_check_passes_a_good_job_and_lists_every_problem_of_a_broken_on
     assert!(!ok && text.contains("input.sql:3:3: column price: type MONEY is not supported"), "{text}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_options_override_the_job_folders() -> Result<()> {
+    let job = Job::new(1).await?;
+    job.db.add_subscribers("123e4567-e89b-12d3-a456-426614174000", &["c1"]).await?;
+    job.db.client.batch_execute("CREATE TABLE other_feedback (LIKE subscribers_feedback INCLUDING ALL)").await?;
+    job.kafka.produce(&job.input, 0, &[example_message()])?;
+    let extra = ["--postgres-table", "other_feedback", "--kafka-key-column", "adv_campaign_id"];
+    job.run_available_now(&extra).await?;
+    let count = |table: &str| format!("SELECT count(*) FROM {table}");
+    assert_eq!(job.db.client.query_one(&count("other_feedback"), &[]).await?.get::<_, i64>(0), 1);
+    assert_eq!(job.db.client.query_one(&count("subscribers_feedback"), &[]).await?.get::<_, i64>(0), 0);
+    let messages = job.output_messages()?;
+    assert_eq!(messages[0].0, "123e4567-e89b-12d3-a456-426614174003", "keyed by the overriding column");
+    Ok(())
+}
