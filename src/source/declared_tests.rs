@@ -172,3 +172,12 @@ fn a_check_that_does_not_plan_is_refused_at_its_place() {
     write("CREATE TABLE t (a BIGINT CHECK (random() > a))");
     assert!(compile(dir.path()).contains("same answer"));
 }
+
+#[test]
+fn an_integer_a_float_cannot_hold_exactly_is_out_of_range() {
+    let decoded = run(&input("ignore"), &[r#"{"id": 1, "ratio": 9007199254740993}"#, r#"{"id": 1, "ratio": -9223372036854775808}"#]);
+    let refused = refusals(&decoded);
+    assert_eq!(refused[0].1, "out_of_range", "{refused:?}");
+    assert_eq!(refused[0].2, "field ratio: 9007199254740993 has no exact float64 value");
+    assert_eq!(decoded.batch.num_rows(), 1, "-2^63 is a power of two: exact");
+}

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 
 use crate::child::{ensure_crashed_at, run_to_completion, spawn, wait};
@@ -40,8 +40,10 @@ async fn notifications(job: &Job) -> Result<Vec<(String, String, String)>> {
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_city_job_runs_end_to_end_through_a_crash_exactly_once() -> Result<()> {
+/// The city job on 9 campaigns (one in a city it does not serve, one with a
+/// bad picture address) in batches of 4, crashed at `point` in the second
+/// batch and recovered: each notification once in both sinks.
+async fn city_crash_then_recover(point: &str) -> Result<()> {
     let job = city_job().await?;
     job.db.add_subscribers("r1", &["c1", "c2"]).await?;
     let mut ids = Vec::new();
@@ -55,8 +57,9 @@ async fn the_city_job_runs_end_to_end_through_a_crash_exactly_once() -> Result<(
     let extra = ["--sql-dir", &example_dir(), "--max-offsets-per-trigger", "4"];
     let mut crashed = extra.to_vec();
     crashed.extend(["--trigger", "available-now"]);
-    let status = wait(&mut spawn(&job, &crashed, Some("pg-mid-copy@2"))?, Duration::from_secs(60))?;
-    ensure_crashed_at(&job, status, "pg-mid-copy", 1)?;
+    let crash = format!("{point}@2");
+    let status = wait(&mut spawn(&job, &crashed, Some(&crash))?, Duration::from_secs(60))?;
+    ensure_crashed_at(&job, status, point, 1)?;
     run_to_completion(&job, &extra)?;
 
     let mut expected: Vec<(String, String, String)> = Vec::new();
@@ -80,6 +83,15 @@ async fn the_city_job_runs_end_to_end_through_a_crash_exactly_once() -> Result<(
     assert_eq!(kafka, expected, "Kafka: the same rows, each once");
     let letters = job.kafka.read_committed(&job.dead_letters)?;
     ensure!(letters.len() == 1, "one dead letter: {letters:?}");
+    Ok(())
+}
+
+/// As the seed job's `a_crash_at_every_crash_point_is_recovered_exactly_once`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_city_job_is_recovered_exactly_once_from_a_crash_at_every_crash_point() -> Result<()> {
+    for point in sparklet::crash::POINTS {
+        city_crash_then_recover(point).await.with_context(|| format!("crash point {point}"))?;
+    }
     Ok(())
 }
 
@@ -295,5 +307,20 @@ async fn command_line_options_override_the_job_folders() -> Result<()> {
     assert_eq!(job.db.client.query_one(&count("subscribers_feedback"), &[]).await?.get::<_, i64>(0), 0);
     let messages = job.output_messages()?;
     assert_eq!(messages[0].0, "123e4567-e89b-12d3-a456-426614174003", "keyed by the overriding column");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_reading_a_column_the_input_does_not_declare_is_refused_at_start() -> Result<()> {
+    let job = city_job().await?;
+    let dir = tempfile::tempdir()?;
+    copy_dir(&repo_path("examples/city_campaigns"), dir.path())?;
+    let step = std::fs::read_to_string(dir.path().join("10_active.sql"))?;
+    std::fs::write(dir.path().join("10_active.sql"), step.replace("AND city IN", "AND country = 'RU' AND city IN"))?;
+    let err = match job.run_available_now(&["--sql-dir", &dir.path().display().to_string()]).await {
+        Ok(summary) => panic!("expected a start error, got {summary:?}"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("10_active.sql") && err.contains("country"), "{err}");
     Ok(())
 }
