@@ -56,7 +56,12 @@ fn encode_both(output: &[RecordBatch]) -> usize {
     let mut json_bytes = 0;
     for batch in output {
         json_bytes += sparklet::sink::kafka::encode_json_lines(batch).expect("json").len();
-        let targets: Vec<_> = batch.schema().fields().iter().map(|f| sparklet::sink::Target::natural(f.data_type()).expect("type")).collect();
+        let targets: Vec<_> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| sparklet::sink::Target::natural(f.data_type()).expect("type"))
+            .collect();
         sparklet::sink::copy::write_rows(batch, &targets, 0, batch.num_rows(), &mut copy, None).expect("copy");
     }
     json_bytes + copy.len()

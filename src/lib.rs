@@ -50,10 +50,10 @@ mod process;
 mod driver;
 mod query;
 // Components.
+pub mod lookups;
 pub mod sink;
 pub mod source;
 pub mod subscribers;
-pub mod lookups;
 pub mod transform;
 // Operations.
 pub mod ops;

@@ -222,7 +222,8 @@ impl SqlPipeline {
                 None => RecordBatch::new_empty(schema.clone()),
             };
             let registering = |e| Error::transform(format!("registering lookup {name}"), e);
-            let table = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(registering)?;
+            let table =
+                datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(registering)?;
             ctx.register_table(name.as_str(), Arc::new(table)).map_err(registering)?;
         }
         Ok(())
@@ -281,10 +282,8 @@ async fn plan(
 
 /// The `NN_name.sql` files of `dir`, in order.
 fn load_steps(dir: &Path) -> Result<Vec<SqlStep>> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::Sql {
-        path: dir.to_path_buf(),
-        message: format!("cannot read the SQL directory: {e}"),
-    })?;
+    let entries = fs::read_dir(dir)
+        .map_err(|e| Error::Sql { path: dir.to_path_buf(), message: format!("cannot read the SQL directory: {e}") })?;
     let mut steps = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -343,12 +342,17 @@ fn check_output(schema: &Schema, path: &Path, key: Option<&str>) -> Result<()> {
     let Some(key) = key else { return Ok(()) };
     let Some(field) = schema.fields().iter().find(|f| f.name() == key) else {
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let message = format!("has no column {key}, the Kafka key (job.toml [sink.kafka] key); it has {}", names.join(", "));
+        let message =
+            format!("has no column {key}, the Kafka key (job.toml [sink.kafka] key); it has {}", names.join(", "));
         return Err(fail(message));
     };
-    let text = Text::is_text(field.data_type()) || matches!(field.data_type(), DataType::Utf8View | DataType::LargeUtf8);
+    let text =
+        Text::is_text(field.data_type()) || matches!(field.data_type(), DataType::Utf8View | DataType::LargeUtf8);
     if !(text || field.data_type().is_integer()) {
-        return Err(fail(format!("column {key}, the Kafka key, is {}: it must be text or an integer", field.data_type())));
+        return Err(fail(format!(
+            "column {key}, the Kafka key, is {}: it must be text or an integer",
+            field.data_type()
+        )));
     }
     Ok(())
 }

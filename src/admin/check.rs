@@ -52,8 +52,7 @@ pub async fn check(args: CheckArgs) -> (String, bool) {
 /// The lookup queries, the steps planned with them, the output against the
 /// table's catalog.
 async fn postgres_checks(args: &CheckArgs, pipeline: SqlPipeline, report: &mut Report) -> Result<()> {
-    let postgres =
-        PostgresConfig::parse(args.database_url.expose())?.with_ca_file(args.database_ca_file.clone())?;
+    let postgres = PostgresConfig::parse(args.database_url.expose())?.with_ca_file(args.database_ca_file.clone())?;
     let lookups = crate::lookups::check_queries(&postgres, pipeline.job(), &args.sql_dir).await?;
     for (name, schema) in &lookups {
         report.ok(format!("lookup {name}: {} columns", schema.fields().len()));

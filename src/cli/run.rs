@@ -297,9 +297,10 @@ impl TryFrom<RunArgs> for Config {
             job_overrides: JobOverrides {
                 kafka_key: args.kafka_key_column.map(|k| k.trim().to_string()).filter(|k| !k.is_empty()),
                 postgres_table: args.postgres_table.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
-                upsert_key: args.upsert_key.as_deref().map(|k| {
-                    k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
-                }),
+                upsert_key: args
+                    .upsert_key
+                    .as_deref()
+                    .map(|k| k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()),
                 on_conflict: args.on_conflict.map(|c| match c.as_str() {
                     "nothing" => OnConflict::Nothing,
                     _ => OnConflict::Update,

@@ -70,9 +70,10 @@ impl Error {
             | Error::KafkaTimeout(_)
             | Error::KafkaState(_)
             | Error::DataLoss { .. } => "kafka",
-            Error::Postgres { .. } | Error::PostgresObject { .. } | Error::PostgresTable { .. } | Error::CopyEncoding(_) => {
-                "postgres"
-            }
+            Error::Postgres { .. }
+            | Error::PostgresObject { .. }
+            | Error::PostgresTable { .. }
+            | Error::CopyEncoding(_) => "postgres",
             Error::BadRecord { .. } => "input",
             Error::Fenced { sink, .. } => sink,
             Error::RetriesSpent { component, .. } => component,

@@ -39,8 +39,7 @@ pub enum ColumnType {
 }
 
 /// What `input.sql` accepts, for the refusal of anything else.
-const ACCEPTED_TYPES: &str =
-    "TEXT, VARCHAR, SMALLINT, INTEGER, BIGINT, REAL, DOUBLE PRECISION, BOOLEAN, TIMESTAMPTZ";
+const ACCEPTED_TYPES: &str = "TEXT, VARCHAR, SMALLINT, INTEGER, BIGINT, REAL, DOUBLE PRECISION, BOOLEAN, TIMESTAMPTZ";
 
 impl ColumnType {
     /// The Arrow type of the decoded column.

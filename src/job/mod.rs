@@ -139,7 +139,9 @@ fn read_or_seed(dir: &Path, name: &str, seed: &str) -> Result<(PathBuf, String)>
     let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok((path, text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((PathBuf::from(format!("{name} (built in)")), seed.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((PathBuf::from(format!("{name} (built in)")), seed.into()))
+        }
         Err(e) => Err(job_error(&path, None, format!("cannot read the file: {e}"))),
     }
 }
@@ -156,7 +158,9 @@ fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result
         for column in [&window.start, &window.end] {
             match input.column(column) {
                 Some(c) if c.ty == ColumnType::Int(64) && !c.nullable => {}
-                Some(_) => return fail(format!("[input] window: column {column} must be BIGINT NOT NULL (epoch seconds)")),
+                Some(_) => {
+                    return fail(format!("[input] window: column {column} must be BIGINT NOT NULL (epoch seconds)"))
+                }
                 None => return fail(format!("[input] window: input.sql declares no column {column}")),
             }
         }
@@ -188,7 +192,10 @@ mod tests {
     fn the_repository_sql_folder_and_an_empty_folder_are_the_seed_job() {
         let seed = Job::seed().unwrap();
         let same = |job: Job| {
-            assert_eq!((&job.input.columns, &job.options, job.texts()), (&seed.input.columns, &seed.options, seed.texts()));
+            assert_eq!(
+                (&job.input.columns, &job.options, job.texts()),
+                (&seed.input.columns, &seed.options, seed.texts())
+            );
             let checks = |j: &Job| j.input.checks.iter().map(|c| (c.name.clone(), c.expr.clone())).collect::<Vec<_>>();
             assert_eq!(checks(&job), checks(&seed));
         };
@@ -209,7 +216,10 @@ mod tests {
             Job::load(dir.path()).unwrap().identity()
         };
         let base = load("CREATE TABLE t (a BIGINT CHECK (a > 0))", "[sink.postgres]\ntable = \"t\"\n");
-        assert_eq!(base, load("-- note\nCREATE TABLE t (\n  a   BIGINT CHECK (a>0)\n)", "# x\n[sink.postgres]\ntable=\"t\""));
+        assert_eq!(
+            base,
+            load("-- note\nCREATE TABLE t (\n  a   BIGINT CHECK (a>0)\n)", "# x\n[sink.postgres]\ntable=\"t\"")
+        );
         assert_ne!(base, load("CREATE TABLE t (a BIGINT NOT NULL CHECK (a > 0))", "[sink.postgres]\ntable = \"t\"\n"));
         assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 1))", "[sink.postgres]\ntable = \"t\"\n"));
         assert_ne!(base, load("CREATE TABLE t (a BIGINT CHECK (a > 0))", "[sink.postgres]\ntable = \"u\"\n"));

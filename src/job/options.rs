@@ -178,7 +178,11 @@ impl JobOptions {
             job_error(path, at, e.message().trim_end().to_string())
         })?;
         if options.sink.postgres.table.trim().is_empty() {
-            return Err(job_error(path, None, "[sink.postgres] table: the Postgres table to write to is missing".into()));
+            return Err(job_error(
+                path,
+                None,
+                "[sink.postgres] table: the Postgres table to write to is missing".into(),
+            ));
         }
         Ok(options)
     }

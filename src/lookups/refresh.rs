@@ -165,7 +165,11 @@ async fn read(postgres: &PostgresConfig, name: &str, query: &str, path: &std::pa
 
 /// The columns `job`'s lookup queries give, without running them: a start-up
 /// check (`sparklet check`).
-pub async fn check_queries(postgres: &PostgresConfig, job: &Job, dir: &std::path::Path) -> Result<Vec<(String, SchemaRef)>> {
+pub async fn check_queries(
+    postgres: &PostgresConfig,
+    job: &Job,
+    dir: &std::path::Path,
+) -> Result<Vec<(String, SchemaRef)>> {
     let client = crate::postgres::connect(postgres, "checking the lookup queries").await?;
     let mut schemas = Vec::new();
     for (name, options) in &job.options.lookups {
@@ -185,5 +189,8 @@ fn failed(e: LoadError, postgres: &PostgresConfig, name: &str, path: &std::path:
         },
         LoadError::Other(why) => why,
     };
-    Error::Sql { path: path.to_path_buf(), message: format!("lookup {name}: the query failed on {}: {why}", postgres.target()) }
+    Error::Sql {
+        path: path.to_path_buf(),
+        message: format!("lookup {name}: the query failed on {}: {why}", postgres.target()),
+    }
 }

@@ -27,6 +27,7 @@ use crate::batch::{epoch_ms, BatchPlan};
 use crate::checkpoint::{BatchCommit, CheckpointStore};
 use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
+use crate::lookups::Lookups;
 use crate::ops::events;
 use crate::ops::progress::{BatchProgress, BatchReport, DurationMs};
 use crate::shard::Shard;
@@ -37,7 +38,6 @@ use crate::sink::BatchOutput;
 use crate::source::decode::{self, BadMessage, Decoded};
 use crate::source::read_ahead::ReadAhead;
 use crate::source::KafkaSource;
-use crate::lookups::Lookups;
 use crate::subscribers::refresh::Refresher;
 use crate::subscribers::{self, Subscribers};
 use crate::transform::SqlPipeline;
@@ -103,7 +103,8 @@ impl Query {
     pub(crate) async fn reconnect(&mut self) -> Result<()> {
         let key = &self.shard.sink_key(self.id());
         let ownership = owner::Ownership::connect(&self.config.postgres, key, self.ownership.epoch()).await?;
-        let (postgres, kafka) = connect_sinks(&self.config, key, &self.source, ownership.clone(), &self.pipeline).await?;
+        let (postgres, kafka) =
+            connect_sinks(&self.config, key, &self.source, ownership.clone(), &self.pipeline).await?;
         (self.postgres, self.kafka, self.ownership) = (postgres, kafka, ownership);
         Ok(())
     }

@@ -10,13 +10,13 @@ use crate::checkpoint::layout::Layout;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, OnBadRecord};
 use crate::error::{Error, Result};
+use crate::lookups::Lookups;
 use crate::shard::Shard;
 use crate::sink::kafka::KafkaSink;
 use crate::sink::owner;
 use crate::sink::postgres::PostgresSink;
 use crate::sink::Sink;
 use crate::source::KafkaSource;
-use crate::lookups::Lookups;
 use crate::subscribers::refresh::Refresher;
 use crate::transform::SqlPipeline;
 

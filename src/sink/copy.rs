@@ -10,8 +10,7 @@
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
-    TimestampMicrosecondType,
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
 };
 use bytes::{BufMut, BytesMut};
 
@@ -112,7 +111,9 @@ fn values<'a>(array: &'a ArrayRef, name: &str) -> Result<Values<'a>> {
         DataType::Float32 => Values::Float4(array.as_primitive::<Float32Type>()),
         DataType::Float64 => Values::Float8(array.as_primitive::<Float64Type>()),
         DataType::Boolean => Values::Bool(array.as_boolean()),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => Values::Timestamp(array.as_primitive::<TimestampMicrosecondType>()),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            Values::Timestamp(array.as_primitive::<TimestampMicrosecondType>())
+        }
         DataType::Date32 => Values::Date(array.as_primitive::<Date32Type>()),
         other => return Err(CopyError::Type { column: name.to_string(), data_type: other.clone() }.into()),
     })

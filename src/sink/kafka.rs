@@ -216,9 +216,10 @@ impl KafkaSink {
     /// sends one message per line (librdkafka copies each).
     fn send_batch(&self, plan: &BatchPlan, batch: &RecordBatch) -> Result<u64> {
         let keys = self.key.as_deref().map(|key| key_column(batch, key)).transpose()?;
-        let keys = keys.as_ref().map(|k| Text::of(k.as_ref())).map(|k| {
-            k.ok_or_else(|| Error::Runtime("the key column is not text after casting".into()))
-        });
+        let keys = keys
+            .as_ref()
+            .map(|k| Text::of(k.as_ref()))
+            .map(|k| k.ok_or_else(|| Error::Runtime("the key column is not text after casting".into())));
         let keys = keys.transpose()?;
         let batch_id = plan.batch_id.to_string();
         let mut sent = 0u64;

@@ -24,10 +24,10 @@ use crate::error::Result;
 use crate::source::decode::BadMessage;
 
 pub use feed::{BatchOutput, Chunks};
-pub(crate) use table::check as check_table;
-pub use table::Target;
 pub(crate) use owner::OWNERS_DDL;
 pub(crate) use postgres::MARKER_DDL;
+pub(crate) use table::check as check_table;
+pub use table::Target;
 
 /// A destination of the batch output.
 #[allow(async_fn_in_trait)]

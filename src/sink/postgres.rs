@@ -84,9 +84,10 @@ impl PostgresSink {
             .await
             .map_err(|e| Error::postgres(format!("naming table {} on {target}", options.table), e))?
             .get(0);
-        let quoted = |names: &mut dyn Iterator<Item = &String>| names.map(|n| crate::postgres::quote_ident(n)).collect();
-        let upsert = (!options.upsert_key.is_empty())
-            .then(|| (quoted(&mut options.upsert_key.iter()), options.on_conflict));
+        let quoted =
+            |names: &mut dyn Iterator<Item = &String>| names.map(|n| crate::postgres::quote_ident(n)).collect();
+        let upsert =
+            (!options.upsert_key.is_empty()).then(|| (quoted(&mut options.upsert_key.iter()), options.on_conflict));
         let columns = quoted(&mut output.fields().iter().map(|f| f.name()));
         let table = Table { name, columns, targets, upsert };
         Ok(PostgresSink { client, query_id: query_id.to_string(), target, table, markers, epoch })

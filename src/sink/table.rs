@@ -99,9 +99,15 @@ struct Column {
 
 /// The table's columns, in attribute order; `None` if there is no such
 /// table (or view) on the search path.
-async fn columns(client: &Client, table: &str) -> std::result::Result<Option<(String, Vec<Column>)>, tokio_postgres::Error> {
+async fn columns(
+    client: &Client,
+    table: &str,
+) -> std::result::Result<Option<(String, Vec<Column>)>, tokio_postgres::Error> {
     let Some(kind) = client
-        .query_opt("SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)", &[&table])
+        .query_opt(
+            "SELECT c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&table],
+        )
         .await?
     else {
         return Ok(None);
@@ -166,7 +172,9 @@ pub(crate) async fn check(
         problems: problems.join("; "),
     };
     let Some((kind, columns)) = columns(client, table).await.map_err(pg)? else {
-        return Err(refuse(vec!["there is no such table (create it first; the seed job's is in sql/schema.sql)".into()]));
+        return Err(refuse(vec![
+            "there is no such table (create it first; the seed job's is in sql/schema.sql)".into()
+        ]));
     };
     if kind != "r" && kind != "p" {
         return Err(refuse(vec![format!("it is not a table (relkind {kind}): COPY needs a table")]));
@@ -190,7 +198,9 @@ fn output_problems(columns: &[Column], output: &Schema) -> (Vec<Target>, Vec<Str
     for field in output.fields() {
         let (name, ty) = (field.name(), field.data_type());
         let Some(column) = columns.iter().find(|c| &c.name == name) else {
-            problems.push(format!("column {name}: the table has no such column (add it, or leave it out of the last step)"));
+            problems.push(format!(
+                "column {name}: the table has no such column (add it, or leave it out of the last step)"
+            ));
             continue;
         };
         if column.identity == "a" || !column.generated.is_empty() {

@@ -175,7 +175,10 @@ fn a_check_that_does_not_plan_is_refused_at_its_place() {
 
 #[test]
 fn an_integer_a_float_cannot_hold_exactly_is_out_of_range() {
-    let decoded = run(&input("ignore"), &[r#"{"id": 1, "ratio": 9007199254740993}"#, r#"{"id": 1, "ratio": -9223372036854775808}"#]);
+    let decoded = run(
+        &input("ignore"),
+        &[r#"{"id": 1, "ratio": 9007199254740993}"#, r#"{"id": 1, "ratio": -9223372036854775808}"#],
+    );
     let refused = refusals(&decoded);
     assert_eq!(refused[0].1, "out_of_range", "{refused:?}");
     assert_eq!(refused[0].2, "field ratio: 9007199254740993 has no exact float64 value");

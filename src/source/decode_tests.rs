@@ -26,7 +26,11 @@ fn decodes_the_example_message() {
     assert_eq!(ids.value(0), "123e4567-e89b-12d3-a456-426614174003");
     let end = out.batch.column(6).as_any().downcast_ref::<Int64Array>().unwrap();
     assert_eq!(end.value(1), 2659207116);
-    assert_eq!(count_ended_before(&out.batch, "adv_campaign_datetime_end", 2659207116), 0, "the end itself is still valid");
+    assert_eq!(
+        count_ended_before(&out.batch, "adv_campaign_datetime_end", 2659207116),
+        0,
+        "the end itself is still valid"
+    );
     assert_eq!(count_ended_before(&out.batch, "adv_campaign_datetime_end", 2659207117), 2);
 }
 

@@ -78,7 +78,12 @@ impl Input {
                 Some(_) => return Err(job_error(&job.input.checks, format!("more than {MAX_DEFAULTS} DEFAULTs"))),
                 None => None,
             };
-            columns.push(ColumnPlan { name: column.name.clone(), ty: column.ty, nullable: column.nullable, default_bit });
+            columns.push(ColumnPlan {
+                name: column.name.clone(),
+                ty: column.ty,
+                nullable: column.nullable,
+                default_bit,
+            });
         }
         let decode_fields = schema.fields().iter().map(|f| match f.data_type() {
             DataType::Timestamp(..) => Field::new(f.name(), DataType::Utf8, f.is_nullable()),
@@ -148,8 +153,13 @@ fn compile(check: &CheckDecl, job: &Job, schema: &SchemaRef) -> Result<Check> {
         Ok(other) => return Err(fail(format!("{text}: is {other}, not a boolean"))),
         Err(e) => return Err(fail(format!("{text}: {e}"))),
     }
-    let mut columns: Vec<usize> =
-        logical.column_refs().iter().filter_map(|c| schema.index_of(c.name()).ok()).collect::<HashSet<_>>().into_iter().collect();
+    let mut columns: Vec<usize> = logical
+        .column_refs()
+        .iter()
+        .filter_map(|c| schema.index_of(c.name()).ok())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     columns.sort_unstable();
     let expr = state.create_physical_expr(logical, &df_schema).map_err(|e| fail(format!("{text}: {e}")))?;
     let template = check.name.as_deref().and_then(|n| job.check_message(n)).map(str::to_string);

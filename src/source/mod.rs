@@ -9,6 +9,8 @@
 //! [`KafkaSource::commit_offsets`] after the commit with at-least-once.
 
 pub(crate) mod budget;
+#[cfg(test)]
+mod declared_tests;
 pub mod decode;
 mod finish;
 pub mod input;
@@ -19,8 +21,6 @@ pub(crate) mod stream_decode;
 pub(crate) mod validate;
 #[cfg(test)]
 mod validate_tests;
-#[cfg(test)]
-mod declared_tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -191,7 +191,9 @@ mod tests {
             options: Vec::new(),
             timeout: Duration::from_secs(10),
         };
-        let source = KafkaSource::try_new(&config, "q", std::sync::Arc::new(crate::source::input::Input::seed().unwrap())).unwrap();
+        let source =
+            KafkaSource::try_new(&config, "q", std::sync::Arc::new(crate::source::input::Input::seed().unwrap()))
+                .unwrap();
         let first = plan(&[(0, 0, 3), (1, 0, 4)]);
         let ahead = source.read_ahead(&first, None).await.unwrap();
         assert_eq!(ahead.len(), 3 + 4, "as many offsets as the batch had, per partition");

@@ -215,14 +215,21 @@ mod tests {
 
     #[test]
     fn no_messages_decode_to_no_rows() {
-        let read = StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 4).finish().unwrap();
+        let read =
+            StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 4).finish().unwrap();
         assert_eq!((read.decoded.batch.num_rows(), read.messages), (0, 0));
     }
 
     #[test]
     fn each_partition_holds_a_share_of_the_pending_messages() {
-        assert_eq!(StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 1).chunk, PENDING_MESSAGES);
+        assert_eq!(
+            StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 1).chunk,
+            PENDING_MESSAGES
+        );
         assert_eq!(StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 16).chunk, 512);
-        assert_eq!(StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 1000).chunk, MIN_CHUNK);
+        assert_eq!(
+            StreamDecoder::new(std::sync::Arc::new(Input::seed().unwrap()), Limits::default(), 1000).chunk,
+            MIN_CHUNK
+        );
     }
 }

@@ -20,9 +20,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use super::input::{ColumnPlan, Input};
 pub(crate) use super::refusal::Refusal;
 use crate::config::{Limits, OUTPUT_OVERHEAD};
-use super::input::{ColumnPlan, Input};
 use crate::job::{ColumnType, UnknownFields};
 use crate::schema::Reason;
 use crate::util::text::{quote, MAX_QUOTED_BYTES};
@@ -188,7 +188,8 @@ impl ObjectSeed<'_> {
 /// Whether `column` takes `value` as it is (a reason and sentence if not).
 fn accepts(column: &ColumnPlan, value: Scalar) -> Result<(), (Reason, String)> {
     let name = &column.name;
-    let outside = |v: &dyn fmt::Display, ty: &str| Err((Reason::OutOfRange, format!("field {name}: {v} is outside {ty}")));
+    let outside =
+        |v: &dyn fmt::Display, ty: &str| Err((Reason::OutOfRange, format!("field {name}: {v} is outside {ty}")));
     match (column.ty, value) {
         (ColumnType::Text, Scalar::Text { nul: true }) => {
             Err((Reason::NulCharacter, format!("field {name} contains a NUL character")))
@@ -201,10 +202,12 @@ fn accepts(column: &ColumnPlan, value: Scalar) -> Result<(), (Reason, String)> {
         },
         (ColumnType::Int(_), Scalar::BigInt(v)) => outside(&v, "int8"),
         (ColumnType::Int(_), Scalar::Float(v)) if v.fract() == 0.0 && v.abs() >= 9.2e18 => outside(&v, "int8"),
-        (ColumnType::Float(bits), Scalar::Int(v)) => match (v as f64) as i64 == v && (bits == 64 || v.unsigned_abs() <= 1 << 24) {
-            true => Ok(()),
-            false => Err((Reason::OutOfRange, format!("field {name}: {v} has no exact float{bits} value"))),
-        },
+        (ColumnType::Float(bits), Scalar::Int(v)) => {
+            match (v as f64) as i64 == v && (bits == 64 || v.unsigned_abs() <= 1 << 24) {
+                true => Ok(()),
+                false => Err((Reason::OutOfRange, format!("field {name}: {v} has no exact float{bits} value"))),
+            }
+        }
         (ColumnType::Float(_), Scalar::BigInt(v)) => outside(&v, "the exact floats"),
         (ColumnType::Float(32), Scalar::Float(v)) if v.abs() > f64::from(f32::MAX) => outside(&v, "real"),
         (ColumnType::Float(_), Scalar::Float(_)) => Ok(()),
@@ -213,10 +216,13 @@ fn accepts(column: &ColumnPlan, value: Scalar) -> Result<(), (Reason, String)> {
             outside(&v, "the timestamps (epoch seconds)")
         }
         (ColumnType::TimestampTz, Scalar::Int(_) | Scalar::Timestamp(Ok(()))) => Ok(()),
-        (ColumnType::TimestampTz, Scalar::Timestamp(Err(why))) => {
-            Err((Reason::WrongType, format!("field {name} should be {}, found {why}", ColumnType::TimestampTz.wanted())))
+        (ColumnType::TimestampTz, Scalar::Timestamp(Err(why))) => Err((
+            Reason::WrongType,
+            format!("field {name} should be {}, found {why}", ColumnType::TimestampTz.wanted()),
+        )),
+        (ty, other) => {
+            Err((Reason::WrongType, format!("field {name} should be {}, found {}", ty.wanted(), other.describe())))
         }
-        (ty, other) => Err((Reason::WrongType, format!("field {name} should be {}, found {}", ty.wanted(), other.describe()))),
     }
 }
 

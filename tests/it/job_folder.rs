@@ -167,7 +167,10 @@ async fn a_table_that_cannot_take_the_output_is_refused_at_start_naming_every_pr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upsert_key_without_a_unique_index_is_refused_at_start() -> Result<()> {
     let job = city_job().await?;
-    job.db.client.batch_execute("ALTER TABLE campaign_notifications DROP CONSTRAINT campaign_notifications_pkey").await?;
+    job.db
+        .client
+        .batch_execute("ALTER TABLE campaign_notifications DROP CONSTRAINT campaign_notifications_pkey")
+        .await?;
     let err = match job.run_available_now(&["--sql-dir", &example_dir()]).await {
         Ok(summary) => panic!("expected a start error, got {summary:?}"),
         Err(e) => format!("{e:#}"),
@@ -189,7 +192,10 @@ async fn every_written_type_round_trips_through_binary_copy() -> Result<()> {
         .await?;
     let sql = tempfile::tempdir()?;
     copy_sql(sql.path())?;
-    std::fs::write(sql.path().join("job.toml"), "[sink.kafka]\nkey = \"client_id\"\n[sink.postgres]\ntable = \"typed\"\n")?;
+    std::fs::write(
+        sql.path().join("job.toml"),
+        "[sink.kafka]\nkey = \"client_id\"\n[sink.postgres]\ntable = \"typed\"\n",
+    )?;
     std::fs::write(
         sql.path().join("20_feedback.sql"),
         "SELECT s.client_id, CAST(-2 AS SMALLINT) AS i2, CAST(40000 AS INT) AS i4, CAST(-9000000000 AS BIGINT) AS i8,
@@ -253,8 +259,14 @@ async fn a_lookup_query_that_fails_or_gives_an_unread_type_stops_the_start_namin
     };
     std::fs::write(dir.path().join("profiles.sql"), "SELECT client_id, language FROM no_such_profiles")?;
     let err = start_error(&job).await;
-    assert!(err.contains("profiles.sql") && err.contains("lookup profiles") && err.contains("no_such_profiles"), "{err}");
-    std::fs::write(dir.path().join("profiles.sql"), "SELECT client_id, 1.5::numeric AS language FROM subscriber_profiles")?;
+    assert!(
+        err.contains("profiles.sql") && err.contains("lookup profiles") && err.contains("no_such_profiles"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("profiles.sql"),
+        "SELECT client_id, 1.5::numeric AS language FROM subscriber_profiles",
+    )?;
     let err = start_error(&job).await;
     assert!(err.contains("column language is numeric") && err.contains("::float8"), "{err}");
     assert!(!job.checkpoint.path().join("offsets/0").exists(), "nothing planned");
@@ -265,7 +277,14 @@ async fn a_lookup_query_that_fails_or_gives_an_unread_type_stops_the_start_namin
 fn check(job: &Job, dir: &str, input_topic: &str) -> Result<(bool, String)> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparklet"))
         .args(["check", "--sql-dir", dir, "--database-url", &job.db.url])
-        .args(["--bootstrap-servers", &job.kafka.bootstrap(), "--input-topic", input_topic, "--output-topic", &job.output])
+        .args([
+            "--bootstrap-servers",
+            &job.kafka.bootstrap(),
+            "--input-topic",
+            input_topic,
+            "--output-topic",
+            &job.output,
+        ])
         .output()?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text))
@@ -282,7 +301,10 @@ async fn sparklet_check_passes_a_good_job_and_lists_every_problem_of_a_broken_on
     job.db.client.batch_execute("ALTER TABLE campaign_notifications DROP COLUMN language").await?;
     let (ok, text) = check(&job, &example_dir(), "no-such-topic")?;
     assert!(!ok, "{text}");
-    assert!(text.contains("problem: postgres: table campaign_notifications") && text.contains("column language"), "{text}");
+    assert!(
+        text.contains("problem: postgres: table campaign_notifications") && text.contains("column language"),
+        "{text}"
+    );
     assert!(text.contains("problem: kafka: topic 'no-such-topic' does not exist"), "{text}");
     assert!(text.contains("has 2 problem(s)"), "{text}");
 

@@ -139,7 +139,10 @@ async fn a_half_written_batch_replayed_with_a_changed_job_is_refused() -> Result
         Ok(summary) => bail!("expected a refusal, got {summary:?}"),
         Err(e) => format!("{e:#}"),
     };
-    ensure!(err.contains("batch 0 was written to postgres by a job (SQL files, input.sql, job.toml) with fingerprint"), "{err}");
+    ensure!(
+        err.contains("batch 0 was written to postgres by a job (SQL files, input.sql, job.toml) with fingerprint"),
+        "{err}"
+    );
     std::fs::write(&step, &original)?;
 
     // A changed declaration is a changed job too; a comment in job.toml is not.

@@ -47,7 +47,11 @@ fn sasl_ssl_scram_with_a_ca_file_is_accepted_by_both_clients() -> Result<()> {
 #[test]
 fn a_missing_ca_file_is_an_error_naming_the_setting() -> Result<()> {
     let kafka = kafka_config(original_security("/nonexistent/YandexCA.crt"))?;
-    let err = KafkaSource::try_new(&kafka, "q", std::sync::Arc::new(sparklet::source::input::Input::seed()?)).err().expect("creation must fail").chain().to_string();
+    let err = KafkaSource::try_new(&kafka, "q", std::sync::Arc::new(sparklet::source::input::Input::seed()?))
+        .err()
+        .expect("creation must fail")
+        .chain()
+        .to_string();
     assert!(err.starts_with("kafka: creating the input consumer"), "{err}");
     assert!(err.contains("ssl.ca.location") || err.contains("YandexCA.crt"), "{err}");
     Ok(())
