@@ -72,19 +72,23 @@ pub(super) fn bad_url(url: &str, e: object_store::Error) -> Error {
 
 /// Runs an object-store call to its end from blocking code: inside a
 /// multi-threaded tokio runtime with `block_in_place`, elsewhere (a
-/// current-thread runtime, or none) on a thread with a runtime of its own.
+/// current-thread runtime, or none) on a thread of its own, in one runtime
+/// shared by every such call and kept for the process's life. (A runtime per
+/// call would drop the tasks that drive the HTTP client's pooled
+/// connections, and a later call reusing one fails: "runtime dropped the
+/// dispatch task".)
 pub(super) fn block_on<F>(future: F) -> F::Output
 where
     F: std::future::Future + Send,
     F::Output: Send,
 {
-    use tokio::runtime::{Builder, Handle, RuntimeFlavor};
+    use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(|| handle.block_on(future))
         }
         _ => std::thread::scope(|scope| {
-            let run = scope.spawn(|| Builder::new_current_thread().enable_all().build().map(|rt| rt.block_on(future)));
+            let run = scope.spawn(|| shared_runtime().map(|rt| rt.block_on(future)));
             match run.join() {
                 Ok(Ok(output)) => output,
                 Ok(Err(e)) => panic!("starting a runtime for the object store failed: {e}"),
@@ -92,4 +96,18 @@ where
             }
         }),
     }
+}
+
+/// The runtime of [`block_on`]'s calls made outside a multi-threaded one.
+fn shared_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> = std::sync::OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sparklet-object-store")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    built.as_ref().map_err(Clone::clone)
 }

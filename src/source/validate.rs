@@ -76,6 +76,9 @@ fn json_refusal(e: &serde_json::Error) -> Refusal {
     }
 }
 
+/// Declared columns whose values one message's check keeps on the stack.
+const STACK_COLUMNS: usize = 16;
+
 /// Walks one JSON object; the first problem is stored in `refusal` and
 /// aborts the walk.
 struct ObjectSeed<'r> {
@@ -99,8 +102,17 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
-        let mut values: Vec<Option<Scalar>> = Vec::new();
-        values.resize_with(self.input.columns.len(), || None);
+        // One slot per declared column: on the stack for a usual table (no
+        // allocation per message), on the heap for a wide one.
+        let mut small: [Option<Scalar>; STACK_COLUMNS] = Default::default();
+        let mut wide: Vec<Option<Scalar>> = Vec::new();
+        let values: &mut [Option<Scalar>] = match self.input.columns.len() {
+            n if n <= STACK_COLUMNS => &mut small[..n],
+            n => {
+                wide.resize_with(n, || None);
+                &mut wide
+            }
+        };
         let mut unknown: HashSet<Cow<'de, str>> = HashSet::new();
         let mut fields = 0;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
@@ -159,9 +171,9 @@ impl ObjectSeed<'_> {
 
     /// Every field of its column's type, in declaration order; the absent
     /// fields that have a default, as bits.
-    fn check_fields<E: de::Error>(self, values: Vec<Option<Scalar>>) -> Result<u64, E> {
+    fn check_fields<E: de::Error>(self, values: &mut [Option<Scalar>]) -> Result<u64, E> {
         let mut absent = 0u64;
-        for (column, value) in self.input.columns.iter().zip(values) {
+        for (column, value) in self.input.columns.iter().zip(values.iter_mut().map(Option::take)) {
             let name = &column.name;
             let refusal = match value {
                 None => match (column.default_bit, column.nullable) {
