@@ -50,6 +50,8 @@ pub struct SqlPipeline {
     input: Arc<Input>,
     /// The lookups' names and columns, once loaded ([`Self::with_lookups`]).
     lookups: Vec<(String, SchemaRef)>,
+    /// The output's columns, once planned at start ([`Self::validated`]).
+    output: Option<SchemaRef>,
 }
 
 impl SqlPipeline {
@@ -64,7 +66,7 @@ impl SqlPipeline {
         let job = Job::load(dir)?.with_overrides(overrides)?;
         let input = Arc::new(Input::new(&job)?);
         let steps = load_steps(dir)?;
-        Ok(SqlPipeline { steps, job: Arc::new(job), input, lookups: Vec::new() })
+        Ok(SqlPipeline { steps, job: Arc::new(job), input, lookups: Vec::new(), output: None })
     }
 
     /// The same job, its steps planned with these lookup tables (an empty
@@ -113,9 +115,19 @@ impl SqlPipeline {
         self.output_schema().await.map(drop)
     }
 
-    /// The output's columns, as the last file gives them (planned and run on
-    /// empty tables).
+    /// The same job, planned on empty tables ([`Self::validate`]) and its
+    /// output's columns kept, so the sinks' checks do not plan it again.
+    pub async fn validated(mut self) -> Result<Self> {
+        self.output = Some(self.output_schema().await?);
+        Ok(self)
+    }
+
+    /// The output's columns, as the last file gives them: kept by
+    /// [`Self::validated`], else planned and run on empty tables.
     pub async fn output_schema(&self) -> Result<SchemaRef> {
+        if let Some(output) = &self.output {
+            return Ok(output.clone());
+        }
         let campaigns = RecordBatch::new_empty(self.input.schema());
         let subscribers = Subscribers::from_rows(Vec::new(), Vec::new())?;
         let (running, df) = self.prepare(campaigns, &subscribers, &[], 0, 0).await?;
@@ -135,24 +147,14 @@ impl SqlPipeline {
         now: i64,
         batch_id: u64,
     ) -> Result<Vec<RecordBatch>> {
-        self.execute(campaigns, subscribers, now, batch_id).await?.try_collect().await
+        self.execute(campaigns, subscribers, &[], now, batch_id).await?.try_collect().await
     }
 
-    /// Plans the files on one batch and returns the output as a stream of
-    /// chunks, computed as it is read; an error while computing names the
-    /// file that fails.
+    /// Plans the files on one batch, with the lookup versions it pinned (a
+    /// declared lookup not given is empty), and returns the output as a
+    /// stream of chunks, computed as it is read; an error while computing
+    /// names the file that fails.
     pub async fn execute(
-        &self,
-        campaigns: RecordBatch,
-        subscribers: &Subscribers,
-        now: i64,
-        batch_id: u64,
-    ) -> Result<RowStream> {
-        self.execute_with(campaigns, subscribers, &[], now, batch_id).await
-    }
-
-    /// [`Self::execute`] with the lookup tables a batch pinned.
-    pub async fn execute_with(
         &self,
         campaigns: RecordBatch,
         subscribers: &Subscribers,

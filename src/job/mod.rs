@@ -40,8 +40,6 @@ pub struct JobOverrides {
 pub struct Job {
     pub input: InputDecl,
     pub options: JobOptions,
-    /// `input.sql` and `job.toml` as read, for the job's fingerprint.
-    texts: [String; 2],
     /// Each lookup's query, read from its file.
     pub lookup_queries: std::collections::BTreeMap<String, String>,
 }
@@ -64,7 +62,7 @@ impl Job {
             }
             lookup_queries.insert(name.clone(), query.trim().trim_end_matches(';').to_string());
         }
-        Ok(Job { input, options, texts: [input_text, options_text], lookup_queries })
+        Ok(Job { input, options, lookup_queries })
     }
 
     /// The same job with `overrides` over its options (checked again).
@@ -89,11 +87,6 @@ impl Job {
     /// The seed job: the repository's `sql/input.sql` and `sql/job.toml`.
     pub fn seed() -> Result<Job> {
         Job::load(Path::new("/nonexistent: built in"))
-    }
-
-    /// The declaration and options as read (`input.sql`, then `job.toml`).
-    pub fn texts(&self) -> [&str; 2] {
-        [&self.texts[0], &self.texts[1]]
     }
 
     /// What makes the job's output what it is, as canonical text (one
@@ -193,8 +186,8 @@ mod tests {
         let seed = Job::seed().unwrap();
         let same = |job: Job| {
             assert_eq!(
-                (&job.input.columns, &job.options, job.texts()),
-                (&seed.input.columns, &seed.options, seed.texts())
+                (&job.input.columns, &job.options, job.identity()),
+                (&seed.input.columns, &seed.options, seed.identity())
             );
             let checks = |j: &Job| j.input.checks.iter().map(|c| (c.name.clone(), c.expr.clone())).collect::<Vec<_>>();
             assert_eq!(checks(&job), checks(&seed));

@@ -290,7 +290,7 @@ impl Query {
     ) -> Result<BatchOutput> {
         let (batch_id, offsets) = (plan.batch_id, plan.describe_ranges());
         let lookups = self.lookups.tables(&plan.lookups, &self.checkpoint.snapshots_dir())?;
-        let rows = self.pipeline.execute_with(campaigns, subscribers, &lookups, plan.now_seconds(), batch_id).await;
+        let rows = self.pipeline.execute(campaigns, subscribers, &lookups, plan.now_seconds(), batch_id).await;
         let rows = rows.map_err(|e| at_run_time(e, batch_id, &offsets))?;
         BatchOutput::start(rows.map(move |r| r.map_err(|e| at_run_time(e, batch_id, &offsets))).boxed()).await
     }

@@ -38,7 +38,7 @@ impl Query {
                 "the job declares no window to hold by (job.toml: [input] window = { start = ..., end = ... })",
             ));
         }
-        pipeline.validate().await?;
+        let pipeline = pipeline.validated().await?;
         let layout = Layout::open(&config.checkpoint_dir, config.shards)?;
         let pod = config.pod_name.clone().unwrap_or_else(crate::util::files::host_name);
         let ids = config.shard_ids.resolve(layout.count(), &pod)?;

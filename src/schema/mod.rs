@@ -70,11 +70,6 @@ pub fn campaigns() -> SchemaRef {
     schema(CAMPAIGN_FIELDS)
 }
 
-/// Arrow schema of a batch handed to the sinks.
-pub fn output() -> SchemaRef {
-    schema(OUTPUT_FIELDS)
-}
-
 /// Arrow schema of the cached subscribers table: `restaurant_id` is a
 /// dictionary, each restaurant's id stored once for all its subscribers
 /// (for a million rows, 10 per restaurant: 6 MB instead of 20), and handed

@@ -15,7 +15,7 @@ use arrow::datatypes::{
 use bytes::{BufMut, BytesMut};
 
 use super::table::Target;
-use crate::error::{CopyError, Result};
+use crate::error::{CopyError, Error, Result};
 use crate::schema::text::Text;
 /// Signature, flags and header-extension length.
 pub fn write_header(out: &mut BytesMut) {
@@ -58,14 +58,16 @@ pub fn write_rows(
     out: &mut BytesMut,
     mut ordinal: Option<&mut i64>,
 ) -> Result<()> {
+    let names = batch.schema();
     let arrays = batch
         .columns()
         .iter()
         .zip(targets)
-        .map(|(array, target)| as_target(array, *target))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| CopyError::Type { column: e, data_type: DataType::Null })?;
-    let names = batch.schema();
+        .zip(names.fields())
+        .map(|((array, target), field)| {
+            as_target(array, *target).map_err(|e| Error::arrow(format!("column {} for COPY", field.name()), e))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let columns = arrays.iter().zip(names.fields()).map(|(a, f)| values(a, f.name())).collect::<Result<Vec<_>>>()?;
     let fields = columns.len() + usize::from(ordinal.is_some());
     let count = i16::try_from(fields).map_err(|_| CopyError::TooManyColumns(fields))?;
@@ -84,8 +86,8 @@ pub fn write_rows(
 }
 
 /// `array` cast to the Arrow type whose values `target` writes as they are
-/// (a wider integer or float, microseconds); the column's name on failure.
-fn as_target(array: &ArrayRef, target: Target) -> std::result::Result<ArrayRef, String> {
+/// (a wider integer or float, microseconds).
+fn as_target(array: &ArrayRef, target: Target) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
     let wanted = match (target, array.data_type()) {
         (Target::Text, DataType::Utf8View | DataType::LargeUtf8) => DataType::Utf8,
         (Target::Int4, DataType::Int16) => DataType::Int32,
@@ -97,7 +99,7 @@ fn as_target(array: &ArrayRef, target: Target) -> std::result::Result<ArrayRef, 
         (Target::Timestamp, DataType::Timestamp(_, Some(_))) => DataType::Timestamp(TimeUnit::Microsecond, None),
         _ => return Ok(array.clone()),
     };
-    arrow::compute::cast(array, &wanted).map_err(|e| e.to_string())
+    arrow::compute::cast(array, &wanted)
 }
 
 fn values<'a>(array: &'a ArrayRef, name: &str) -> Result<Values<'a>> {

@@ -267,8 +267,8 @@ impl KafkaSink {
 const JSON_ROWS: usize = 1024;
 
 /// One JSON object per row, `\n`-separated, fields in the schema's order
-/// Column `key` of `batch` as text: text as it is (plain or shared), an
-/// integer as its decimal digits.
+/// Column `key` of `batch` as text ([`Text`]): text as it is (plain or
+/// shared), anything else (an integer) cast to its decimal digits.
 fn key_column(batch: &RecordBatch, key: &str) -> Result<arrow::array::ArrayRef> {
     let column = batch
         .column_by_name(key)

@@ -207,8 +207,9 @@ impl Chunks {
         for chunk in &mut self.chunks {
             let rows = chunk.num_rows();
             let message = |r: usize| kept.map_or(first + r, |k| k[first + r]);
+            // Without DEFAULTs there are no masks ([`finish`] reads none).
             let masks: Vec<u64> = match absent.is_empty() {
-                true => vec![0; rows],
+                true => Vec::new(),
                 false => (0..rows).map(|r| absent[message(r)]).collect(),
             };
             let finished = finish(input, std::mem::replace(chunk, RecordBatch::new_empty(input.schema())), &masks)?;

@@ -35,7 +35,9 @@ pub(crate) fn finish(input: &Input, chunk: RecordBatch, absent: &[u64]) -> Resul
         columns[*i] = zip(&mask, &value, &columns[*i]).map_err(|e| Error::arrow("filling the defaults", e))?;
     }
     let batch = RecordBatch::try_new(input.schema(), columns).map_err(|e| Error::arrow("finishing a chunk", e))?;
-    let mut refused: Vec<Option<Refusal>> = vec![None; batch.num_rows()];
+    // One slot per row, made only once a check fails (the usual chunk has
+    // no refused row).
+    let mut refused: Vec<Option<Refusal>> = Vec::new();
     for check in &input.checks {
         apply(check, &batch, &mut refused);
     }
@@ -65,12 +67,16 @@ fn timestamps(column: &ArrayRef, name: &str) -> Result<ArrayRef> {
     Ok(Arc::new(micros.with_timezone(UTC)))
 }
 
-/// Marks the rows `check` refuses (those not refused already).
-fn apply(check: &Check, batch: &RecordBatch, refused: &mut [Option<Refusal>]) {
+/// Marks the rows `check` refuses (those not refused already); `refused`
+/// gets its slots when the first row is refused.
+fn apply(check: &Check, batch: &RecordBatch, refused: &mut Vec<Option<Refusal>>) {
     let whole = check.expr.evaluate(batch).and_then(|v| v.into_array(batch.num_rows()));
     match whole {
+        // SQL's rule: NULL passes. Nothing false: nothing to do.
+        Ok(values) if values.as_boolean().iter().all(|v| v != Some(false)) => {}
         Ok(values) => {
             let values = values.as_boolean();
+            refused.resize(batch.num_rows(), None);
             for (row, slot) in refused.iter_mut().enumerate() {
                 if slot.is_none() && values.is_valid(row) && !values.value(row) {
                     *slot = Some(Refusal::new(check.reason, sentence(check, batch, row, None)));
@@ -80,6 +86,7 @@ fn apply(check: &Check, batch: &RecordBatch, refused: &mut [Option<Refusal>]) {
         // One row's value breaks the expression (an overflow): row by row,
         // so only that row is refused.
         Err(_) => {
+            refused.resize(batch.num_rows(), None);
             for (row, slot) in refused.iter_mut().enumerate() {
                 if slot.is_some() {
                     continue;
