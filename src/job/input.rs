@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 pub const UTC: &str = "+00:00";
 
 /// The types an input column may have, and the JSON each accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnType {
     /// `TEXT`, `VARCHAR`, `STRING`: a JSON string without NUL.
     Text,
@@ -36,14 +36,23 @@ pub enum ColumnType {
     Bool,
     /// `TIMESTAMPTZ`: an RFC 3339 string, or an integer of epoch seconds.
     TimestampTz,
+    /// `T[]` or `ARRAY<T>`: a JSON array whose elements are `T` or null.
+    List(Box<ColumnType>),
+    /// `STRUCT<name T, ...>`: a JSON object with these fields, each nullable
+    /// (an absent one is NULL).
+    Struct(Vec<(String, ColumnType)>),
 }
 
 /// What `input.sql` accepts, for the refusal of anything else.
-const ACCEPTED_TYPES: &str = "TEXT, VARCHAR, SMALLINT, INTEGER, BIGINT, REAL, DOUBLE PRECISION, BOOLEAN, TIMESTAMPTZ";
+const ACCEPTED_TYPES: &str =
+    "TEXT, VARCHAR, SMALLINT, INTEGER, BIGINT, REAL, DOUBLE PRECISION, BOOLEAN, TIMESTAMPTZ, T[], STRUCT<name T, ...>";
+
+/// How deep arrays and structs may nest in a declaration.
+const MAX_NESTING: usize = 8;
 
 impl ColumnType {
     /// The Arrow type of the decoded column.
-    pub fn arrow(self) -> DataType {
+    pub fn arrow(&self) -> DataType {
         match self {
             ColumnType::Text => DataType::Utf8,
             ColumnType::Int(16) => DataType::Int16,
@@ -53,21 +62,72 @@ impl ColumnType {
             ColumnType::Float(_) => DataType::Float64,
             ColumnType::Bool => DataType::Boolean,
             ColumnType::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into())),
+            ColumnType::List(element) => DataType::new_list(element.arrow(), true),
+            ColumnType::Struct(fields) => DataType::Struct(
+                fields.iter().map(|(name, ty)| Field::new(name, ty.arrow(), true)).collect::<Vec<_>>().into(),
+            ),
         }
     }
 
     /// The JSON a value of this type is, for refusals ("should be ...").
-    pub fn wanted(self) -> &'static str {
+    pub fn wanted(&self) -> &'static str {
         match self {
             ColumnType::Text => "a string",
             ColumnType::Int(_) => "an integer",
             ColumnType::Float(_) => "a number",
             ColumnType::Bool => "a boolean",
             ColumnType::TimestampTz => "an RFC 3339 timestamp string or an integer of epoch seconds",
+            ColumnType::List(_) => "an array",
+            ColumnType::Struct(_) => "an object",
         }
     }
 
-    fn from_sql(ty: &ast::DataType) -> Option<ColumnType> {
+    /// Whether values of this type are arrays or objects.
+    pub fn is_nested(&self) -> bool {
+        matches!(self, ColumnType::List(_) | ColumnType::Struct(_))
+    }
+
+    /// The type `ty` declares, `depth` levels inside arrays and structs, or
+    /// why none.
+    fn from_sql(ty: &ast::DataType, depth: usize) -> std::result::Result<ColumnType, String> {
+        use ast::{ArrayElemTypeDef as E, DataType as D};
+        if depth > MAX_NESTING {
+            return Err(format!("arrays and structs nest at most {MAX_NESTING} deep"));
+        }
+        let nested = |inner: &ast::DataType| {
+            match ColumnType::from_sql(inner, depth + 1)? {
+            ColumnType::TimestampTz => Err(format!(
+                "type {ty}: TIMESTAMPTZ inside an array or struct is not supported; declare it TEXT and convert it in a step (to_timestamp)"
+            )),
+            inner => Ok(inner),
+        }
+        };
+        match ty {
+            D::Array(E::SquareBracket(inner, None) | E::AngleBracket(inner)) => {
+                return Ok(ColumnType::List(Box::new(nested(inner)?)))
+            }
+            D::Struct(fields, _) => {
+                let mut declared: Vec<(String, ColumnType)> = Vec::new();
+                for field in fields {
+                    let Some(name) = field.field_name.as_ref().map(normalize) else {
+                        return Err(format!("type {ty}: every struct field needs a name (STRUCT<city TEXT>)"));
+                    };
+                    if declared.iter().any(|(n, _)| *n == name) {
+                        return Err(format!("type {ty}: field {name} is declared twice"));
+                    }
+                    declared.push((name, nested(&field.field_type)?));
+                }
+                if declared.is_empty() || declared.len() > 64 {
+                    return Err(format!("type {ty}: a struct has 1 to 64 fields"));
+                }
+                return Ok(ColumnType::Struct(declared));
+            }
+            _ => {}
+        }
+        ColumnType::scalar(ty).ok_or_else(|| format!("type {ty} is not supported; use one of {ACCEPTED_TYPES}"))
+    }
+
+    fn scalar(ty: &ast::DataType) -> Option<ColumnType> {
         use ast::DataType as D;
         Some(match ty {
             D::Text | D::String(None) | D::Varchar(None) | D::CharacterVarying(None) | D::CharVarying(None) => {
@@ -155,11 +215,8 @@ impl InputDecl {
         if self.columns.iter().any(|c| c.name == name) {
             return Err(job_error(path, at, format!("column {name} is declared twice")));
         }
-        let ty = ColumnType::from_sql(&column.data_type).ok_or_else(|| {
-            let message = format!(
-                "column {name}: type {} is not supported; use one of {ACCEPTED_TYPES} (a length limit is a CHECK: CHECK (length({name}) <= 100))",
-                column.data_type
-            );
+        let ty = ColumnType::from_sql(&column.data_type, 0).map_err(|why| {
+            let message = format!("column {name}: {why} (a length limit is a CHECK: CHECK (length({name}) <= 100))");
             job_error(path, at, message)
         })?;
         let mut decl = ColumnDecl { name, ty, nullable: true, default: None };
@@ -227,8 +284,11 @@ fn default_value(path: &Path, column: &ColumnDecl, expr: &Expr) -> Result<Scalar
     };
     let integer = |n: &str| n.parse::<i64>().ok().and_then(|n| n.checked_mul(sign));
     let out_of_range = || fail("out of the column's range");
-    Ok(match (&value.value, column.ty, sign) {
-        (Value::Number(n, _), ColumnType::Int(bits), _) => {
+    if column.ty.is_nested() {
+        return Err(fail("an array or struct column takes no DEFAULT (an absent one is NULL)"));
+    }
+    Ok(match (&value.value, &column.ty, sign) {
+        (Value::Number(n, _), &ColumnType::Int(bits), _) => {
             let n = integer(n).ok_or_else(|| fail("not an integer in range"))?;
             match bits {
                 16 => ScalarValue::Int16(Some(i16::try_from(n).map_err(|_| out_of_range())?)),
@@ -240,7 +300,7 @@ fn default_value(path: &Path, column: &ColumnDecl, expr: &Expr) -> Result<Scalar
             let micros = integer(n).and_then(|s| s.checked_mul(1_000_000)).ok_or_else(out_of_range)?;
             ScalarValue::TimestampMicrosecond(Some(micros), Some(UTC.into()))
         }
-        (Value::Number(n, _), ColumnType::Float(bits), _) => {
+        (Value::Number(n, _), &ColumnType::Float(bits), _) => {
             let n = n.parse::<f64>().map_err(|_| fail("not a number"))? * sign as f64;
             match bits {
                 32 => ScalarValue::Float32(Some(n as f32)),

@@ -90,3 +90,35 @@ fn unsupported_types_and_options_are_refused_naming_what_is_accepted() {
     assert!(err("SELECT 1").contains("exactly one CREATE TABLE"));
     assert!(err("CREATE TABLE t (a TEXT); CREATE TABLE u (b TEXT)").contains("found 2"));
 }
+
+#[test]
+fn arrays_and_structs_nest_and_map_to_lists_and_structs() {
+    let decl = parse(
+        "CREATE TABLE c (tags TEXT[], scores ARRAY<INTEGER>, \
+         address STRUCT<City TEXT, geo STRUCT<lat DOUBLE PRECISION, lon DOUBLE PRECISION>, floors SMALLINT[]>)",
+    )
+    .unwrap();
+    let types: Vec<String> = decl.columns.iter().map(|c| c.ty.arrow().to_string()).collect();
+    assert_eq!(types[0], "List(Utf8)");
+    assert_eq!(types[1], "List(Int32)");
+    assert!(
+        types[2].starts_with("Struct(") && types[2].contains("city") && types[2].contains("List(Int16)"),
+        "{types:?}"
+    );
+    let ColumnType::Struct(fields) = &decl.columns[2].ty else { panic!("{:?}", decl.columns[2].ty) };
+    assert_eq!(fields[0].0, "city", "unquoted names in lower case, as at the top");
+}
+
+#[test]
+fn nested_timestamps_defaults_and_unnamed_or_repeated_struct_fields_are_refused() {
+    let e = err("CREATE TABLE c (at TIMESTAMPTZ[])");
+    assert!(e.contains("TIMESTAMPTZ inside an array or struct is not supported") && e.contains(":1:17"), "{e}");
+    let e = err("CREATE TABLE c (tags TEXT[] DEFAULT 'x')");
+    assert!(e.contains("takes no DEFAULT"), "{e}");
+    let e = err("CREATE TABLE c (a STRUCT<x TEXT, x INTEGER>)");
+    assert!(e.contains("field x is declared twice"), "{e}");
+    let e = err("CREATE TABLE c (a STRUCT<TEXT>)");
+    assert!(e.contains("needs a name"), "{e}");
+    let e = err("CREATE TABLE c (a NUMERIC[])");
+    assert!(e.contains("type NUMERIC is not supported") && e.contains("T[]"), "{e}");
+}

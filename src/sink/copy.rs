@@ -6,15 +6,20 @@
 //! 16-bit -1 trailer. Each output column is written in its table column's
 //! format ([`Target`], checked at start): text as UTF-8, integers and floats
 //! big-endian (widened where the column is wider), booleans as one byte,
-//! timestamps as microseconds and dates as days since 2000-01-01.
+//! timestamps as microseconds and dates as days since 2000-01-01; an array
+//! as Postgres' one-dimensional array (a header, then each element in its
+//! type's format), and an array or struct bound for `json`/`jsonb` as the
+//! JSON text arrow-json writes for it, as the Kafka sink does.
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, GenericListArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+    DataType, Date32Type, Field, FieldRef, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType,
 };
+use arrow::json::writer::{make_encoder, EncoderOptions, NullableEncoder};
 use bytes::{BufMut, BytesMut};
 
-use super::table::Target;
+use super::target::Target;
 use crate::error::{CopyError, Error, Result};
 use crate::schema::text::Text;
 /// Signature, flags and header-extension length.
@@ -45,6 +50,18 @@ enum Values<'a> {
     Bool(&'a arrow::array::BooleanArray),
     Timestamp(&'a arrow::array::TimestampMicrosecondArray),
     Date(&'a arrow::array::Date32Array),
+    /// Each value as JSON text (after a version byte for `jsonb`).
+    Json {
+        encoder: NullableEncoder<'a>,
+        jsonb: bool,
+        scratch: Vec<u8>,
+    },
+    /// Each list as an array of `element` type `oid`.
+    Array {
+        lists: &'a GenericListArray<i32>,
+        element: Box<Values<'a>>,
+        oid: u32,
+    },
 }
 
 /// Appends rows `start..end` of `batch`, column `i` in `targets[i]`'s
@@ -68,12 +85,18 @@ pub fn write_rows(
             as_target(array, *target).map_err(|e| Error::arrow(format!("column {} for COPY", field.name()), e))
         })
         .collect::<Result<Vec<_>>>()?;
-    let columns = arrays.iter().zip(names.fields()).map(|(a, f)| values(a, f.name())).collect::<Result<Vec<_>>>()?;
+    let options = EncoderOptions::default();
+    let mut columns = arrays
+        .iter()
+        .zip(targets)
+        .zip(names.fields())
+        .map(|((a, t), f)| values(a, *t, f, &options))
+        .collect::<Result<Vec<_>>>()?;
     let fields = columns.len() + usize::from(ordinal.is_some());
     let count = i16::try_from(fields).map_err(|_| CopyError::TooManyColumns(fields))?;
     for row in start..end {
         out.put_i16(count);
-        for (i, column) in columns.iter().enumerate() {
+        for (i, column) in columns.iter_mut().enumerate() {
             write_value(column, row, out).map_err(|()| CopyError::NotFinite(names.field(i).name().clone()))?;
         }
         if let Some(n) = ordinal.as_deref_mut() {
@@ -86,9 +109,17 @@ pub fn write_rows(
 }
 
 /// `array` cast to the Arrow type whose values `target` writes as they are
-/// (a wider integer or float, microseconds).
+/// (a wider integer or float, microseconds; a list of those).
 fn as_target(array: &ArrayRef, target: Target) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
-    let wanted = match (target, array.data_type()) {
+    match wanted(target, array.data_type()) {
+        Some(wanted) => arrow::compute::cast(array, &wanted),
+        None => Ok(array.clone()),
+    }
+}
+
+/// The type `target` writes a column of type `ty` as, if not `ty` itself.
+fn wanted(target: Target, ty: &DataType) -> Option<DataType> {
+    Some(match (target, ty) {
         (Target::Text, DataType::Utf8View | DataType::LargeUtf8) => DataType::Utf8,
         (Target::Int4, DataType::Int16) => DataType::Int32,
         (Target::Int8, DataType::Int16 | DataType::Int32) => DataType::Int64,
@@ -97,12 +128,31 @@ fn as_target(array: &ArrayRef, target: Target) -> std::result::Result<ArrayRef, 
             DataType::Timestamp(TimeUnit::Microsecond, None)
         }
         (Target::Timestamp, DataType::Timestamp(_, Some(_))) => DataType::Timestamp(TimeUnit::Microsecond, None),
-        _ => return Ok(array.clone()),
-    };
-    arrow::compute::cast(array, &wanted)
+        (Target::Array { element, .. }, DataType::List(item)) => {
+            let item_type = wanted(element.target(), item.data_type())?;
+            DataType::List(std::sync::Arc::new(Field::new(item.name(), item_type, true)))
+        }
+        _ => return None,
+    })
 }
 
-fn values<'a>(array: &'a ArrayRef, name: &str) -> Result<Values<'a>> {
+fn values<'a>(
+    array: &'a ArrayRef,
+    target: Target,
+    field: &'a FieldRef,
+    options: &'a EncoderOptions,
+) -> Result<Values<'a>> {
+    let name = field.name();
+    if let Target::Json { jsonb } = target {
+        let encoder = make_encoder(field, array.as_ref(), options)
+            .map_err(|e| Error::arrow(format!("column {name} as JSON for COPY"), e))?;
+        return Ok(Values::Json { encoder, jsonb, scratch: Vec::new() });
+    }
+    if let (Target::Array { element, oid }, DataType::List(_)) = (target, array.data_type()) {
+        let lists = array.as_list::<i32>();
+        let element = Box::new(values(lists.values(), element.target(), field, options)?);
+        return Ok(Values::Array { lists, element, oid });
+    }
     if let Some(text) = Text::of(array.as_ref()) {
         return Ok(Values::Text(text));
     }
@@ -133,13 +183,15 @@ impl Values<'_> {
             Values::Bool(a) => a.is_null(row),
             Values::Timestamp(a) => a.is_null(row),
             Values::Date(a) => a.is_null(row),
+            Values::Json { encoder, .. } => encoder.is_null(row),
+            Values::Array { lists, .. } => lists.is_null(row),
         }
     }
 }
 
 /// One value; `Err` for a float that is NaN or infinite (Kafka's JSON
 /// would write `null`: the sinks would disagree).
-fn write_value(column: &Values<'_>, row: usize, out: &mut BytesMut) -> std::result::Result<(), ()> {
+fn write_value(column: &mut Values<'_>, row: usize, out: &mut BytesMut) -> std::result::Result<(), ()> {
     if column.is_null(row) {
         out.put_i32(-1);
         return Ok(());
@@ -183,7 +235,45 @@ fn write_value(column: &Values<'_>, row: usize, out: &mut BytesMut) -> std::resu
             out.put_i32(4);
             out.put_i32(a.value(row).saturating_sub(PG_EPOCH_DAYS));
         }
+        Values::Json { encoder, jsonb, scratch } => {
+            scratch.clear();
+            encoder.encode(row, scratch);
+            out.put_i32((scratch.len() + usize::from(*jsonb)) as i32);
+            if *jsonb {
+                out.put_u8(1);
+            }
+            out.put_slice(scratch);
+        }
+        Values::Array { lists, element, oid } => write_array(lists, element, *oid, row, out)?,
     }
+    Ok(())
+}
+
+/// One list as a one-dimensional Postgres array: its length, then the
+/// dimensions (none when empty), whether it has NULLs, the element type,
+/// the size and lower bound (1), and each element as a field.
+fn write_array(
+    lists: &GenericListArray<i32>,
+    element: &mut Values<'_>,
+    oid: u32,
+    row: usize,
+    out: &mut BytesMut,
+) -> std::result::Result<(), ()> {
+    let range = lists.value_offsets()[row] as usize..lists.value_offsets()[row + 1] as usize;
+    let at = out.len();
+    out.put_i32(0);
+    out.put_i32(i32::from(!range.is_empty()));
+    out.put_i32(i32::from(range.clone().any(|i| element.is_null(i))));
+    out.put_u32(oid);
+    if !range.is_empty() {
+        out.put_i32(range.len() as i32);
+        out.put_i32(1);
+    }
+    for i in range {
+        write_value(element, i, out)?;
+    }
+    let len = (out.len() - at - 4) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }
 

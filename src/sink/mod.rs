@@ -16,6 +16,7 @@ pub(crate) mod kafka_marker;
 pub(crate) mod owner;
 pub(crate) mod postgres;
 mod table;
+mod target;
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ pub use feed::{BatchOutput, Chunks};
 pub(crate) use owner::OWNERS_DDL;
 pub(crate) use postgres::MARKER_DDL;
 pub(crate) use table::check as check_table;
-pub use table::Target;
+pub use target::{Element, Target};
 
 /// A destination of the batch output.
 #[allow(async_fn_in_trait)]

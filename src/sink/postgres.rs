@@ -23,7 +23,8 @@ use crate::batch::BatchPlan;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
 use crate::job::{OnConflict, PostgresSinkOptions};
-use crate::sink::table::{self, Target};
+use crate::sink::table;
+use crate::sink::target::Target;
 use crate::sink::{copy, owner, Chunks, Sink};
 use crate::source::decode::BadMessage;
 

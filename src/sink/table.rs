@@ -7,80 +7,9 @@
 use arrow::datatypes::{DataType, Schema};
 use tokio_postgres::Client;
 
+use super::target::Target;
 use crate::error::{Error, Result};
 use crate::job::PostgresSinkOptions;
-use crate::schema::text::Text;
-
-/// The binary format a column is written in: its Postgres base type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Text,
-    Int2,
-    Int4,
-    Int8,
-    Float4,
-    Float8,
-    Bool,
-    /// `timestamptz` and `timestamp`: microseconds since 2000-01-01.
-    Timestamp,
-    /// Days since 2000-01-01.
-    Date,
-}
-
-impl Target {
-    /// The column type a column of Arrow type `ty` is written to as it is
-    /// (text to `text`, Int64 to `int8`, ...), if any.
-    pub fn natural(ty: &DataType) -> Option<Target> {
-        use DataType as D;
-        if Text::is_text(ty) || matches!(ty, D::Utf8View | D::LargeUtf8) {
-            return Some(Target::Text);
-        }
-        Some(match ty {
-            D::Int16 => Target::Int2,
-            D::Int32 => Target::Int4,
-            D::Int64 => Target::Int8,
-            D::Float32 => Target::Float4,
-            D::Float64 => Target::Float8,
-            D::Boolean => Target::Bool,
-            D::Timestamp(..) => Target::Timestamp,
-            D::Date32 => Target::Date,
-            _ => return None,
-        })
-    }
-
-    /// The target for Postgres base type `name` (`pg_type.typname`).
-    fn of(name: &str) -> Option<Target> {
-        Some(match name {
-            "text" | "varchar" | "bpchar" | "name" => Target::Text,
-            "int2" => Target::Int2,
-            "int4" => Target::Int4,
-            "int8" => Target::Int8,
-            "float4" => Target::Float4,
-            "float8" => Target::Float8,
-            "bool" => Target::Bool,
-            "timestamptz" | "timestamp" => Target::Timestamp,
-            "date" => Target::Date,
-            _ => return None,
-        })
-    }
-
-    /// Whether a column of Arrow type `ty` can be written as `self` without
-    /// losing anything (integers and floats only widen).
-    fn takes(self, ty: &DataType) -> bool {
-        use DataType as D;
-        match self {
-            Target::Text => Text::is_text(ty) || matches!(ty, D::Utf8View | D::LargeUtf8),
-            Target::Int2 => matches!(ty, D::Int16),
-            Target::Int4 => matches!(ty, D::Int16 | D::Int32),
-            Target::Int8 => matches!(ty, D::Int16 | D::Int32 | D::Int64),
-            Target::Float4 => matches!(ty, D::Float32),
-            Target::Float8 => matches!(ty, D::Float32 | D::Float64),
-            Target::Bool => matches!(ty, D::Boolean),
-            Target::Timestamp => matches!(ty, D::Timestamp(..)),
-            Target::Date => matches!(ty, D::Date32),
-        }
-    }
-}
 
 /// One column of the table, as the catalog describes it.
 struct Column {
@@ -95,6 +24,8 @@ struct Column {
     identity: String,
     /// `s`: a stored generated column.
     generated: String,
+    /// An array column's element: its base `typname` and its oid.
+    element: Option<(String, u32)>,
 }
 
 /// The table's columns, in attribute order; `None` if there is no such
@@ -114,11 +45,12 @@ async fn columns(
     };
     let rows = client
         .query(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
-                    (SELECT b.typname::text FROM pg_catalog.pg_type b
-                      WHERE b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END),
-                    a.attnotnull, a.atthasdef, a.attidentity::text, a.attgenerated::text
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), b.typname::text,
+                    a.attnotnull, a.atthasdef, a.attidentity::text, a.attgenerated::text,
+                    e.typname::text, e.oid
                FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+               JOIN pg_catalog.pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
+               LEFT JOIN pg_catalog.pg_type e ON e.oid = b.typelem AND b.typcategory = 'A'
               WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
               ORDER BY a.attnum",
             &[&table],
@@ -134,6 +66,7 @@ async fn columns(
             has_default: r.get(4),
             identity: r.get(5),
             generated: r.get(6),
+            element: r.get::<_, Option<String>>(7).zip(r.get::<_, Option<u32>>(8)),
         })
         .collect();
     Ok(Some((kind.get(0), columns)))
@@ -207,7 +140,7 @@ fn output_problems(columns: &[Column], output: &Schema) -> (Vec<Target>, Vec<Str
             problems.push(format!("column {name}: the table generates it; leave it out of the last step"));
             continue;
         }
-        match Target::of(&column.base).filter(|t| t.takes(ty)) {
+        match Target::of_column(&column.base, column.element.as_ref()).filter(|t| t.takes(ty)) {
             Some(target) => targets.push(target),
             None => problems.push(format!(
                 "column {name}: the last step gives {}, which cannot be written to {} (CAST it to the column's type in the last step)",
@@ -233,6 +166,8 @@ fn sql_name(ty: &DataType) -> String {
         D::Timestamp(_, Some(_)) => "timestamptz".into(),
         D::Timestamp(_, None) => "timestamp".into(),
         D::Date32 => "date".into(),
+        D::List(item) => format!("{}[]", sql_name(item.data_type())),
+        D::Struct(_) => "a struct".into(),
         other => format!("{other} (Arrow)"),
     }
 }
@@ -274,18 +209,6 @@ fn key_problems(key: &[String], unique: &[Vec<String>], output: &Schema) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn integers_and_floats_only_widen_and_text_takes_every_string_type() {
-        assert!(Target::Int8.takes(&DataType::Int32) && !Target::Int4.takes(&DataType::Int64));
-        assert!(Target::Float8.takes(&DataType::Float32) && !Target::Float4.takes(&DataType::Float64));
-        assert!(!Target::Int8.takes(&DataType::Float64) && !Target::Float8.takes(&DataType::Int64));
-        for ty in [DataType::Utf8, DataType::Utf8View, DataType::LargeUtf8, crate::schema::text::shared_type()] {
-            assert!(Target::Text.takes(&ty), "{ty}");
-        }
-        assert_eq!(Target::of("varchar"), Some(Target::Text));
-        assert_eq!(Target::of("numeric"), None, "numeric is not written yet");
-    }
 
     #[test]
     fn an_upsert_key_must_be_exactly_a_unique_indexs_columns() {

@@ -184,3 +184,86 @@ fn an_integer_a_float_cannot_hold_exactly_is_out_of_range() {
     assert_eq!(refused[0].2, "field ratio: 9007199254740993 has no exact float64 value");
     assert_eq!(decoded.batch.num_rows(), 1, "-2^63 is a power of two: exact");
 }
+
+const NESTED: &str = "CREATE TABLE offers (
+    id BIGINT NOT NULL,
+    tags TEXT[],
+    address STRUCT<city TEXT, floors SMALLINT[]>,
+    CONSTRAINT few_tags CHECK (cardinality(tags) <= 3)
+)";
+
+fn nested(unknown: &str) -> Input {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.sql"), NESTED).unwrap();
+    let toml = format!("[input]\nunknown_fields = \"{unknown}\"\n[sink.postgres]\ntable = \"t\"\n");
+    std::fs::write(dir.path().join("job.toml"), toml).unwrap();
+    Input::new(&Job::load(dir.path()).unwrap()).unwrap()
+}
+
+#[test]
+fn arrays_and_objects_decode_into_lists_and_structs_with_null_elements_and_members() {
+    let decoded = run(
+        &nested("ignore"),
+        &[
+            r#"{"id": 1, "tags": ["vegan", null], "address": {"city": "Oslo", "floors": [1, 2], "x": {"y": 1}}}"#,
+            r#"{"id": 2, "tags": [], "address": {}}"#,
+            r#"{"id": 3, "tags": null}"#,
+        ],
+    );
+    assert!(decoded.bad.is_empty(), "{:?}", refusals(&decoded));
+    let tags = column(&decoded.batch, "tags").as_list::<i32>();
+    let first = tags.value(0);
+    assert_eq!(first.as_string::<i32>().value(0), "vegan");
+    assert!(first.is_null(1), "a null element stays NULL");
+    assert_eq!(tags.value(1).len(), 0);
+    assert!(tags.is_null(2));
+    let address = column(&decoded.batch, "address").as_struct();
+    assert_eq!(address.column_by_name("city").unwrap().as_string::<i32>().value(0), "Oslo");
+    let floors = address.column_by_name("floors").unwrap().as_list::<i32>();
+    assert_eq!(floors.value(0).as_primitive::<Int16Type>().values(), &[1, 2]);
+    assert!(address.column_by_name("city").unwrap().is_null(1), "an absent member is NULL");
+    assert!(address.is_null(2), "an absent struct is NULL");
+}
+
+#[test]
+fn a_wrong_element_or_member_is_refused_naming_its_place() {
+    let input = nested("ignore");
+    let decoded = run(
+        &input,
+        &[
+            r#"{"id": 1, "tags": ["a", 2]}"#,
+            r#"{"id": 2, "address": {"floors": [1, 70000]}}"#,
+            r#"{"id": 3, "address": ["Oslo"]}"#,
+            r#"{"id": 4, "tags": "vegan"}"#,
+            r#"{"id": 5, "address": {"city": "a", "city": "b"}}"#,
+            r#"{"id": 6, "tags": ["a", "b", "c", "d"]}"#,
+            r#"{"id": 7, "address": {"floors": [1.5]}}"#,
+        ],
+    );
+    assert_eq!(
+        refusals(&decoded),
+        [
+            (0, "wrong_type".into(), "field tags[1] should be a string, found the integer 2".into()),
+            (1, "out_of_range".into(), "field address.floors[1]: 70000 is outside int2".into()),
+            (2, "wrong_type".into(), "field address should be an object, found an array".into()),
+            (3, "wrong_type".into(), "field tags should be an array, found a string".into()),
+            (4, "duplicate_field".into(), "field address.city appears twice".into()),
+            (5, "few_tags".into(), refusals(&decoded)[5].2.clone()),
+            (
+                6,
+                "wrong_type".into(),
+                "field address.floors[0] should be an integer, found the number 1.5 (not an integer)".into()
+            ),
+        ]
+    );
+    assert_eq!(decoded.batch.num_rows(), 0);
+}
+
+#[test]
+fn unknown_members_are_refused_when_unknown_fields_are() {
+    let decoded = run(&nested("refuse"), &[r#"{"id": 1, "address": {"city": "Oslo", "zip": "0150"}}"#]);
+    assert_eq!(
+        refusals(&decoded),
+        [(0, "unknown_field".into(), "field address.zip is not declared in input.sql".into())]
+    );
+}

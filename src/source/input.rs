@@ -80,7 +80,7 @@ impl Input {
             };
             columns.push(ColumnPlan {
                 name: column.name.clone(),
-                ty: column.ty,
+                ty: column.ty.clone(),
                 nullable: column.nullable,
                 default_bit,
             });

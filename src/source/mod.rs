@@ -21,6 +21,7 @@ pub(crate) mod stream_decode;
 pub(crate) mod validate;
 #[cfg(test)]
 mod validate_tests;
+mod value;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

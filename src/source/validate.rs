@@ -9,7 +9,10 @@
 //! limit); a message it refuses gets a [`Reason`] (a short stable code,
 //! written to the dead-letter header `sparklet.error.reason`) and a sentence
 //! for people ([`super::refusal`]: escaped and bounded where it quotes the
-//! message). Fields are checked in declaration order. Unknown fields are
+//! message). Fields are checked in declaration order; an array or object of
+//! a declared `T[]` or `STRUCT` is checked as it is read, each element and
+//! member against its type, and a refusal names its place (`tags[2]`,
+//! `address.city`). Unknown fields, at the top or in a struct, are
 //! ignored (or refused: `unknown_fields = "refuse"`), up to [`MAX_FIELDS`]
 //! fields in all; duplicate names are found in one pass (a hash set). The
 //! declaration's `CHECK`s run on the decoded chunk ([`super::finish`]).
@@ -20,10 +23,11 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::input::{ColumnPlan, Input};
+use super::input::Input;
 pub(crate) use super::refusal::Refusal;
+use super::value::{accepts, Place, Scalar, ValueSeed};
 use crate::config::{Limits, OUTPUT_OVERHEAD};
-use crate::job::{ColumnType, UnknownFields};
+use crate::job::UnknownFields;
 use crate::schema::Reason;
 use crate::util::text::{quote, MAX_QUOTED_BYTES};
 
@@ -134,8 +138,10 @@ impl<'de> Visitor<'de> for ObjectSeed<'_> {
             if values[index].is_some() {
                 return Err(self.refuse(Reason::DuplicateField, twice(&key)));
             }
-            let ty = self.input.columns[index].ty;
-            values[index] = Some(map.next_value_seed(ValueSeed { timestamp: ty == ColumnType::TimestampTz })?);
+            let column = &self.input.columns[index];
+            let place = Place::Field(&column.name);
+            let seed = ValueSeed { ty: &column.ty, place, unknown: self.input.unknown, refusal: &mut *self.refusal };
+            values[index] = Some(map.next_value_seed(seed)?);
         }
         self.check_fields(values)
     }
@@ -186,7 +192,7 @@ impl ObjectSeed<'_> {
                 },
                 Some(Scalar::Null) if column.nullable => continue,
                 Some(Scalar::Null) => (Reason::NullField, format!("field {name} is null")),
-                Some(value) => match accepts(column, value) {
+                Some(value) => match accepts(&column.ty, &Place::Field(name), value) {
                     Ok(()) => continue,
                     Err(refusal) => refusal,
                 },
@@ -196,143 +202,8 @@ impl ObjectSeed<'_> {
         Ok(absent)
     }
 }
-
-/// Whether `column` takes `value` as it is (a reason and sentence if not).
-fn accepts(column: &ColumnPlan, value: Scalar) -> Result<(), (Reason, String)> {
-    let name = &column.name;
-    let outside =
-        |v: &dyn fmt::Display, ty: &str| Err((Reason::OutOfRange, format!("field {name}: {v} is outside {ty}")));
-    match (column.ty, value) {
-        (ColumnType::Text, Scalar::Text { nul: true }) => {
-            Err((Reason::NulCharacter, format!("field {name} contains a NUL character")))
-        }
-        (ColumnType::Text, Scalar::Text { nul: false }) => Ok(()),
-        (ColumnType::Int(bits), Scalar::Int(v)) => match bits {
-            16 if i16::try_from(v).is_err() => outside(&v, "int2"),
-            32 if i32::try_from(v).is_err() => outside(&v, "int4"),
-            _ => Ok(()),
-        },
-        (ColumnType::Int(_), Scalar::BigInt(v)) => outside(&v, "int8"),
-        (ColumnType::Int(_), Scalar::Float(v)) if v.fract() == 0.0 && v.abs() >= 9.2e18 => outside(&v, "int8"),
-        (ColumnType::Float(bits), Scalar::Int(v)) => {
-            match (v as f64) as i64 == v && (bits == 64 || v.unsigned_abs() <= 1 << 24) {
-                true => Ok(()),
-                false => Err((Reason::OutOfRange, format!("field {name}: {v} has no exact float{bits} value"))),
-            }
-        }
-        (ColumnType::Float(_), Scalar::BigInt(v)) => outside(&v, "the exact floats"),
-        (ColumnType::Float(32), Scalar::Float(v)) if v.abs() > f64::from(f32::MAX) => outside(&v, "real"),
-        (ColumnType::Float(_), Scalar::Float(_)) => Ok(()),
-        (ColumnType::Bool, Scalar::Bool) => Ok(()),
-        (ColumnType::TimestampTz, Scalar::Int(v)) if v.checked_mul(1_000_000).is_none() => {
-            outside(&v, "the timestamps (epoch seconds)")
-        }
-        (ColumnType::TimestampTz, Scalar::Int(_) | Scalar::Timestamp(Ok(()))) => Ok(()),
-        (ColumnType::TimestampTz, Scalar::Timestamp(Err(why))) => Err((
-            Reason::WrongType,
-            format!("field {name} should be {}, found {why}", ColumnType::TimestampTz.wanted()),
-        )),
-        (ty, other) => {
-            Err((Reason::WrongType, format!("field {name} should be {}, found {}", ty.wanted(), other.describe())))
-        }
-    }
-}
-
 /// The sentence for a field named twice; the name comes from the message,
 /// so it is quoted ([`quote`]).
 fn twice(name: &str) -> String {
     format!("field {} appears twice", quote(name, MAX_QUOTED_BYTES))
-}
-
-/// The kind of a field's JSON value (text is checked, not kept).
-enum Scalar {
-    Null,
-    Text {
-        nul: bool,
-    },
-    /// A string in a `TIMESTAMPTZ` field: RFC 3339 of at most microsecond
-    /// precision, or why not.
-    Timestamp(Result<(), String>),
-    Int(i64),
-    /// An integer beyond i64 (serde_json reads it as u64).
-    BigInt(u64),
-    Float(f64),
-    Bool,
-    Nested(&'static str),
-}
-
-impl Scalar {
-    fn describe(&self) -> String {
-        match self {
-            Scalar::Null => "null".into(),
-            Scalar::Text { .. } => "a string".into(),
-            Scalar::Timestamp(_) => "a string".into(),
-            Scalar::Int(v) => format!("the integer {v}"),
-            Scalar::BigInt(v) => format!("the integer {v}"),
-            Scalar::Float(v) => format!("the number {v} (not an integer)"),
-            Scalar::Bool => "a boolean".into(),
-            Scalar::Nested(kind) => format!("an {kind}"),
-        }
-    }
-}
-
-/// Reads one field's value; a string in a `TIMESTAMPTZ` field is parsed.
-struct ValueSeed {
-    timestamp: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for ValueSeed {
-    type Value = Scalar;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Scalar, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ValueSeed {
-    type Value = Scalar;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_unit<E>(self) -> Result<Scalar, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-        if self.timestamp {
-            return Ok(Scalar::Timestamp(rfc3339(v)));
-        }
-        Ok(Scalar::Text { nul: v.contains('\0') })
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-        Ok(Scalar::Int(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-        Ok(i64::try_from(v).map_or(Scalar::BigInt(v), Scalar::Int))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
-        Ok(Scalar::Float(v))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
-        Ok(Scalar::Bool)
-    }
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Nested("array"))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Nested("object"))
-    }
-}
-
-/// Whether `text` is an RFC 3339 timestamp sparklet keeps exactly
-/// (microseconds at most), and why not.
-fn rfc3339(text: &str) -> Result<(), String> {
-    let shown = || quote(text, MAX_QUOTED_BYTES);
-    let time = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| format!("the string {} ({e})", shown()))?;
-    if time.timestamp_subsec_nanos() % 1000 != 0 {
-        return Err(format!("the string {} (finer than microseconds)", shown()));
-    }
-    Ok(())
 }
