@@ -138,7 +138,8 @@ fn install_failed(naming: &Naming<'_>, table: &str, e: tokio_postgres::Error) ->
     let why = e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string());
     naming.error(format!(
         "refresh = \"on-change\": installing the change trigger on table {table} on {} failed: {why}; \
-         start sparklet once as the table's owner (or run the install as it), or use an interval refresh",
+         start sparklet once as the table's owner (other roles then need SELECT on sparklet_lookup_versions \
+         in its schema), or use an interval refresh",
         naming.target
     ))
 }
