@@ -85,6 +85,42 @@ async fn a_profile_changed_mid_run_is_used_by_the_next_batch() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_any_watched_table_even_in_another_schema_reloads_the_lookup() -> Result<()> {
+    let job = city_job().await?;
+    let other = unique("it_other");
+    job.db
+        .client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {other}; CREATE TABLE {other}.overrides (client_id text, language text)"
+        ))
+        .await?;
+    let settings = format!(
+        "refresh = \"on-change\"\nversion_check = \"1h\"\nwatch = [\"subscriber_profiles\", \"{other}.overrides\"]\n"
+    );
+    let folder = city_folder(&settings)?;
+    std::fs::write(
+        folder.path().join("profiles.sql"),
+        format!(
+            "SELECT p.client_id, COALESCE(o.language, p.language) AS language
+             FROM subscriber_profiles p LEFT JOIN {other}.overrides o USING (client_id)"
+        ),
+    )?;
+    let running = job.start(&["--sql-dir", &sql_dir(folder.path()), "--trigger", "0s"])?;
+    job.kafka.produce(&job.input, 0, &[city_campaign("camp-1")])?;
+    wait_until("the first batch", Duration::from_secs(30), async || Ok(titles(&job).await?.len() == 1)).await?;
+    job.db.client.batch_execute(&format!("INSERT INTO {other}.overrides VALUES ('c1', 'de')")).await?;
+    job.kafka.produce(&job.input, 0, &[city_campaign("camp-2")])?;
+    wait_until("the second batch", Duration::from_secs(30), async || Ok(titles(&job).await?.len() == 2)).await?;
+    running.stop().await?;
+    let installed: i64 =
+        job.db.client.query_one(&format!("SELECT count(*) FROM {other}.sparklet_lookup_versions"), &[]).await?.get(0);
+    job.db.client.batch_execute(&format!("DROP SCHEMA {other} CASCADE")).await?;
+    assert_eq!(titles(&job).await?, ["Акция: Two for one (Kazan)", "Angebot: Two for one (Kazan)"]);
+    assert_eq!(installed, 1, "the other table's version lives in its own schema");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_changes_a_watched_table_twice_bumps_its_version_once() -> Result<()> {
     let job = city_job().await?;
     let folder = city_folder(ON_CHANGE)?;
@@ -160,6 +196,25 @@ async fn forged_notifications_cause_no_reload_and_a_committed_change_reloads_wit
     // A committed change (an INSERT scans nothing) is loaded with no batch run.
     job.db.client.batch_execute("INSERT INTO subscriber_profiles VALUES ('c2', 'de')").await?;
     wait_until("the change loaded", Duration::from_secs(10), async || Ok(profile_scans(&job).await? > before)).await?;
+    running.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_while_the_listener_was_cut_is_loaded_when_it_reconnects() -> Result<()> {
+    let job = city_job().await?;
+    let folder = city_folder(ON_CHANGE)?;
+    let running = job.start(&["--sql-dir", &sql_dir(folder.path()), "--trigger", "10m"])?;
+    wait_until("the first load", Duration::from_secs(30), async || Ok(profile_scans(&job).await? >= 1)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = profile_scans(&job).await?;
+    // Its notification may never come: the version read at reconnect finds it.
+    ensure!(job.db.terminate_other_connections().await? >= 1, "no listener connection to cut");
+    job.db.client.batch_execute("INSERT INTO subscriber_profiles VALUES ('c2', 'de')").await?;
+    wait_until("the change loaded after reconnecting", Duration::from_secs(20), async || {
+        Ok(profile_scans(&job).await? > before)
+    })
+    .await?;
     running.stop().await?;
     Ok(())
 }
