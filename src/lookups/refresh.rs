@@ -148,8 +148,9 @@ pub(super) async fn read(source: &Source, watched: Option<&Watched>) -> Result<(
     Ok((LookupTable::new(name, batch)?, version))
 }
 
-/// The columns `job`'s lookup queries give, without running them: a start-up
-/// check (`sparklet check`).
+/// The columns `job`'s lookup queries give, without running them, and that
+/// each on-change lookup's `watch` tables exist: a start-up check (`sparklet
+/// check`; the trigger is not installed).
 pub async fn check_queries(
     postgres: &PostgresConfig,
     job: &Job,
@@ -161,6 +162,13 @@ pub async fn check_queries(
         let query = job.lookup_queries.get(name).cloned().unwrap_or_default();
         let path = dir.join(&options.query);
         let schema = load::schema(&client, &query).await.map_err(|e| failed(e, postgres, name, &path))?;
+        if let Ok((LookupRefresh::OnChange { watch, .. }, _)) = options.schedule() {
+            let job_toml = dir.join(crate::job::OPTIONS_FILE);
+            let naming = change::Naming { lookup: name, job_toml, target: postgres.target() };
+            for table in &watch {
+                change::find(&client, table, &naming).await?;
+            }
+        }
         schemas.push((name.clone(), schema));
     }
     Ok(schemas)

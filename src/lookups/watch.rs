@@ -73,7 +73,7 @@ pub(crate) async fn install(postgres: &PostgresConfig, watch: &[String], naming:
 }
 
 /// The oid and schema of table `name` as the search_path finds it.
-async fn find(client: &Client, name: &str, naming: &Naming<'_>) -> Result<(u32, String)> {
+pub(crate) async fn find(client: &Client, name: &str, naming: &Naming<'_>) -> Result<(u32, String)> {
     let row = client
         .query_opt(
             "SELECT c.oid, n.nspname::text, c.relkind::text FROM pg_catalog.pg_class c

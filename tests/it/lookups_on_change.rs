@@ -252,6 +252,21 @@ async fn a_refused_lookup_configuration_fails_the_start_naming_it_and_writes_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparklet_check_names_a_watched_table_that_does_not_exist() -> Result<()> {
+    let job = city_job().await?;
+    let folder = city_folder("refresh = \"on-change\"\nwatch = [\"subscriber_profiles\", \"no_such_profiles\"]\n")?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparklet"))
+        .args(["check", "--sql-dir", &sql_dir(folder.path()), "--database-url", &job.db.url])
+        .args(["--bootstrap-servers", &job.kafka.bootstrap(), "--input-topic", &job.input])
+        .args(["--output-topic", &job.output])
+        .output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(!out.status.success(), "{text}");
+    ensure!(text.contains("[lookups.profiles] watch: table no_such_profiles does not exist"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_does_not_own_a_watched_table_is_refused_naming_the_table_and_the_fix() -> Result<()> {
     let job = city_job().await?;
     let role = unique("it_reader");
