@@ -10,8 +10,8 @@ mod options;
 
 pub use input::{CheckDecl, ColumnDecl, ColumnType, InputDecl, UTC};
 pub use options::{
-    CheckOptions, Format, InputOptions, JobOptions, KafkaSinkOptions, LookupOptions, OnConflict, PostgresSinkOptions,
-    SinkOptions, UnknownFields, Window,
+    CheckOptions, Format, InputOptions, JobOptions, KafkaSinkOptions, LookupOptions, LookupRefresh, OnConflict,
+    PostgresSinkOptions, SinkOptions, UnknownFields, Window,
 };
 
 use crate::error::Result;
@@ -170,7 +170,7 @@ fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result
                 input.table
             ));
         }
-        if let Err(e) = lookup.durations() {
+        if let Err(e) = lookup.schedule() {
             return fail(format!("[lookups.{name}] {e}"));
         }
     }

@@ -1,7 +1,8 @@
 //! One lookup's rows from Postgres into Arrow: the query is prepared (its
 //! columns' types give the schema, checked before any row is read), then its
 //! rows are streamed into column builders in one REPEATABLE READ
-//! transaction.
+//! transaction, which also reads the version of an on-change lookup (so
+//! the version and the rows are of one snapshot).
 
 use std::sync::Arc;
 
@@ -62,9 +63,19 @@ fn schema_of(statement: &tokio_postgres::Statement) -> Result<SchemaRef, LoadErr
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Runs `query` and returns its rows.
-pub(crate) async fn rows(client: &Client, query: &str) -> Result<RecordBatch, LoadError> {
+/// Runs `query` and returns its rows, with the version `version_query`
+/// reads in the same snapshot (0 without one).
+pub(crate) async fn rows(
+    client: &Client,
+    query: &str,
+    version_query: Option<&str>,
+) -> Result<(RecordBatch, i64), LoadError> {
     client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+    // The first statement takes the snapshot, which the rows are read in.
+    let version = match version_query {
+        Some(sql) => client.query_one(sql, &[]).await?.try_get(0)?,
+        None => 0,
+    };
     let statement = client.prepare(query).await?;
     let schema = schema_of(&statement)?;
     let mut builders: Vec<Box<dyn ArrayBuilder>> =
@@ -78,7 +89,8 @@ pub(crate) async fn rows(client: &Client, query: &str) -> Result<RecordBatch, Lo
     }
     client.batch_execute("COMMIT").await?;
     let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
-    RecordBatch::try_new(schema, columns).map_err(|e| LoadError::Other(e.to_string()))
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| LoadError::Other(e.to_string()))?;
+    Ok((batch, version))
 }
 
 /// Appends column `i` of `row` to `builder` (made for its type).

@@ -1,11 +1,13 @@
 //! The job's lookup tables (`job.toml`'s `[lookups.NAME]`), besides the
 //! subscribers cache: each a Postgres query whose rows the SQL steps read as
 //! the table `NAME`. Loaded at start (a query that fails stops the start,
-//! naming its file), reloaded every `refresh` in the background ([`refresh`]),
-//! and pinned per batch: planning saves the version each lookup has as a
-//! snapshot (`snapshots/lookups/<id>.arrow`, the id a hash of its rows) and
-//! the plan records the ids, so a replay reads the same rows even if the
-//! tables changed since.
+//! naming its file), reloaded in the background every `refresh` or, with
+//! `refresh = "on-change"`, when a transaction that changed one of its
+//! `watch` tables commits ([`keep`], [`watch`]), and pinned per batch:
+//! planning saves the version each lookup has as a snapshot
+//! (`snapshots/lookups/<id>.arrow`, the id a hash of its rows) and the plan
+//! records the ids, so a replay reads the same rows even if the tables
+//! changed since.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hasher;
@@ -19,8 +21,10 @@ use crate::checkpoint::{io_err, Files};
 use crate::error::{Error, Result};
 use crate::util::hash::Fnv64;
 
+mod keep;
 mod load;
 mod refresh;
+mod watch;
 
 pub use refresh::{check_queries, Lookups};
 

@@ -1,38 +1,31 @@
-//! Keeping each lookup fresh, off the batch path: a background task per
-//! lookup reloads it every `refresh` and publishes the version; a failed
-//! reload keeps the published one, and once a lookup has gone unconfirmed
-//! longer than its `max_staleness`, planning fails the run (as the
-//! subscribers cache does).
+//! The job's lookups as the planner sees them: each loaded at start (an
+//! on-change lookup's trigger installed first), kept fresh by a background
+//! task ([`super::keep`]), and pinned per batch; once a lookup has gone
+//! unconfirmed longer than its `max_staleness` while reloads fail, planning
+//! fails the run (as the subscribers cache does).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
-use tokio::sync::watch;
 
+use super::keep::{self, Loader, Published, Source};
 use super::load::{self, LoadError};
+use super::watch::{self as change, Watched};
 use super::{LookupTable, Pinned};
 use crate::checkpoint::Files;
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, LookupRefresh};
 
-/// A lookup's newest version and how sure it is.
-#[derive(Debug, Clone)]
-struct Published {
-    table: LookupTable,
-    confirmed_at: Instant,
-    failure: Option<String>,
-}
-
-/// One lookup: where it comes from and its published version.
+/// One lookup: its columns, bound and loader.
 struct Entry {
     name: String,
     path: PathBuf,
     schema: SchemaRef,
     max_staleness: Duration,
-    published: watch::Receiver<Published>,
+    loader: Arc<Loader>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -50,21 +43,32 @@ pub struct Lookups {
 
 impl Lookups {
     /// Loads every lookup of `job` (from folder `dir`) once, then keeps each
-    /// fresh in the background.
+    /// fresh in the background. An on-change lookup's tables get the change
+    /// trigger first.
     pub async fn start(postgres: &PostgresConfig, job: &Job, dir: &std::path::Path) -> Result<Lookups> {
         let mut entries = Vec::new();
         for (name, options) in &job.options.lookups {
             let path = dir.join(&options.query);
+            let job_toml = dir.join(crate::job::OPTIONS_FILE);
             let query = job.lookup_queries.get(name).cloned().unwrap_or_default();
-            let (refresh, max_staleness) =
-                options.durations().map_err(|e| Error::Sql { path: path.clone(), message: e })?;
-            let table = read(postgres, name, &query, &path).await?;
-            let schema = table.batch.schema();
-            let first = Published { table, confirmed_at: Instant::now(), failure: None };
-            let (sender, published) = watch::channel(first);
+            let (refresh, max_staleness) = options.schedule().map_err(|e| Error::Job {
+                at: job_toml.display().to_string(),
+                message: format!("[lookups.{name}] {e}"),
+            })?;
+            let watched = match &refresh {
+                LookupRefresh::OnChange { watch, .. } => {
+                    let naming = change::Naming { lookup: name, job_toml, target: postgres.target() };
+                    Some(change::install(postgres, watch, &naming).await?)
+                }
+                LookupRefresh::Every(_) => None,
+            };
             let source = Source { postgres: postgres.clone(), name: name.clone(), query, path: path.clone() };
-            let task = tokio::spawn(source.keep_fresh(refresh, sender));
-            entries.push(Entry { name: name.clone(), path, schema, max_staleness, published, task });
+            let (table, version) = read(&source, watched.as_ref()).await?;
+            let schema = table.batch.schema();
+            let first = Published { table, version, confirmed_at: Instant::now(), failure: None };
+            let loader = Arc::new(Loader::new(source, watched, first));
+            let task = tokio::spawn(keep::background(loader.clone(), refresh));
+            entries.push(Entry { name: name.clone(), path, schema, max_staleness, loader, task });
         }
         Ok(Lookups { entries: Arc::new(entries) })
     }
@@ -74,13 +78,22 @@ impl Lookups {
         self.entries.iter().map(|e| (e.name.clone(), e.schema.clone())).collect()
     }
 
-    /// Pins each lookup's published version for a batch planned now: saved
-    /// as a snapshot in `snapshots` (before the plan is written), ids
-    /// returned. Fails a lookup unconfirmed for longer than its bound.
-    pub(crate) fn pin(&self, snapshots: &Files) -> Result<Pinned> {
+    /// Pins each lookup's version for a batch planned now (an on-change
+    /// lookup's version read first, and a newer one loaded): saved as a
+    /// snapshot in `snapshots` (before the plan is written), ids returned.
+    /// Fails a lookup unconfirmed for longer than its bound.
+    pub(crate) async fn pin(&self, snapshots: &Files) -> Result<Pinned> {
         let mut pinned = Pinned::new();
         for entry in self.entries.iter() {
-            let published = entry.published.borrow().clone();
+            if entry.task.is_finished() {
+                let message =
+                    format!("lookup {}: the background refresh stopped (a bug); restart sparklet", entry.name);
+                return Err(Error::Runtime(message));
+            }
+            if entry.loader.watched.is_some() {
+                entry.loader.catch_up().await;
+            }
+            let published = entry.loader.published();
             let unconfirmed = published.confirmed_at.elapsed();
             if let Some(cause) = published.failure.filter(|_| unconfirmed > entry.max_staleness) {
                 let message = format!(
@@ -102,7 +115,7 @@ impl Lookups {
     pub(crate) fn tables(&self, pinned: &Pinned, snapshots: &Files) -> Result<Vec<LookupTable>> {
         let mut tables = Vec::new();
         for entry in self.entries.iter() {
-            let published = entry.published.borrow().table.clone();
+            let published = entry.loader.published().table;
             let table = match pinned.get(&entry.name) {
                 Some(id) if *id == published.id => published,
                 Some(id) => super::load_snapshot(snapshots, &entry.name, id)?,
@@ -119,52 +132,25 @@ impl Lookups {
     /// Removes the lookup snapshots no replay needs: all but `pinned` (the
     /// last committed batch's) and the published versions.
     pub(crate) fn purge(&self, snapshots: &Files, pinned: &Pinned) -> Result<()> {
-        let published: Vec<String> = self.entries.iter().map(|e| e.published.borrow().table.id.clone()).collect();
+        let published: Vec<String> = self.entries.iter().map(|e| e.loader.published().table.id).collect();
         let keep = pinned.values().chain(&published).map(String::as_str).collect();
         super::purge_snapshots(snapshots, &keep)
     }
 }
 
-/// Where a lookup's rows come from.
-struct Source {
-    postgres: PostgresConfig,
-    name: String,
-    query: String,
-    path: PathBuf,
-}
-
-impl Source {
-    /// Reloads every `refresh`, publishing each version (a failure is
-    /// logged and kept, with the version before it).
-    async fn keep_fresh(self, refresh: Duration, sender: watch::Sender<Published>) {
-        loop {
-            tokio::time::sleep(refresh).await;
-            match read(&self.postgres, &self.name, &self.query, &self.path).await {
-                Ok(table) => {
-                    if table.id != sender.borrow().table.id {
-                        tracing::info!(lookup = %self.name, id = %table.id, rows = table.batch.num_rows(), "lookup reloaded: a new version");
-                    }
-                    sender.send_replace(Published { table, confirmed_at: Instant::now(), failure: None });
-                }
-                Err(e) => {
-                    let cause = e.chain().to_string();
-                    tracing::warn!(lookup = %self.name, cause = %cause, "reloading a lookup failed; batches go on with the version loaded before");
-                    sender.send_modify(|p| p.failure = Some(cause));
-                }
-            }
-        }
-    }
-}
-
-/// Reads lookup `name` with `query` (from file `path`).
-async fn read(postgres: &PostgresConfig, name: &str, query: &str, path: &std::path::Path) -> Result<LookupTable> {
+/// Reads a lookup from `source`, with its version when it is `watched`.
+pub(super) async fn read(source: &Source, watched: Option<&Watched>) -> Result<(LookupTable, i64)> {
+    let (postgres, name) = (&source.postgres, &source.name);
     let client = crate::postgres::connect(postgres, &format!("loading lookup {name}")).await?;
-    let batch = load::rows(&client, query).await.map_err(|e| failed(e, postgres, name, path))?;
-    LookupTable::new(name, batch)
+    let version_query = watched.map(|w| w.version_query.as_str());
+    let (batch, version) =
+        load::rows(&client, &source.query, version_query).await.map_err(|e| failed(e, postgres, name, &source.path))?;
+    Ok((LookupTable::new(name, batch)?, version))
 }
 
-/// The columns `job`'s lookup queries give, without running them: a start-up
-/// check (`sparklet check`).
+/// The columns `job`'s lookup queries give, without running them, and that
+/// each on-change lookup's `watch` tables exist: a start-up check (`sparklet
+/// check`; the trigger is not installed).
 pub async fn check_queries(
     postgres: &PostgresConfig,
     job: &Job,
@@ -176,6 +162,13 @@ pub async fn check_queries(
         let query = job.lookup_queries.get(name).cloned().unwrap_or_default();
         let path = dir.join(&options.query);
         let schema = load::schema(&client, &query).await.map_err(|e| failed(e, postgres, name, &path))?;
+        if let Ok((LookupRefresh::OnChange { watch, .. }, _)) = options.schedule() {
+            let job_toml = dir.join(crate::job::OPTIONS_FILE);
+            let naming = change::Naming { lookup: name, job_toml, target: postgres.target() };
+            for table in &watch {
+                change::find(&client, table, &naming).await?;
+            }
+        }
         schemas.push((name.clone(), schema));
     }
     Ok(schemas)

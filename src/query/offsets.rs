@@ -202,7 +202,7 @@ impl Query {
             job_fingerprint: Some(self.pipeline.job_fingerprint()),
             hold_future_campaigns: self.config.hold_future_campaigns,
             subscribers_version: Some(self.subscribers.version).filter(|v| *v > 0),
-            lookups: self.lookups.pin(&self.checkpoint.snapshots_dir())?,
+            lookups: self.lookups.pin(&self.checkpoint.snapshots_dir()).await?,
         };
         let planning_ms = crate::util::time::ms(started.elapsed());
         self.offsets.last_planned = Some(Planned { batch_id: plan.batch_id, latest, planning_ms });

@@ -22,6 +22,7 @@ mod http;
 mod http_limits;
 mod isolation;
 mod job_folder;
+mod lookups_on_change;
 mod nested_input;
 mod newcomer;
 mod object_store;
