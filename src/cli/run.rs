@@ -170,22 +170,25 @@ pub struct RunArgs {
     /// --subscribers-version-check, and checks the version when it plans a
     /// batch (after reading the input's end offsets), so a batch never joins
     /// with a table older than a change committed before any message it reads
-    /// was produced.
-    #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH", default_value = "60s")]
-    pub subscribers_refresh: String,
+    /// was produced. Default: job.toml's `[lookups.subscribers] refresh`,
+    /// else 60s.
+    #[arg(long, env = "SPARKLET_SUBSCRIBERS_REFRESH")]
+    pub subscribers_refresh: Option<String>,
 
     /// With --subscribers-refresh on-change: how often the version is read
     /// even without a notification (notifications sent while the listener
-    /// is away are lost).
-    #[arg(long, env = "SPARKLET_SUBSCRIBERS_VERSION_CHECK", default_value = "60s")]
-    pub subscribers_version_check: String,
+    /// is away are lost). Default: job.toml's `[lookups.subscribers]
+    /// version_check`, else 60s.
+    #[arg(long, env = "SPARKLET_SUBSCRIBERS_VERSION_CHECK")]
+    pub subscribers_version_check: Option<String>,
 
     /// How long the subscribers cache may go without being confirmed
     /// current while reloads fail (the database away) before sparklet stops
     /// with an error rather than join with stale data. Must be longer than
-    /// --subscribers-refresh (or --subscribers-version-check).
-    #[arg(long, env = "SPARKLET_SUBSCRIBERS_MAX_STALENESS", default_value = "1h")]
-    pub subscribers_max_staleness: String,
+    /// --subscribers-refresh (or --subscribers-version-check). Default:
+    /// job.toml's `[lookups.subscribers] max_staleness`, else 1h.
+    #[arg(long, env = "SPARKLET_SUBSCRIBERS_MAX_STALENESS")]
+    pub subscribers_max_staleness: Option<String>,
 
     /// Timeout of one Kafka request (metadata, offsets, a transaction step) and
     /// of reading a batch's ranges.
@@ -265,6 +268,32 @@ pub struct RunArgs {
     pub pod_name: Option<String>,
 }
 
+/// The subscribers cache's refresh: each flag, else job.toml's
+/// `[lookups.subscribers]`, else the default; a bad value from job.toml is
+/// named there.
+fn subscribers_settings(args: &RunArgs) -> Result<SubscribersSettings> {
+    let job = crate::job::Job::load(&args.sql_dir)?.options.subscribers;
+    let from_job = job.is_some()
+        && (args.subscribers_refresh.is_none()
+            || args.subscribers_version_check.is_none()
+            || args.subscribers_max_staleness.is_none());
+    let pick = |flag: &Option<String>, in_job: Option<&String>, default: &str| {
+        flag.clone().or_else(|| in_job.cloned()).unwrap_or_else(|| default.to_string())
+    };
+    let settings = SubscribersSettings::parse(
+        &pick(&args.subscribers_refresh, job.as_ref().map(|j| &j.refresh), "60s"),
+        &pick(&args.subscribers_version_check, job.as_ref().and_then(|j| j.version_check.as_ref()), "60s"),
+        &pick(&args.subscribers_max_staleness, job.as_ref().map(|j| &j.max_staleness), "1h"),
+    );
+    settings.map_err(|e| match from_job {
+        true => Error::Job {
+            at: args.sql_dir.join("job.toml").display().to_string(),
+            message: format!("[lookups.subscribers] (or its --subscribers-* flags): {e}"),
+        },
+        false => e,
+    })
+}
+
 impl TryFrom<RunArgs> for Config {
     type Error = Error;
 
@@ -289,6 +318,7 @@ impl TryFrom<RunArgs> for Config {
         if args.shards == Some(0) {
             return Err(Error::config("--shards", "must be at least 1, got 0"));
         }
+        let subscribers = subscribers_settings(&args)?;
         Ok(Config {
             kafka,
             postgres: PostgresConfig::parse(args.database_url.expose())?.with_ca_file(args.database_ca_file)?,
@@ -311,11 +341,7 @@ impl TryFrom<RunArgs> for Config {
             max_offsets_per_trigger: parse::max_offsets(&args.max_offsets_per_trigger)?,
             max_bytes_per_trigger: ByteBudget::parse(&args.max_bytes_per_trigger)?,
             bad_records,
-            subscribers: SubscribersSettings::parse(
-                &args.subscribers_refresh,
-                &args.subscribers_version_check,
-                &args.subscribers_max_staleness,
-            )?,
+            subscribers,
             fail_on_data_loss: args.fail_on_data_loss,
             retry: RetryPolicy::parse(&args.retry_for, args.max_retries)?,
             guarantee: args.guarantee,

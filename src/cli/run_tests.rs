@@ -208,3 +208,32 @@ fn only_allow_listed_kafka_settings_show_their_values() {
         assert!(shown.contains(expected), "{expected} in {shown}");
     }
 }
+
+#[test]
+fn the_subscribers_refresh_comes_from_job_toml_unless_a_flag_says_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["input.sql", "subscribers.sql", "10_active_campaigns.sql", "20_feedback.sql"] {
+        std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql").join(file), dir.path().join(file)).unwrap();
+    }
+    let sql_dir = dir.path().to_str().unwrap();
+    let write = |section: &str| {
+        let toml = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sql/job.toml")).unwrap();
+        std::fs::write(dir.path().join("job.toml"), format!("{toml}\n[lookups.subscribers]\n{section}")).unwrap();
+    };
+    write("query = \"subscribers.sql\"\nrefresh = \"on-change\"\nversion_check = \"5m\"\nmax_staleness = \"2h\"\n");
+    let config = args(&["--sql-dir", sql_dir]).unwrap();
+    assert_eq!(config.subscribers.refresh, RefreshPolicy::OnChange { check: Duration::from_secs(300) });
+    assert_eq!(config.subscribers.max_staleness, Duration::from_secs(7200));
+    let config = args(&["--sql-dir", sql_dir, "--subscribers-refresh", "30s"]).unwrap();
+    assert_eq!(config.subscribers.refresh, RefreshPolicy::Every(Duration::from_secs(30)), "the flag wins");
+
+    write("query = \"subscribers.sql\"\nrefresh = \"2h\"\n");
+    let err = args(&["--sql-dir", sql_dir]).unwrap_err().to_string();
+    assert!(err.contains("job.toml") && err.contains("[lookups.subscribers]"), "named where it came from: {err}");
+    write("query = \"favourites.sql\"\n");
+    let err = args(&["--sql-dir", sql_dir]).unwrap_err().to_string();
+    assert!(err.contains("[lookups.subscribers] query"), "{err}");
+    write("query = \"subscribers.sql\"\nrefresh = \"on-change\"\nwatch = [\"subscribers_restaurants\"]\n");
+    let err = args(&["--sql-dir", sql_dir]).unwrap_err().to_string();
+    assert!(err.contains("[lookups.subscribers] watch"), "{err}");
+}

@@ -164,9 +164,9 @@ fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result
     for (name, lookup) in &options.lookups {
         let valid = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid || *name == input.table || name == "subscribers" {
+        if !valid || *name == input.table {
             return fail(format!(
-                "[lookups.{name}]: a lookup's name is the table the steps read: [a-z_][a-z0-9_]*, not {} or subscribers",
+                "[lookups.{name}]: a lookup's name is the table the steps read: [a-z_][a-z0-9_]*, not {}",
                 input.table
             ));
         }
@@ -174,7 +174,15 @@ fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result
             return fail(format!("[lookups.{name}] {e}"));
         }
     }
-    Ok(())
+    match &options.subscribers {
+        Some(s) if s.query != "subscribers.sql" => {
+            fail("[lookups.subscribers] query: the favourites cache reads subscribers.sql; edit that file".into())
+        }
+        Some(s) if s.watch.is_some() => fail(
+            "[lookups.subscribers] watch: the favourites cache watches subscribers_restaurants (subscribers_on_change.sql); leave watch out".into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

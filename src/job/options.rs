@@ -25,6 +25,10 @@ pub struct JobOptions {
     /// `subscribers`.
     #[serde(default)]
     pub lookups: BTreeMap<String, LookupOptions>,
+    /// `[lookups.subscribers]`: the favourites cache's refresh options (it is
+    /// kept apart: its own loader and index serve the join).
+    #[serde(skip)]
+    pub subscribers: Option<LookupOptions>,
 }
 
 /// `[lookups.NAME]`: a Postgres query whose rows the SQL steps read as the
@@ -238,7 +242,7 @@ pub enum OnConflict {
 impl JobOptions {
     /// Parses `text`, the contents of `path`.
     pub fn parse(path: &Path, text: &str) -> Result<JobOptions> {
-        let options: JobOptions = toml::from_str(text).map_err(|e| {
+        let mut options: JobOptions = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|span| location(text, span.start));
             job_error(path, at, e.message().trim_end().to_string())
         })?;
@@ -249,6 +253,7 @@ impl JobOptions {
                 "[sink.postgres] table: the Postgres table to write to is missing".into(),
             ));
         }
+        options.subscribers = options.lookups.remove("subscribers");
         Ok(options)
     }
 }
