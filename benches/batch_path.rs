@@ -1,7 +1,8 @@
 //! Criterion bench of the per-batch path on generated data, without I/O:
 //! decode (Kafka payloads -> Arrow), transform (the repo's SQL files: window
 //! filter + join with 1,000 restaurants x 10 subscribers), and encode (JSON
-//! messages for Kafka, binary COPY for Postgres).
+//! messages for Kafka, binary COPY for Postgres); and decode of the same
+//! campaigns with an array and a struct more (`decode_nested`).
 //!
 //! `cargo bench --bench batch_path`
 
@@ -29,6 +30,34 @@ fn payloads(n: usize) -> RawBatch {
         raw.push(0, i as i64, None, Some(json.as_bytes()));
     }
     raw
+}
+
+/// The campaigns of [`payloads`], each also with 3 tags and an address of
+/// a city and 2 floors.
+fn nested_payloads(n: usize) -> RawBatch {
+    let mut raw = RawBatch::default();
+    for i in 0..n {
+        let json = tools::generated_campaign(i, RESTAURANTS, &format!("campaign-{i}"), NOW);
+        let extra = r#","tags": ["vegan", "halal", "new"],"address": {"city": "Kazan", "floors": [1, 2]}}"#;
+        let json = format!("{}{extra}", json.trim_end_matches('}'));
+        raw.push(0, i as i64, None, Some(json.as_bytes()));
+    }
+    raw
+}
+
+/// The seed's declaration with `tags TEXT[]` and `address STRUCT<...>` more.
+fn nested_input() -> sparklet::source::input::Input {
+    let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/input.sql")).expect("input.sql");
+    let declared = seed.replace(
+        "CREATE TABLE campaigns (",
+        "CREATE TABLE campaigns (\n    tags TEXT[],\n    address STRUCT<city TEXT, floors SMALLINT[]>,",
+    );
+    let dir = std::env::temp_dir().join(format!("sparklet-bench-nested-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("input.sql"), declared).expect("write");
+    let job = sparklet::job::Job::load(&dir).expect("job");
+    std::fs::remove_dir_all(&dir).ok();
+    sparklet::source::input::Input::new(&job).expect("input")
 }
 
 fn subscribers() -> Subscribers {
@@ -98,6 +127,12 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    let (nested, raw) = (nested_input(), nested_payloads(10_000));
+    assert!(decode(&raw, &nested, &Default::default()).expect("decode").bad.is_empty(), "every message decodes");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_with_input(BenchmarkId::new("decode_nested", 10_000), &raw, |b, raw| {
+        b.iter(|| black_box(decode(raw, &nested, &Default::default()).expect("decode")))
+    });
     group.finish();
 }
 
