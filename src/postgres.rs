@@ -112,7 +112,10 @@ pub(crate) async fn check_trusted(client: &Client, object: Object<'_>, target: &
         .map_err(|e| Error::postgres(format!("checking the owner of {kind} {name} on {target}"), e))?;
     let Some(row) = row else { return Ok(()) };
     let (schema, owner): (String, String) = (row.get(0), row.get(1));
-    let object = format!("{kind} {schema}.{name} on {target}");
+    let object = match name.contains('.') {
+        true => format!("{kind} {name} on {target}"),
+        false => format!("{kind} {schema}.{name} on {target}"),
+    };
     if !row.get::<_, bool>(2) {
         let problem = format!("belongs to role {owner}, which is neither sparklet's role, the schema's owner nor a superuser: its owner could run code as sparklet");
         return Err(Error::PostgresObject { object, problem });

@@ -216,8 +216,14 @@ impl InputDecl {
             return Err(job_error(path, at, format!("column {name} is declared twice")));
         }
         let ty = ColumnType::from_sql(&column.data_type, 0).map_err(|why| {
-            let message = format!("column {name}: {why} (a length limit is a CHECK: CHECK (length({name}) <= 100))");
-            job_error(path, at, message)
+            use ast::DataType as D;
+            let hint = match &column.data_type {
+                D::Varchar(Some(_)) | D::Char(_) | D::Character(_) | D::CharacterVarying(Some(_)) => {
+                    format!(" (a length limit is a CHECK: CHECK (length({name}) <= 100))")
+                }
+                _ => String::new(),
+            };
+            job_error(path, at, format!("column {name}: {why}{hint}"))
         })?;
         let mut decl = ColumnDecl { name, ty, nullable: true, default: None };
         for option in &column.options {

@@ -28,6 +28,11 @@ use crate::job::LookupRefresh;
 /// How long reading the version before a plan may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a plan waits for a changed lookup to load (waiting for a load
+/// already running included); then it goes on with the loaded version,
+/// within `max_staleness`.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The least time between two reads of the version on notifications, so a
 /// flood of them (any role that can connect can NOTIFY) costs at most one
 /// small query a second, and a reload only when the version really moved.
@@ -126,6 +131,17 @@ impl Loader {
     /// the published one, loads it now. A failure leaves the published
     /// version (the staleness bound applies).
     pub(super) async fn catch_up(&self) {
+        if tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up_now()).await.is_err() {
+            let why = format!(
+                "postgres: {} did not give lookup {}'s changed rows within {CATCH_UP_TIMEOUT:?}",
+                self.source.postgres.target(),
+                self.source.name
+            );
+            self.failed(&Error::Runtime(why), "loading a changed lookup before a plan");
+        }
+    }
+
+    async fn catch_up_now(&self) {
         let version = match self.read_version().await {
             Ok(version) => version,
             Err(e) => return self.failed(&e, "checking the version before a plan"),
@@ -211,7 +227,7 @@ async fn listen(loader: &Loader, check: Duration) -> Result<()> {
     let Some(watched) = &loader.watched else { return Ok(()) };
     let name = &loader.source.name;
     let mut listener = Listener::connect(&loader.source.postgres, watched, name).await?;
-    let mut known = change::read_version(&listener.client, watched, name).await?;
+    let mut known = version_within(&listener.client, loader).await?;
     let mut read_at = Instant::now();
     tracing::info!(lookup = %name, version = known, "listening for lookup changes");
     loop {
@@ -229,7 +245,21 @@ async fn listen(loader: &Loader, check: Duration) -> Result<()> {
             }
             _ = tokio::time::sleep(check) => {}
         }
-        known = change::read_version(&listener.client, watched, name).await?;
+        known = version_within(&listener.client, loader).await?;
         read_at = Instant::now();
     }
+}
+
+/// The listener's read of the version, within [`VERSION_TIMEOUT`] (a
+/// connection that stopped answering ends the listener, which reconnects).
+async fn version_within(client: &tokio_postgres::Client, loader: &Loader) -> Result<i64> {
+    let Some(watched) = &loader.watched else { return Ok(0) };
+    let name = &loader.source.name;
+    let read = tokio::time::timeout(VERSION_TIMEOUT, change::read_version(client, watched, name)).await;
+    read.unwrap_or_else(|_| {
+        Err(Error::Runtime(format!(
+            "postgres: {} did not answer lookup {name}'s version check within {VERSION_TIMEOUT:?}",
+            loader.source.postgres.target()
+        )))
+    })
 }

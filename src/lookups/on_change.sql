@@ -20,6 +20,11 @@
 --   ALTER TABLE t ENABLE TRIGGER sparklet_lookup_changed;
 --   UPDATE sparklet_lookup_versions SET version = version + 1 WHERE table_oid = 't'::regclass;
 --
+-- The triggers pass the watched table's oid to the function, so on a
+-- partitioned table (whose row trigger is cloned onto each partition) a
+-- change to any partition bumps the parent's row; a TRUNCATE of one
+-- partition on its own is not seen.
+--
 -- The version table and the function live in the watched table's schema;
 -- the function runs as its owner with a fixed search_path, so writers need
 -- no rights on the version table and their search_path does not matter.
@@ -69,9 +74,10 @@ BEGIN
         BEGIN
             UPDATE %1$I.sparklet_lookup_versions
                SET version = version + 1, bumped_by = pg_catalog.pg_current_xact_id()
-             WHERE table_oid = TG_RELID AND bumped_by IS DISTINCT FROM pg_catalog.pg_current_xact_id();
+             WHERE table_oid = TG_ARGV[0]::pg_catalog.oid
+               AND bumped_by IS DISTINCT FROM pg_catalog.pg_current_xact_id();
             IF FOUND THEN
-                PERFORM pg_catalog.pg_notify('sparklet_lookups_changed', TG_RELID::pg_catalog.text);
+                PERFORM pg_catalog.pg_notify('sparklet_lookups_changed', TG_ARGV[0]);
             END IF;
             RETURN NULL;
         END
@@ -81,10 +87,10 @@ BEGIN
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS sparklet_lookup_changed ON %s', t);
     EXECUTE pg_catalog.format('CREATE CONSTRAINT TRIGGER sparklet_lookup_changed
         AFTER INSERT OR UPDATE OR DELETE ON %s
-        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION %I.sparklet_lookup_changed()', t, s);
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION %I.sparklet_lookup_changed(%L)', t, s, t::oid::text);
     EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS sparklet_lookup_truncated ON %s', t);
     EXECUTE pg_catalog.format('CREATE TRIGGER sparklet_lookup_truncated
         AFTER TRUNCATE ON %s
-        FOR EACH STATEMENT EXECUTE FUNCTION %I.sparklet_lookup_changed()', t, s);
+        FOR EACH STATEMENT EXECUTE FUNCTION %I.sparklet_lookup_changed(%L)', t, s, t::oid::text);
 END
 $install$;

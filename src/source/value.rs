@@ -34,7 +34,7 @@ pub(super) fn accepts(ty: &ColumnType, name: &Place<'_>, value: Scalar) -> Resul
         (ColumnType::Int(_), Scalar::BigInt(v)) => outside(&v, "int8"),
         (ColumnType::Int(_), Scalar::Float(v)) if v.fract() == 0.0 && v.abs() >= 9.2e18 => outside(&v, "int8"),
         (&ColumnType::Float(bits), Scalar::Int(v)) => {
-            match (v as f64) as i64 == v && (bits == 64 || v.unsigned_abs() <= 1 << 24) {
+            match (v as f64) as i128 == i128::from(v) && (bits == 64 || v.unsigned_abs() <= 1 << 24) {
                 true => Ok(()),
                 false => Err((Reason::OutOfRange, format!("field {name}: {v} has no exact float{bits} value"))),
             }

@@ -290,3 +290,31 @@ async fn a_role_that_does_not_own_a_watched_table_is_refused_naming_the_table_an
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_written_straight_into_a_partition_of_a_watched_table_reloads_the_lookup() -> Result<()> {
+    let job = city_job().await?;
+    job.db
+        .client
+        .batch_execute(
+            "CREATE TABLE overrides (client_id text, language text) PARTITION BY LIST (language);
+             CREATE TABLE overrides_de PARTITION OF overrides FOR VALUES IN ('de')",
+        )
+        .await?;
+    let settings = "refresh = \"on-change\"\nversion_check = \"1h\"\nwatch = [\"overrides\"]\n";
+    let folder = city_folder(settings)?;
+    std::fs::write(
+        folder.path().join("profiles.sql"),
+        "SELECT p.client_id, COALESCE(o.language, p.language) AS language
+         FROM subscriber_profiles p LEFT JOIN overrides o USING (client_id)",
+    )?;
+    let running = job.start(&["--sql-dir", &sql_dir(folder.path()), "--trigger", "0s"])?;
+    job.kafka.produce(&job.input, 0, &[city_campaign("camp-1")])?;
+    wait_until("the first batch", Duration::from_secs(30), async || Ok(titles(&job).await?.len() == 1)).await?;
+    job.db.client.batch_execute("INSERT INTO overrides_de VALUES ('c1', 'de')").await?;
+    job.kafka.produce(&job.input, 0, &[city_campaign("camp-2")])?;
+    wait_until("the second batch", Duration::from_secs(30), async || Ok(titles(&job).await?.len() == 2)).await?;
+    running.stop().await?;
+    assert_eq!(titles(&job).await?, ["Акция: Two for one (Kazan)", "Angebot: Two for one (Kazan)"]);
+    Ok(())
+}
