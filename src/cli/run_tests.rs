@@ -233,6 +233,9 @@ fn the_subscribers_refresh_comes_from_job_toml_unless_a_flag_says_otherwise() {
     write("query = \"favourites.sql\"\n");
     let err = args(&["--sql-dir", sql_dir]).unwrap_err().to_string();
     assert!(err.contains("[lookups.subscribers] query"), "{err}");
+    write("query = \"subscribers.sql\"\nrefresh = \"5m\"\nversion_check = \"1m\"\n");
+    let err = args(&["--sql-dir", sql_dir]).unwrap_err().to_string();
+    assert!(err.contains("[lookups.subscribers] version_check is only read with"), "{err}");
     write("query = \"subscribers.sql\"\nrefresh = \"on-change\"\nwatch = [\"subscribers_restaurants\"]\n");
     let err = args(&["--sql-dir", sql_dir]).unwrap_err().to_string();
     assert!(err.contains("[lookups.subscribers] watch"), "{err}");

@@ -1,3 +1,6 @@
+//! Tests of `input.sql`'s parsing: each type and its Arrow type, arrays and
+//! structs, and each refusal at its line and column.
+
 use super::*;
 use std::path::Path;
 

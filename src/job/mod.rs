@@ -178,6 +178,10 @@ fn check_options(path: &Path, input: &InputDecl, options: &JobOptions) -> Result
         Some(s) if s.query != "subscribers.sql" => {
             fail("[lookups.subscribers] query: the favourites cache reads subscribers.sql; edit that file".into())
         }
+        Some(s) if s.version_check.is_some() && s.refresh.trim() != "on-change" => fail(format!(
+            "[lookups.subscribers] version_check is only read with refresh = \"on-change\" (refresh is \"{}\")",
+            s.refresh
+        )),
         Some(s) if s.watch.is_some() => fail(
             "[lookups.subscribers] watch: the favourites cache watches subscribers_restaurants (subscribers_on_change.sql); leave watch out".into(),
         ),

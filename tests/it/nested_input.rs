@@ -71,6 +71,19 @@ async fn arrays_and_structs_reach_both_sinks_exactly_once_across_a_crash() -> Re
     ensure_crashed_at(&job, status, "after-pg-commit", 0)?;
     run_to_completion(&job, &extra)?;
 
+    let got = postgres_rows(&job).await?;
+    let kafka = kafka_values(&job).await?;
+    for (row, value) in got.iter().zip(&kafka) {
+        let postgres: Value = row.2.as_deref().map_or(Ok(Value::Null), serde_json::from_str)?;
+        ensure!(postgres == value["address"], "the sinks agree on the struct: {postgres} vs {}", value["address"]);
+    }
+    let letters = job.kafka.read_committed(&job.dead_letters)?;
+    ensure!(letters.len() == 2, "tags[1] not a string, and too many tags: {letters:?}");
+    Ok(())
+}
+
+/// The rows of `offer_rows`, asserted to be each kept offer once.
+async fn postgres_rows(job: &Job) -> Result<Vec<Row>> {
     let rows = job
         .db
         .client
@@ -98,7 +111,12 @@ async fn arrays_and_structs_reach_both_sinks_exactly_once_across_a_crash() -> Re
         ],
         "Postgres: each row once, arrays as arrays, the struct as jsonb"
     );
-    crate::exactly_once::settle_output(&job).await?;
+    Ok(got)
+}
+
+/// The output topic's values, asserted to be the same rows once each.
+async fn kafka_values(job: &Job) -> Result<Vec<Value>> {
+    crate::exactly_once::settle_output(job).await?;
     let mut kafka = job.output_messages()?;
     kafka.sort_by(|a, b| a.1["adv_campaign_id"].as_str().cmp(&b.1["adv_campaign_id"].as_str()));
     let values: Vec<&Value> = kafka.iter().map(|(_, v)| v).collect();
@@ -113,13 +131,7 @@ async fn arrays_and_structs_reach_both_sinks_exactly_once_across_a_crash() -> Re
         ],
         "Kafka: the same rows once, arrays and objects as JSON (a NULL column left out)"
     );
-    for (row, (_, value)) in got.iter().zip(&kafka) {
-        let postgres: Value = row.2.as_deref().map_or(Ok(Value::Null), serde_json::from_str)?;
-        ensure!(postgres == value["address"], "the sinks agree on the struct: {postgres} vs {}", value["address"]);
-    }
-    let letters = job.kafka.read_committed(&job.dead_letters)?;
-    ensure!(letters.len() == 2, "tags[1] not a string, and too many tags: {letters:?}");
-    Ok(())
+    Ok(kafka.into_iter().map(|(_, v)| v).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,9 +171,11 @@ async fn an_outage_longer_than_retry_for_exits_with_one_line_naming_it() -> Resu
     let mut sparklet = child::spawn(&job, &args, None)?;
     both_sinks_hold(&job, 2, Duration::from_secs(60)).await?;
 
+    // Timed from before the outage: sparklet counts --retry-for from the
+    // first failure it sees, which comes after this.
+    let started = Instant::now();
     proxy.down();
     let second = produce_wave(&job, "second", 2)?;
-    let started = Instant::now();
     let status = child::wait(&mut sparklet, Duration::from_secs(90))?;
     let waited = started.elapsed();
     let log = child_log(&job);
