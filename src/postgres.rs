@@ -1,9 +1,14 @@
 //! Postgres connections: one place that connects (TLS as set up in
 //! [`PostgresConfig`]), spawns the connection task and words the error so it
-//! names the target (never the password).
+//! names the target (never the password); a connection that LISTENs
+//! ([`listen`]) and one kept for a repeated version check ([`Probe`]).
 
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{Client, NoTls, Socket};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Socket};
 
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
@@ -34,6 +39,97 @@ where
         }
     });
     Ok(client)
+}
+
+/// Connects and LISTENs on `channel` for `purpose` ("subscribers changes"):
+/// the client, and the payloads of the channel's notifications (the
+/// receiver ends with the connection).
+pub(crate) async fn listen(
+    config: &PostgresConfig,
+    channel: &'static str,
+    purpose: &str,
+) -> Result<(Client, mpsc::UnboundedReceiver<String>)> {
+    let (client, payloads) = match &config.tls {
+        Some(tls) => listen_with(config, channel, purpose, tls.clone()).await?,
+        None => listen_with(config, channel, purpose, NoTls).await?,
+    };
+    let listening = format!("LISTEN {channel}");
+    client.batch_execute(&listening).await.map_err(|e| Error::postgres(format!("listening for {purpose}"), e))?;
+    Ok((client, payloads))
+}
+
+async fn listen_with<T>(
+    config: &PostgresConfig,
+    channel: &'static str,
+    purpose: &str,
+    tls: T,
+) -> Result<(Client, mpsc::UnboundedReceiver<String>)>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config
+        .parsed
+        .connect(tls)
+        .await
+        .map_err(|e| Error::postgres(format!("connecting to {} to listen for {purpose}", config.target()), e))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let purpose = purpose.to_string();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == channel => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(purpose = %purpose, cause = %e, "a listener's connection closed");
+                    break;
+                }
+            }
+        }
+    });
+    Ok((client, rx))
+}
+
+/// A connection kept for one small query asked again and again (a version
+/// check before each plan), made again after a failure or a timeout.
+#[derive(Default)]
+pub(crate) struct Probe {
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Probe {
+    /// The one integer `sql` gives, within `within`; `purpose` ("the
+    /// subscribers version check") names it in errors.
+    pub(crate) async fn query_i64(
+        &self,
+        config: &PostgresConfig,
+        purpose: &str,
+        sql: &str,
+        within: Duration,
+    ) -> Result<i64> {
+        let mut client = self.client.lock().await;
+        let read = tokio::time::timeout(within, async {
+            if client.is_none() {
+                *client = Some(connect(config, purpose).await?);
+            }
+            let probe = client.as_ref().ok_or_else(|| Error::Runtime(format!("no connection for {purpose}")))?;
+            let failed = |e| Error::postgres(format!("{purpose} on {}", config.target()), e);
+            probe.query_one(sql, &[]).await.map_err(failed)?.try_get(0).map_err(failed)
+        })
+        .await;
+        let value = read.unwrap_or_else(|_| {
+            Err(Error::Runtime(format!("postgres: {} did not answer {purpose} within {within:?}", config.target())))
+        });
+        if value.is_err() {
+            *client = None;
+        }
+        value
+    }
 }
 
 /// Runs `CREATE ... IF NOT EXISTS` DDL under a transaction-scoped advisory

@@ -69,7 +69,7 @@ pub(super) struct Loader {
     /// planner never load at once.
     loading: tokio::sync::Mutex<()>,
     /// On-change: a connection for reading the version before a plan.
-    probe: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    probe: crate::postgres::Probe,
 }
 
 impl Loader {
@@ -158,29 +158,8 @@ impl Loader {
     /// connection is made again after a failure or a timeout.
     async fn read_version(&self) -> Result<i64> {
         let Some(watched) = &self.watched else { return Ok(0) };
-        let name = &self.source.name;
-        let mut probe = self.probe.lock().await;
-        let read = tokio::time::timeout(VERSION_TIMEOUT, async {
-            if probe.is_none() {
-                let purpose = format!("checking lookup {name}'s version");
-                *probe = Some(crate::postgres::connect(&self.source.postgres, &purpose).await?);
-            }
-            match probe.as_ref() {
-                Some(client) => change::read_version(client, watched, name).await,
-                None => Err(Error::Runtime("no version probe connection".into())),
-            }
-        })
-        .await;
-        let version = read.unwrap_or_else(|_| {
-            Err(Error::Runtime(format!(
-                "postgres: {} did not answer lookup {name}'s version check within {VERSION_TIMEOUT:?}",
-                self.source.postgres.target()
-            )))
-        });
-        if version.is_err() {
-            *probe = None;
-        }
-        version
+        let purpose = format!("lookup {}'s version check", self.source.name);
+        self.probe.query_i64(&self.source.postgres, &purpose, &watched.version_query, VERSION_TIMEOUT).await
     }
 }
 

@@ -11,10 +11,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Socket};
+use tokio_postgres::Client;
 
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
@@ -160,15 +158,8 @@ pub(crate) struct Listener {
 impl Listener {
     /// Connects and LISTENs.
     pub(crate) async fn connect(postgres: &PostgresConfig, watched: &Watched, lookup: &str) -> Result<Self> {
-        let (client, payloads) = match &postgres.tls {
-            Some(tls) => connect_with(postgres, tls.clone(), lookup).await?,
-            None => connect_with(postgres, NoTls, lookup).await?,
-        };
-        let listen = format!("LISTEN {CHANNEL}");
-        client
-            .batch_execute(&listen)
-            .await
-            .map_err(|e| Error::postgres(format!("listening for lookup {lookup}'s changes"), e))?;
+        let purpose = format!("lookup {lookup}'s changes");
+        let (client, payloads) = crate::postgres::listen(postgres, CHANNEL, &purpose).await?;
         Ok(Listener { client, payloads, oids: watched.oids.clone() })
     }
 
@@ -184,39 +175,4 @@ impl Listener {
             }
         }
     }
-}
-
-/// Connects with `tls` and forwards the connection's notification payloads.
-async fn connect_with<T>(
-    postgres: &PostgresConfig,
-    tls: T,
-    lookup: &str,
-) -> Result<(Client, mpsc::UnboundedReceiver<String>)>
-where
-    T: MakeTlsConnect<Socket>,
-    T::Stream: Send + 'static,
-{
-    let (client, mut connection) = postgres.parsed.connect(tls).await.map_err(|e| {
-        Error::postgres(format!("connecting to {} for lookup {lookup}'s listener", postgres.target()), e)
-    })?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let lookup = lookup.to_string();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(lookup = %lookup, cause = %e, "a lookup listener's connection closed");
-                    break;
-                }
-            }
-        }
-    });
-    Ok((client, rx))
 }

@@ -70,7 +70,7 @@ pub(crate) struct Refresher {
     published: watch::Receiver<Published>,
     task: tokio::task::JoinHandle<()>,
     /// On-change: a connection for reading the version before a plan.
-    probe: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    probe: crate::postgres::Probe,
 }
 
 impl Drop for Refresher {
@@ -155,29 +155,8 @@ impl Refresher {
     /// The version, on the probe connection, within [`VERSION_TIMEOUT`]; the
     /// connection is made again after a failure or a timeout.
     async fn read_version(&self) -> Result<i64> {
-        let mut probe = self.probe.lock().await;
-        let read = tokio::time::timeout(VERSION_TIMEOUT, async {
-            if probe.is_none() {
-                let client =
-                    crate::postgres::connect(&self.loader.postgres, "checking the subscribers version").await?;
-                *probe = Some(client);
-            }
-            match probe.as_ref() {
-                Some(client) => change::read_version(client).await,
-                None => Err(Error::Runtime("no version probe connection".into())),
-            }
-        })
-        .await;
-        let version = read.unwrap_or_else(|_| {
-            Err(Error::Runtime(format!(
-                "postgres: {} did not answer the version check within {VERSION_TIMEOUT:?}",
-                self.loader.postgres.target()
-            )))
-        });
-        if version.is_err() {
-            *probe = None;
-        }
-        version
+        let (postgres, purpose) = (&self.loader.postgres, "the subscribers version check");
+        self.probe.query_i64(postgres, purpose, change::VERSION_QUERY, VERSION_TIMEOUT).await
     }
 
     /// Removes the snapshots in one shard's folder `dir` that no replay

@@ -13,10 +13,8 @@
 
 use std::path::Path;
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::tls::MakeTlsConnect;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Socket};
+use tokio_postgres::Client;
 
 use crate::config::PostgresConfig;
 use crate::error::{Error, Result};
@@ -99,12 +97,8 @@ pub(crate) struct Listener {
 impl Listener {
     /// Connects and LISTENs.
     pub(crate) async fn connect(postgres: &PostgresConfig) -> Result<Self> {
-        let (client, payloads) = match &postgres.tls {
-            Some(tls) => connect_with(postgres, tls.clone()).await?,
-            None => connect_with(postgres, NoTls).await?,
-        };
+        let (client, payloads) = crate::postgres::listen(postgres, CHANNEL, "subscribers changes").await?;
         let failed = |e| Error::postgres("listening for subscribers changes", e);
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(failed)?;
         let schema: String = client.query_one(TABLE_SCHEMA, &[]).await.map_err(failed)?.try_get(0).map_err(failed)?;
         Ok(Listener { client, payloads, schema })
     }
@@ -137,37 +131,6 @@ pub(crate) async fn read_version(client: &Client) -> Result<i64> {
         Error::postgres("reading the subscribers version (is sql/subscribers_on_change.sql installed?)", e)
     })?;
     row.try_get(0).map_err(|e| Error::postgres("reading the subscribers version", e))
-}
-
-/// Connects with `tls` and forwards the connection's notification payloads.
-async fn connect_with<T>(postgres: &PostgresConfig, tls: T) -> Result<(Client, mpsc::UnboundedReceiver<String>)>
-where
-    T: MakeTlsConnect<Socket>,
-    T::Stream: Send + 'static,
-{
-    let (client, mut connection) =
-        postgres.parsed.connect(tls).await.map_err(|e| {
-            Error::postgres(format!("connecting to {} for the subscribers listener", postgres.target()), e)
-        })?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(cause = %e, "the subscribers listener's connection closed");
-                    break;
-                }
-            }
-        }
-    });
-    Ok((client, rx))
 }
 
 /// The version in a `<schema>:<version>` payload, if it is `schema`'s.
